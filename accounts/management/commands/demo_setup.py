@@ -1,0 +1,53 @@
+"""Create the demo's users (one per role) and register the bundled model.
+
+Refuses to run outside the demo: demo users with published passwords must never
+exist on a real installation."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import User
+from diagnostics import services
+
+DEMO_USERS = [
+    ("clinician", "Clara", "Clinician", "clinician", False),
+    ("physician", "Peter", "Physician", "physician", False),
+    ("admin", "Ada", "Admin", "admin", True),
+]
+
+
+class Command(BaseCommand):
+    help = "Demo only: create one user per role and activate the bundled demo model."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEMO:
+            raise CommandError("demo_setup runs only with CANCERWEB_DEMO=1")
+        password = demo_password()
+        for username, first, last, role, staff in DEMO_USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"first_name": first, "last_name": last}
+            )
+            if created:
+                user.set_password(password)
+            user.is_staff = staff
+            user.is_superuser = False
+            user.save()
+            user.groups.set([Group.objects.get(name=role)])
+        services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
+        self.stdout.write("demo users and model ready")
+
+
+def demo_password() -> str:
+    """One random password for the demo users, made on first run and kept in the
+    demo's data folder, so no installation shares a published password."""
+    path = settings.DATA_DIR / "demo_password"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(9))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,50 @@
+"""The Celery application. Configuration comes from Django settings (CELERY_*)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cancerweb.settings")
+
+app = Celery("cancerweb")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_ignore_result=True,
+    # At-least-once delivery: acknowledge after the task ran, give the message back
+    # when the worker process dies, and take one message at a time.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue="default",
+    task_routes={"diagnostics.tasks.run_inference": {"queue": "inference"}},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+app.autodiscover_tasks()
+
+
+def project_task(*, queue: str, name: str):  # type: ignore[no-untyped-def]
+    """The one task decorator of the project (bare ``shared_task`` is banned by ruff).
+
+    Late acknowledgement and reject-on-worker-loss give at-least-once delivery, so
+    every task must be idempotent. No automatic retry on exceptions: the job row in
+    the database decides whether work is left, not the broker.
+    """
+    from django.conf import settings
+
+    return app.task(
+        name=name,
+        queue=queue,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        time_limit=settings.CELERY_TASK_HARD_TIME_LIMIT,
+        soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+        serializer="json",
+        ignore_result=True,
+        autoretry_for=(),
+    )

@@ -1,0 +1,120 @@
+"""Upload validation: decide from the bytes (not the file name) what a file is,
+and refuse anything that is not a complete image within the limits.
+
+Formats are a registry of sniffers and checkers so DICOM can be added as one
+more entry. This module imports no Django: limits are passed in.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from PIL import Image, UnidentifiedImageError
+
+
+class UploadRejected(Exception):
+    """A refused file. ``code`` is stable for clients; ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    format: str  # one of the registry's names: PNG, JPEG, TIFF
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    name: str
+    extensions: frozenset[str]
+    sniff: Callable[[bytes], bool]
+    check: Callable[[bytes, int], ValidatedImage]
+
+
+def _check_with_pillow(expected: str) -> Callable[[bytes, int], ValidatedImage]:
+    def check(data: bytes, max_pixels: int) -> ValidatedImage:
+        try:
+            with warnings.catch_warnings():
+                # Pillow's bomb guard warns at MAX_IMAGE_PIXELS; make it an error.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:
+                    if img.format != expected:
+                        raise UploadRejected("unsupported_type", f"the content is not a valid {expected} image")
+                    width, height = img.size
+                    if width < 1 or height < 1:
+                        raise UploadRejected("corrupt_image", "the image has no pixels")
+                    if width * height > max_pixels:
+                        raise UploadRejected(
+                            "too_many_pixels",
+                            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
+                        )
+                    if getattr(img, "n_frames", 1) > 1 and expected != "TIFF":
+                        raise UploadRejected("unsupported_type", "animated images are not accepted")
+                    # Decode every pixel now: a truncated file must fail here, not in the worker.
+                    img.load()
+        except UploadRejected:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise UploadRejected("too_many_pixels", "the image declares more pixels than allowed") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise UploadRejected(
+                "corrupt_image", f"the {expected} file is damaged or truncated and cannot be decoded"
+            ) from exc
+        return ValidatedImage(format=expected, width=width, height=height)
+
+    return check
+
+
+FORMATS: list[ImageFormat] = [
+    ImageFormat(
+        name="PNG",
+        extensions=frozenset({".png"}),
+        sniff=lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"),
+        check=_check_with_pillow("PNG"),
+    ),
+    ImageFormat(
+        name="JPEG",
+        extensions=frozenset({".jpg", ".jpeg", ".jpe"}),
+        sniff=lambda b: b.startswith(b"\xff\xd8\xff"),
+        check=_check_with_pillow("JPEG"),
+    ),
+    ImageFormat(
+        name="TIFF",
+        extensions=frozenset({".tif", ".tiff"}),
+        sniff=lambda b: b[:4] in (b"II*\x00", b"MM\x00*"),
+        check=_check_with_pillow("TIFF"),
+    ),
+]
+
+
+def accepted_extensions() -> list[str]:
+    return sorted(ext for fmt in FORMATS for ext in fmt.extensions)
+
+
+def validate_image(*, data: bytes, filename: str, max_bytes: int, max_pixels: int) -> ValidatedImage:
+    """Return what the file is, or raise UploadRejected naming the problem."""
+    if len(data) == 0:
+        raise UploadRejected("empty_file", "the file is empty")
+    if len(data) > max_bytes:
+        raise UploadRejected("file_too_large", f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
+    fmt = next((f for f in FORMATS if f.sniff(data)), None)
+    if fmt is None:
+        names = ", ".join(f.name for f in FORMATS)
+        raise UploadRejected("unsupported_type", f"the content is not an accepted image type ({names})")
+    extension = PurePath(filename).suffix.lower()
+    if extension not in fmt.extensions:
+        shown = extension or "no extension"
+        raise UploadRejected(
+            "extension_mismatch",
+            f"the file name says {shown!s} but the content is {fmt.name}; rename it or check the file",
+        )
+    return fmt.check(data, max_pixels)
