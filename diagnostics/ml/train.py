@@ -469,6 +469,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
         epochs=config.epochs,
         class_weight=weights,
         callbacks=[monitor],
+        shuffle=False,  # the dataset shuffles itself, reproducibly
         verbose=config.verbose,
     )
     fit_seconds = time.monotonic() - fit_started
