@@ -25,6 +25,8 @@ class MultipleFileField(forms.FileField):
     def clean(self, data: Any, initial: Any = None) -> list[Any]:
         single = super().clean
         if isinstance(data, list | tuple):
+            if not data and self.required:
+                raise forms.ValidationError(self.error_messages["required"], code="required")
             return [single(d, initial) for d in data]
         return [single(data, initial)]
 
@@ -34,7 +36,9 @@ class ScanUploadForm(forms.Form):
         label="Images",
         help_text=f"PNG, JPEG or TIFF; up to {settings.UPLOAD_MAX_FILES} files, "
         f"{settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB each.",
-        error_messages={"required": "Choose at least one image to upload.", "empty": "The file is empty."},
+        # Empty files reach the validator so the message names the file.
+        allow_empty_file=True,
+        error_messages={"required": "Choose at least one image to upload."},
     )
 
 

@@ -78,3 +78,59 @@ def stored_files() -> set[str]:
     if not root.exists():
         return set()
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def isolated_scan_storage(request: pytest.FixtureRequest, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each test gets its own scan folder, so content-addressed files never leak
+    between tests. Tests with a real worker process share the configured folder."""
+    if request.node.get_closest_marker("worker") or request.node.get_closest_marker("browser"):
+        return
+    scans = tmp_path / "scans"
+    settings.SCAN_STORAGE_DIR = scans
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "scans": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(scans)}},
+    }
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real `celery worker` process on the real Redis broker and the test database."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import redis
+    from django.db import connection
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.flushdb()  # messages left by earlier tests name jobs that no longer exist
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    }
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "cancerweb", "worker", "-Q", "inference,default",
+         "-c", "1", "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
