@@ -15,11 +15,12 @@ ensure_venv() {
       rm -rf .venv && "$py" -m venv .venv
     fi
   fi
-  local stamp=".venv/.installed-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
+  local tag; tag=$(basename "$req" .txt)
+  local stamp=".venv/.installed-$tag-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1
     .venv/bin/python -m pip install -q -r "$req"
-    rm -f .venv/.installed-* && touch "$stamp"
+    rm -f ".venv/.installed-$tag-"* && touch "$stamp"
   fi
 }
 
