@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -223,15 +224,46 @@ class JobError(Exception):
 
 
 def job_run(*, job_id: int) -> None:
-    """Run one inference job. Safe to call twice: only a caller that claims the
-    job (queued -> running by a conditional update) does the work."""
-    now = timezone.now()
-    claimed = InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.QUEUED).update(
-        status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
-    )
-    if not claimed:
+    """Run an inference job, and with it up to INFERENCE_BATCH_SIZE - 1 other waiting
+    jobs as one batch. Safe to call twice: only a caller that claims a job (queued ->
+    running by a conditional update) works on it, so a duplicate delivery, or the
+    message of a job another worker already took into its batch, is a quiet no-op."""
+    if not _job_claim(job_id):
         return
-    job = InferenceJob.objects.select_related("scan").get(id=job_id)
+    claimed = [job_id]
+    limit = settings.INFERENCE_BATCH_SIZE
+    if limit > 1:
+        waiting = (
+            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED)
+            .exclude(id=job_id)
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)[: limit - 1]
+        )
+        claimed += [other for other in waiting if _job_claim(other)]
+    jobs_process(job_ids=claimed)
+
+
+def _job_claim(job_id: int) -> bool:
+    now = timezone.now()
+    return bool(
+        InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.QUEUED).update(
+            status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
+        )
+    )
+
+
+def _job_fail(job: InferenceJob, exc: Exception) -> None:
+    reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
+    logger.warning("inference job %s failed: %s", job.uuid, reason)
+    now = timezone.now()
+    InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
+        status=InferenceJob.Status.FAILED, error=reason, finished_at=now, updated_at=now
+    )
+
+
+def jobs_process(*, job_ids: list[int]) -> None:
+    """Decode, predict in one compiled call and store the results of claimed jobs."""
+    jobs = list(InferenceJob.objects.select_related("scan").filter(id__in=job_ids).order_by("id"))
     try:
         model_version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         if model_version is None:
@@ -239,26 +271,39 @@ def job_run(*, job_id: int) -> None:
         from diagnostics.inference import runner_for
 
         runner = runner_for(model_version)
-        data = storage.read_bytes(job.scan.storage_name)
-        if storage.sha256_bytes(data) != job.scan.sha256:
-            raise JobError("stored scan bytes do not match their SHA-256")
-        started = time.perf_counter()
-        batch = runner.preprocess(data)[None, ...]
-        probabilities = [float(p) for p in runner.predict_arrays(batch)[0]]
-        inference_ms = (time.perf_counter() - started) * 1000.0
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
-        logger.warning("inference job %s failed: %s", job.uuid, reason)
-        InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.RUNNING).update(
-            status=InferenceJob.Status.FAILED, error=reason, finished_at=timezone.now(), updated_at=timezone.now()
-        )
+        for job in jobs:
+            _job_fail(job, exc)
         return
-    prediction_store(
-        job_id=job_id,
-        model_version=model_version,
-        probabilities=probabilities,
-        inference_ms=inference_ms,
-    )
+    started = time.perf_counter()
+    ready: list[tuple[InferenceJob, Any]] = []
+    for job in jobs:
+        try:
+            data = storage.read_bytes(job.scan.storage_name)
+            if storage.sha256_bytes(data) != job.scan.sha256:
+                raise JobError("stored scan bytes do not match their SHA-256")
+            ready.append((job, runner.preprocess(data)))
+        except Exception as exc:
+            _job_fail(job, exc)
+    if not ready:
+        return
+    try:
+        import numpy as np
+
+        probabilities = runner.predict_arrays(np.stack([array for _, array in ready]))
+    except Exception as exc:
+        for job, _ in ready:
+            _job_fail(job, exc)
+        return
+    # Time per image for the whole batch: read, check, decode and the network call.
+    per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
+    for (job, _), row in zip(ready, probabilities, strict=True):
+        prediction_store(
+            job_id=job.id,
+            model_version=model_version,
+            probabilities=[float(p) for p in row],
+            inference_ms=per_image_ms,
+        )
 
 
 def prediction_store(

@@ -67,3 +67,40 @@ def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
     assert "do not match their SHA-256" in job.error
+
+
+def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_ops(
+    clinician, active_model, settings
+):
+    settings.INFERENCE_BATCH_SIZE = 8
+    scans = [make_scan(clinician, ref=f"PSN-B{i}", color=(i * 40, 90, 30)) for i in range(3)]
+    services.job_run(job_id=scans[0].job.id)
+    for scan in scans:  # each job's own message arrives later
+        services.job_run(job_id=scan.job.id)
+    jobs = InferenceJob.objects.filter(scan__in=scans)
+    assert {j.status for j in jobs} == {InferenceJob.Status.SUCCEEDED}
+    assert [j.attempts for j in jobs] == [1, 1, 1]
+    assert Prediction.objects.filter(scan__in=scans).count() == 3
+    assert ReviewItem.objects.filter(prediction__scan__in=scans).count() == 3
+
+
+def test_a_bad_job_in_a_batch_fails_alone(clinician, active_model, settings):
+    from diagnostics.storage import scan_storage
+
+    settings.INFERENCE_BATCH_SIZE = 8
+    good = make_scan(clinician, ref="PSN-G", color=(10, 90, 30))
+    bad = make_scan(clinician, ref="PSN-X", color=(99, 9, 30))
+    with open(scan_storage().path(bad.storage_name), "ab") as fh:
+        fh.write(b"tamper")
+    services.job_run(job_id=good.job.id)
+    assert InferenceJob.objects.get(pk=good.job.pk).status == InferenceJob.Status.SUCCEEDED
+    assert InferenceJob.objects.get(pk=bad.job.pk).status == InferenceJob.Status.FAILED
+
+
+def test_batch_size_one_takes_only_its_own_job(clinician, active_model, settings):
+    settings.INFERENCE_BATCH_SIZE = 1
+    first = make_scan(clinician, ref="PSN-1A", color=(1, 90, 30))
+    second = make_scan(clinician, ref="PSN-1B", color=(2, 90, 30))
+    services.job_run(job_id=first.job.id)
+    assert InferenceJob.objects.get(pk=first.job.pk).status == InferenceJob.Status.SUCCEEDED
+    assert InferenceJob.objects.get(pk=second.job.pk).status == InferenceJob.Status.QUEUED
