@@ -72,7 +72,7 @@
         finish(ui, "done", body.created && body.created.length ? "Uploaded; analysis queued" : "Already uploaded to this case");
         if (status) { status.dispatchEvent(new CustomEvent("cancerweb:refresh")); }
       } else if (body.errors && body.errors.length) {
-        finish(ui, "error", "Refused: " + body.errors.map(function (e) { return e.message; }).join("; "));
+        finish(ui, "error", "Refused. " + body.errors.map(function (e) { return e.file + ": " + e.message; }).join("; "));
       } else {
         finish(ui, "error", "Failed: the server answered " + xhr.status);
       }
@@ -106,7 +106,7 @@
         ui.li.setAttribute("data-state", "error");
         ui.li.classList.add("error");
         ui.text.setAttribute("role", "alert");
-        ui.text.textContent = "Not sent: " + problem;
+        ui.text.textContent = "Not sent. " + file.name + ": " + problem;
         return;
       }
       queue.push({ file: file, ui: ui });
