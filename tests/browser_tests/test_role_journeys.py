@@ -48,7 +48,11 @@ def test_clinician_uploads_several_files_and_watches_them_progress(
     page.set_input_files(
         "#id_files",
         files=[
-            str(ROOT / "samples/pcam-no-metastasis-1.jpg"),
+            {
+                "name": "pcam-no-metastasis-1.jpg",
+                "mimeType": "image/jpeg",
+                "buffer": (ROOT / "samples/pcam-no-metastasis-1.jpg").read_bytes(),
+            },
             {"name": "extra.png", "mimeType": "image/png", "buffer": image_bytes(color=(30, 60, 200))},
             {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image at all"},
             {"name": "report.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4"},
