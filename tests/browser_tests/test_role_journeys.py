@@ -248,6 +248,12 @@ def test_physician_blinded_first_records_a_stage_before_the_reveal(live_server, 
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     login(page, live_server.url, "physician", PASSWORD)
+    page.wait_for_url("**/review/")
+    assert page.locator("#review-rows tbody tr").count() == 1
+    # The queue is live: a prediction that arrives now appears without a reload.
+    make_prediction(clinician, active_model, [0.6, 0.4], ref="PSN-BL2", color=(5, 5, 5))
+    page.wait_for_function("document.querySelectorAll('#review-rows tbody tr').length === 2", timeout=30_000)
+    assert "PSN-BL2" in page.locator("#review-rows").inner_text()
     page.goto(f"{live_server.url}/review/{prediction.review_item.uuid}/")
     assert page.locator(".predicted").count() == 0  # the AI's answer is hidden
     screen(page, "27-physician-blinded-first")
