@@ -206,6 +206,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
             "data_folder_in": str(_broker_dir / "queue"),
             "data_folder_out": str(_broker_dir / "queue"),
             "processed_folder": str(_broker_dir / "processed"),
+            # Exchange tables (remote control, beat) go with the broker's data, not the working directory.
+            "control_folder": str(_broker_dir / "control"),
             "store_processed": False,
         }
     )
