@@ -116,6 +116,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.roles",
+                "diagnostics.context_processors.notifications",
             ],
         },
     },
@@ -205,6 +206,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
             "data_folder_in": str(_broker_dir / "queue"),
             "data_folder_out": str(_broker_dir / "queue"),
             "processed_folder": str(_broker_dir / "processed"),
+            # Exchange tables (remote control, beat) go with the broker's data, not the working directory.
+            "control_folder": str(_broker_dir / "control"),
             "store_processed": False,
         }
     )
@@ -213,6 +216,22 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # (MEASURED.md: batch 8 gives about twice the images per second of batch 1 on CPU).
 INFERENCE_BATCH_SIZE = _env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
 CELERY_TASK_ALWAYS_EAGER = False
+
+# Notifications (issue 6). A pending review older than this reminds every physician,
+# checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
+REVIEW_OVERDUE_MINUTES = _env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "notify-overdue-reviews": {"task": "diagnostics.notify_overdue_reviews", "schedule": 300.0},
+}
+# Absolute address used in e-mails; without it the e-mail only says to sign in.
+CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")
+EMAIL_BACKEND = os.environ.get(
+    "DJANGO_EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEMO else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = _env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "cancerweb@localhost")
 
 LOGGING = {
     "version": 1,

@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.validators import RegexValidator
 
 from diagnostics.models import PATIENT_REF_VALIDATOR, ReviewDecision
 from diagnostics.validation import accepted_extensions
@@ -87,3 +88,70 @@ class CorrectionForm(forms.Form):
     def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [(label, label) for label in labels]
+
+
+# --- worklist filters, blinded reads, review settings (issue 6) --------------------
+
+
+class _WorklistFilterForm(forms.Form):
+    """GET filters of a worklist. Invalid values answer 400 with these messages.
+    (Care units arrive with issue 4: a `unit` choice field slots in here.)"""
+
+    stage = forms.ChoiceField(required=False, label="Stage")
+    date_from = forms.DateField(required=False, label="From (date)", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label="To (date)", widget=forms.DateInput(attrs={"type": "date"}))
+    q = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Case reference",
+        validators=[
+            RegexValidator(r"^[A-Za-z0-9._-]*$", "Search by case reference: letters, digits, dot, dash or underscore.")
+        ],
+    )
+    page = forms.IntegerField(required=False, min_value=1, max_value=100000, label="Page")
+
+    def __init__(self, *args: Any, stages: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stage"].choices = [("", "Any stage")] + [(s, s) for s in stages]
+        self.fields["page"].widget = forms.HiddenInput()
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
+            raise forms.ValidationError("The start date is after the end date.")
+        return data
+
+
+class CaseFilterForm(_WorklistFilterForm):
+    status = forms.ChoiceField(
+        required=False,
+        label="Status",
+        choices=[
+            ("", "Any status"),
+            ("queued", "Queued"),
+            ("running", "Running"),
+            ("awaiting_review", "Awaiting review"),
+            ("signed", "Signed"),
+            ("failed", "Failed"),
+        ],
+    )
+    field_order = ["q", "status", "stage", "date_from", "date_to", "page"]
+
+
+class QueueFilterForm(_WorklistFilterForm):
+    field_order = ["q", "stage", "date_from", "date_to", "page"]
+
+
+class BlindedReadForm(forms.Form):
+    stage = forms.ChoiceField(label="Your stage, before the AI's answer", widget=forms.RadioSelect)
+
+    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stage"].choices = [(label, label) for label in labels]
+
+
+class ReviewerPreferenceForm(forms.Form):
+    blinded_first = forms.BooleanField(
+        required=False,
+        label="Blinded first: record my stage before the AI's answer is shown",
+    )

@@ -220,3 +220,70 @@ class ReviewDecision(models.Model):
         if self.supersedes_id is not None:
             return "corrected"
         return self.outcome
+
+
+class ReviewerPreference(models.Model):
+    """Per-physician review settings."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_preference")
+    blinded_first = models.BooleanField(
+        default=False,
+        help_text="Record an own stage before the AI's answer is shown, to limit anchoring on the suggestion.",
+    )
+
+    def __str__(self) -> str:
+        return f"Review preference of {self.user_id}"
+
+
+class BlindedRead(models.Model):
+    """The stage a physician recorded before the AI's answer was revealed. Kept next to
+    the signed decision so reads with and without the suggestion can be compared."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    review_item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="blinded_reads")
+    physician = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    stage = models.CharField(max_length=100, help_text="The physician's stage before seeing the AI's suggestion.")
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Once revealed, a blinded read cannot be redone: that would no longer be blind.
+            models.UniqueConstraint(fields=["review_item", "physician"], name="blindedread_one_per_physician"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Blinded read {self.stage}"
+
+
+class Notification(models.Model):
+    class Kind(models.TextChoices):
+        CASE_SIGNED = "case_signed", "Case signed"
+        REVIEW_OVERDUE = "review_overdue", "Review overdue"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message = models.CharField(
+        max_length=300, help_text="Shown in the app and e-mailed; a pseudonymous reference at most."
+    )
+    link = models.CharField(max_length=300, blank=True)
+    review_item = models.ForeignKey(
+        ReviewItem, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["case_signed", "review_overdue"]), name="notification_kind_valid"
+            ),
+            # The periodic overdue check runs again and again: one reminder per item and physician.
+            models.UniqueConstraint(
+                fields=["user", "review_item"], condition=Q(kind="review_overdue"), name="notification_one_overdue"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Notification {self.kind} for {self.user_id}"

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
-from diagnostics.models import Case, InferenceJob, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import (
+    BlindedRead,
+    Case,
+    InferenceJob,
+    ModelVersion,
+    Notification,
+    ReviewDecision,
+    ReviewerPreference,
+    ReviewItem,
+    Scan,
+)
 
 
 def cases_for_user(*, user: User) -> QuerySet[Case]:
@@ -126,3 +138,263 @@ def case_status_summary(statuses: list[ScanStatus]) -> str:
         "awaiting_review": "Awaiting review",
         "signed": "Signed",
     }[code]
+
+
+# --- worklists (issue 6) -----------------------------------------------------------
+
+CASE_STATUS_CODES = ["failed", "queued", "running", "awaiting_review", "signed"]
+
+
+def _scans_where(**lookups: object) -> Exists:
+    return Exists(Scan.objects.filter(case=OuterRef("pk"), **lookups))
+
+
+def cases_filtered(
+    *,
+    user: User,
+    status: str = "",
+    stage: str = "",
+    date_from: date | None = None,
+    date_to: date | None = None,
+    search: str = "",
+) -> QuerySet[Case]:
+    """The user's cases narrowed by the worklist's filters. ``status`` matches the case
+    summary (a case is as far along as its least advanced scan), so the conditions
+    exclude every less advanced state. ``stage`` is the physician's signed stage."""
+    cases = cases_for_user(user=user)
+    failed = _scans_where(job__status=InferenceJob.Status.FAILED)
+    queued = _scans_where(job__isnull=True) | _scans_where(job__status=InferenceJob.Status.QUEUED)
+    running = _scans_where(job__status=InferenceJob.Status.RUNNING)
+    pending = _scans_where(prediction__review_item__status=ReviewItem.Status.PENDING)
+    if status == "failed":
+        cases = cases.filter(failed)
+    elif status == "queued":
+        cases = cases.filter(queued).exclude(failed)
+    elif status == "running":
+        cases = cases.filter(running).exclude(failed).exclude(queued)
+    elif status == "awaiting_review":
+        cases = cases.filter(pending).exclude(failed).exclude(queued).exclude(running)
+    elif status == "signed":
+        cases = (
+            cases.filter(_scans_where())
+            .exclude(failed)
+            .exclude(queued)
+            .exclude(running)
+            .exclude(pending)
+            .exclude(_scans_where(prediction__isnull=True))
+        )
+    elif status:
+        raise ValueError(f"unknown status {status!r}")
+    if stage:
+        current = ReviewDecision.objects.filter(
+            review_item__prediction__scan__case=OuterRef("pk"), stage=stage, superseded_by__isnull=True
+        )
+        cases = cases.filter(Exists(current))
+    if date_from:
+        cases = cases.filter(created_at__date__gte=date_from)
+    if date_to:
+        cases = cases.filter(created_at__date__lte=date_to)
+    if search:
+        cases = cases.filter(patient_ref__icontains=search)
+    return cases
+
+
+def review_queue_filtered(
+    *,
+    user: User,
+    stage: str = "",
+    date_from: date | None = None,
+    date_to: date | None = None,
+    search: str = "",
+) -> QuerySet[ReviewItem]:
+    items = review_queue(user=user)
+    if stage:
+        items = items.filter(prediction__predicted_label=stage)
+    if date_from:
+        items = items.filter(created_at__date__gte=date_from)
+    if date_to:
+        items = items.filter(created_at__date__lte=date_to)
+    if search:
+        items = items.filter(prediction__scan__case__patient_ref__icontains=search)
+    return items
+
+
+def stage_labels_known() -> list[str]:
+    """Every stage label of every registered model, for the filters' choices."""
+    seen: list[str] = []
+    for labels in ModelVersion.objects.order_by("registered_at", "id").values_list("labels", flat=True):
+        for label in labels:
+            if label not in seen:
+                seen.append(label)
+    return seen
+
+
+def review_queue_neighbours(*, user: User, item: ReviewItem) -> tuple[ReviewItem | None, ReviewItem | None]:
+    """Previous and next pending items in queue order, for the viewer's n / p keys. An
+    item already signed has no place in the queue: its "next" is the queue's head."""
+    uuids = list(review_queue(user=user).values_list("uuid", flat=True)[:2000])
+    if item.uuid not in uuids:
+        head = review_queue(user=user).first()
+        return None, head
+    i = uuids.index(item.uuid)
+    prev_uuid = uuids[i - 1] if i > 0 else None
+    next_uuid = uuids[i + 1] if i + 1 < len(uuids) else None
+    found = {it.uuid: it for it in ReviewItem.objects.filter(uuid__in=[u for u in (prev_uuid, next_uuid) if u])}
+    return found.get(prev_uuid) if prev_uuid else None, found.get(next_uuid) if next_uuid else None
+
+
+def reviewer_blinded_first(*, user: User) -> bool:
+    pref = ReviewerPreference.objects.filter(user=user).first()
+    return bool(pref and pref.blinded_first)
+
+
+def blinded_read_get(*, user: User, item: ReviewItem) -> BlindedRead | None:
+    return BlindedRead.objects.filter(review_item=item, physician=user).first()
+
+
+def notifications_for_user(*, user: User) -> QuerySet[Notification]:
+    return Notification.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def model_version_get(*, user: User, model_uuid: UUID) -> ModelVersion:
+    """Model cards are for whoever works with the model's output: physicians and admins."""
+    if not (user.has_perm(REVIEW_PERMISSION) or user.has_perm("diagnostics.view_modelversion")):
+        raise PermissionDenied("model cards are for physicians and admins")
+    try:
+        return ModelVersion.objects.get(uuid=model_uuid)
+    except ModelVersion.DoesNotExist as exc:
+        raise Http404("no such model") from exc
+
+
+# --- dashboards (issue 6) ----------------------------------------------------------
+
+
+@dataclass
+class StageMetrics:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class ModelAgreement:
+    """Agreement of one model version with the physicians' signed stages, the
+    physician's stage taken as the truth (rows of the confusion matrix)."""
+
+    model_version: ModelVersion
+    labels: list[str]
+    n: int
+    accuracy: float
+    stages: list[StageMetrics]
+    confusion: list[list[int]]
+    trend: list[tuple[date, int, float]] = field(default_factory=list)  # day, n, accuracy
+
+
+@dataclass
+class QueueStats:
+    pending: int
+    oldest_minutes: float | None
+    median_age_minutes: float | None
+    signed: int
+    median_signoff_minutes: float | None
+    mean_signoff_minutes: float | None
+
+
+def _require_dashboard(user: User) -> None:
+    if not (user.has_perm(REVIEW_PERMISSION) or user.has_perm("diagnostics.view_modelversion")):
+        raise PermissionDenied("dashboards are for physicians and admins")
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _current_decisions() -> QuerySet[ReviewDecision]:
+    # A correction replaces the decision it supersedes: only the latest counts.
+    return ReviewDecision.objects.filter(superseded_by__isnull=True)
+
+
+def agreement_by_model(*, user: User) -> list[ModelAgreement]:
+    """Per model version: accuracy, per-stage precision / recall / F1 and the confusion
+    matrix of the model's predicted stage against the physician's signed stage, plus
+    the daily trend of accuracy by signing day."""
+    import numpy as np
+
+    from diagnostics.ml import metrics
+
+    _require_dashboard(user)
+    rows = _current_decisions().values_list(
+        "review_item__prediction__model_version_id",
+        "review_item__prediction__predicted_index",
+        "stage",
+        "signed_at",
+    )
+    by_model: dict[int, list[tuple[int, str, datetime]]] = {}
+    for model_id, predicted, stage, signed_at in rows:
+        by_model.setdefault(model_id, []).append((predicted, stage, signed_at))
+    versions = {m.id: m for m in ModelVersion.objects.filter(id__in=by_model)}
+    result = []
+    for model_id in sorted(by_model, key=lambda i: (versions[i].registered_at, i)):
+        mv = versions[model_id]
+        labels = list(mv.labels)
+        pairs = [(labels.index(stage), predicted, signed_at) for predicted, stage, signed_at in by_model[model_id]]
+        y_true = np.array([t for t, _, _ in pairs])
+        y_pred = np.array([p for _, p, _ in pairs])
+        prf = metrics.per_class_prf(y_true, y_pred, len(labels))
+        stages = [
+            StageMetrics(
+                label=label,
+                precision=float(prf["precision"][i]),
+                recall=float(prf["recall"][i]),
+                f1=float(prf["f1"][i]),
+                support=int(prf["support"][i]),
+            )
+            for i, label in enumerate(labels)
+        ]
+        days: dict[date, list[bool]] = {}
+        for t, p, signed_at in pairs:
+            days.setdefault(timezone.localdate(signed_at), []).append(t == p)
+        trend = [(day, len(hits), sum(hits) / len(hits)) for day, hits in sorted(days.items())]
+        result.append(
+            ModelAgreement(
+                model_version=mv,
+                labels=labels,
+                n=len(pairs),
+                accuracy=metrics.accuracy(y_true, y_pred),
+                stages=stages,
+                confusion=metrics.confusion_matrix(y_true, y_pred, len(labels)).tolist(),
+                trend=trend,
+            )
+        )
+    return result
+
+
+def queue_stats(*, user: User) -> QueueStats:
+    """Queue age of pending items and time from queue entry to first sign-off."""
+    _require_dashboard(user)
+    now = timezone.now()
+    ages = [
+        (now - created).total_seconds() / 60
+        for created in ReviewItem.objects.filter(status=ReviewItem.Status.PENDING).values_list("created_at", flat=True)
+    ]
+    first_signed: dict[int, tuple[datetime, datetime]] = {}
+    for item_id, created, signed_at in ReviewDecision.objects.filter(supersedes__isnull=True).values_list(
+        "review_item_id", "review_item__created_at", "signed_at"
+    ):
+        if item_id not in first_signed or signed_at < first_signed[item_id][1]:
+            first_signed[item_id] = (created, signed_at)
+    signoff = [(signed - created) / timedelta(minutes=1) for created, signed in first_signed.values()]
+    return QueueStats(
+        pending=len(ages),
+        oldest_minutes=max(ages) if ages else None,
+        median_age_minutes=_median(ages),
+        signed=len(signoff),
+        median_signoff_minutes=_median(signoff),
+        mean_signoff_minutes=sum(signoff) / len(signoff) if signoff else None,
+    )

@@ -6,20 +6,33 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.audit import audit_record
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
 from diagnostics import storage
-from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import (
+    BlindedRead,
+    Case,
+    InferenceJob,
+    ModelVersion,
+    Notification,
+    Prediction,
+    ReviewDecision,
+    ReviewerPreference,
+    ReviewItem,
+    Scan,
+)
 from diagnostics.validation import UploadRejected, validate_image
 
 logger = logging.getLogger(__name__)
@@ -423,6 +436,7 @@ def review_sign(
             },
             client_address=client_address,
         )
+        _notify_case_signed(decision=decision)
     return decision
 
 
@@ -484,3 +498,145 @@ def model_activate(*, acting_user: User | None, model_version: ModelVersion) -> 
         model_version.save(update_fields=["status"])
         audit_record(actor=acting_user, action="model.activate", obj=model_version, data={})
     return model_version
+
+
+# --- reviewer preferences, blinded reads, notifications ---------------------------
+
+
+def reviewer_preference_set(
+    *, acting_user: User, blinded_first: bool, client_address: str | None = None
+) -> ReviewerPreference:
+    if not acting_user.has_perm(REVIEW_PERMISSION):
+        raise PermissionDenied("review settings are for physicians")
+    with transaction.atomic():
+        pref, _ = ReviewerPreference.objects.select_for_update().get_or_create(user=acting_user)
+        old = pref.blinded_first
+        pref.blinded_first = blinded_first
+        pref.full_clean()
+        pref.save()
+        audit_record(
+            actor=acting_user,
+            action="reviewer_preference.set",
+            obj=acting_user,
+            data={"blinded_first": {"old": old, "new": blinded_first}},
+            client_address=client_address,
+        )
+    return pref
+
+
+def blinded_read_record(
+    *, acting_user: User, review_item: ReviewItem, stage: str, client_address: str | None = None
+) -> BlindedRead:
+    """Keep the stage a physician chose before the AI's answer was shown. Recorded once:
+    after the reveal a second blind read would not be blind."""
+    if not acting_user.has_perm(REVIEW_PERMISSION):
+        raise PermissionDenied("only physicians record reads")
+    labels = list(review_item.prediction.labels)
+    if stage not in labels:
+        raise ValidationError({"stage": f"choose one of the model's stages: {', '.join(labels)}"})
+    with transaction.atomic():
+        item = ReviewItem.objects.select_for_update().get(pk=review_item.pk)
+        if item.blinded_reads.filter(physician=acting_user).exists():
+            raise ValidationError({"stage": "your blinded stage for this item is already recorded"})
+        read = BlindedRead(review_item=item, physician=acting_user, stage=stage)
+        read.full_clean()
+        read.save()
+        audit_record(
+            actor=acting_user,
+            action="review.blinded_read",
+            obj=read,
+            data={"review_item": str(item.uuid), "stage": stage},
+            client_address=client_address,
+        )
+    return read
+
+
+def _notify(*, user: User, kind: str, message: str, link: str, review_item: ReviewItem | None) -> Notification:
+    """An in-app notification and, after commit, the same news by e-mail. The e-mail
+    carries no patient reference: mail leaves the hospital's systems."""
+    note = Notification(user=user, kind=kind, message=message, link=link, review_item=review_item)
+    note.full_clean()
+    note.save()
+    if user.email:
+        subject = f"CancerWeb: {note.get_kind_display().lower()}"
+        body = "There is news in CancerWeb for you. Sign in to see it"
+        body += f": {settings.CANCERWEB_BASE_URL.rstrip('/')}{link}\n" if settings.CANCERWEB_BASE_URL else ".\n"
+        address = user.email
+        transaction.on_commit(lambda: _send_mail(subject=subject, body=body, to=address))
+    return note
+
+
+def _send_mail(*, subject: str, body: str, to: str) -> None:
+    from django.core.mail import send_mail
+
+    try:
+        send_mail(subject, body, None, [to])
+    except Exception:  # the in-app notification stands even when the mail server is down
+        logger.warning("could not send a notification e-mail", exc_info=True)
+
+
+def _notify_case_signed(*, decision: ReviewDecision) -> None:
+    from django.urls import reverse
+
+    case = decision.review_item.prediction.scan.case
+    verb = "corrected" if decision.supersedes_id else "signed"
+    _notify(
+        user=case.created_by,
+        kind=Notification.Kind.CASE_SIGNED,
+        message=f"Case {case.patient_ref}: a physician {verb} a result.",
+        link=reverse("case_detail", kwargs={"case_uuid": case.uuid}),
+        review_item=decision.review_item,
+    )
+
+
+def reviews_notify_overdue() -> int:
+    """Remind every physician of items waiting longer than REVIEW_OVERDUE_MINUTES.
+    Safe to run again and again: one reminder per item and physician (a constraint)."""
+    from django.urls import reverse
+
+    cutoff = timezone.now() - timedelta(minutes=settings.REVIEW_OVERDUE_MINUTES)
+    overdue = list(
+        ReviewItem.objects.filter(status=ReviewItem.Status.PENDING, created_at__lt=cutoff).select_related(
+            "prediction__scan__case"
+        )
+    )
+    if not overdue:
+        return 0
+    app_label, codename = REVIEW_PERMISSION.split(".")
+    physicians = list(
+        User.objects.filter(is_active=True)
+        .filter(
+            Q(groups__permissions__codename=codename, groups__permissions__content_type__app_label=app_label)
+            | Q(user_permissions__codename=codename, user_permissions__content_type__app_label=app_label)
+        )
+        .distinct()
+    )
+    sent = 0
+    for item in overdue:
+        for physician in physicians:
+            if Notification.objects.filter(
+                user=physician, review_item=item, kind=Notification.Kind.REVIEW_OVERDUE
+            ).exists():
+                continue
+            try:
+                with transaction.atomic():
+                    _notify(
+                        user=physician,
+                        kind=Notification.Kind.REVIEW_OVERDUE,
+                        message=f"Case {item.prediction.scan.case.patient_ref} waits for review "
+                        f"for more than {settings.REVIEW_OVERDUE_MINUTES} minutes.",
+                        link=reverse("review_detail", kwargs={"item_uuid": item.uuid}),
+                        review_item=item,
+                    )
+                sent += 1
+            except (IntegrityError, ValidationError):
+                continue  # a concurrent run reminded this physician already
+    return sent
+
+
+def notifications_mark_read(*, acting_user: User, notification_uuid: UUID | None = None) -> int:
+    """Mark one of the user's notifications read, or all of them when no uuid is given."""
+    qs = Notification.objects.filter(user=acting_user, read_at__isnull=True)
+    if notification_uuid is not None:
+        qs = qs.filter(uuid=notification_uuid)
+    return qs.update(read_at=timezone.now())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import io
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -12,16 +14,27 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from PIL import Image
 
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
-from diagnostics import selectors, services, storage
-from diagnostics.forms import CaseCreateForm, CorrectionForm, ScanUploadForm, SignForm
+from diagnostics import charts_svg, selectors, services, storage
+from diagnostics.forms import (
+    BlindedReadForm,
+    CaseCreateForm,
+    CaseFilterForm,
+    CorrectionForm,
+    QueueFilterForm,
+    ReviewerPreferenceForm,
+    ScanUploadForm,
+    SignForm,
+)
 from diagnostics.models import ReviewDecision
+from diagnostics.validation import accepted_extensions
 
 
 def _client_address(request: HttpRequest) -> str | None:
@@ -56,13 +69,37 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_list(request: HttpRequest) -> HttpResponse:
-    cases = selectors.cases_for_user(user=request.user).prefetch_related("scans__job")
-    page = Paginator(cases, 25).get_page(request.GET.get("page"))
+    form = CaseFilterForm(request.GET, stages=selectors.stage_labels_known())
+    if not form.is_valid():
+        return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
+    data = form.cleaned_data
+    cases = selectors.cases_filtered(
+        user=request.user,
+        status=data["status"],
+        stage=data["stage"],
+        date_from=data["date_from"],
+        date_to=data["date_to"],
+        search=data["q"],
+    ).prefetch_related("scans__job")
+    page = Paginator(cases, 25).get_page(data["page"] or 1)
     rows = []
     for case in page:
         statuses = [status for _, status in selectors.case_scans_with_status(case=case)]
         rows.append((case, selectors.case_status_summary(statuses), len(statuses)))
-    return render(request, "diagnostics/case_list.html", {"page": page, "rows": rows})
+    context = {"page": page, "rows": rows, "filter_form": form, **_worklist_queries(request)}
+    template = "diagnostics/_case_rows.html" if request.GET.get("fragment") else "diagnostics/case_list.html"
+    return render(request, template, context)
+
+
+def _worklist_queries(request: HttpRequest) -> dict[str, str]:
+    """The current filters as query strings: for the pager's links and the live poll."""
+    query = request.GET.copy()
+    query.pop("fragment", None)
+    query.pop("page", None)
+    filters = query.urlencode()
+    poll = request.GET.copy()
+    poll["fragment"] = "1"
+    return {"filter_query": filters, "poll_query": poll.urlencode()}
 
 
 @require_http_methods(["GET", "POST"])
@@ -109,6 +146,10 @@ def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
         "summary": selectors.case_status_summary([s for _, s in scans]),
         "all_done": all(s.code in ("signed", "failed") for _, s in scans),
         "form": form,
+        # The upload page's client-side pre-checks; the server stays the authority.
+        "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
+        "upload_max_files": settings.UPLOAD_MAX_FILES,
+        "upload_extensions": ",".join(accepted_extensions()),
     }
 
 
@@ -168,10 +209,21 @@ def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
 @never_cache
 @login_required
 def review_queue(request: HttpRequest) -> HttpResponse:
-    items = selectors.review_queue(user=request.user)
-    page = Paginator(items, 25).get_page(request.GET.get("page"))
+    form = QueueFilterForm(request.GET, stages=selectors.stage_labels_known())
+    if not form.is_valid():
+        selectors.review_queue(user=request.user)  # the wrong role gets 403 before any message
+        return render(request, "diagnostics/review_queue.html", {"filter_form": form, "page": None}, status=400)
+    data = form.cleaned_data
+    items = selectors.review_queue_filtered(
+        user=request.user,
+        stage=data["stage"],
+        date_from=data["date_from"],
+        date_to=data["date_to"],
+        search=data["q"],
+    )
+    page = Paginator(items, 25).get_page(data["page"] or 1)
     template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"
-    return render(request, template, {"page": page})
+    return render(request, template, {"page": page, "filter_form": form, **_worklist_queries(request)})
 
 
 @require_http_methods(["GET", "POST"])
@@ -183,8 +235,15 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
     current = decisions[-1] if decisions else None
     sign_form = SignForm(request.POST or None, labels=labels) if current is None else None
     correct_form = CorrectionForm(request.POST or None, labels=labels) if current is not None else None
+    blinded_read = selectors.blinded_read_get(user=request.user, item=item)
+    # Blinded-first: the AI's answer stays hidden, and signing is refused, until the
+    # physician has recorded a stage of their own.
+    blinded = current is None and blinded_read is None and selectors.reviewer_blinded_first(user=request.user)
     status = 200
-    if request.method == "POST":
+    if request.method == "POST" and blinded:
+        messages.error(request, "Record your own stage first; the AI's answer is shown after that.")
+        status = 400
+    elif request.method == "POST":
         form = sign_form or correct_form
         assert form is not None
         if form.is_valid():
@@ -219,5 +278,195 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
         "current": current,
         "sign_form": sign_form,
         "correct_form": correct_form,
+        **_review_viewer_context(request, item, labels, blinded, blinded_read),
     }
     return render(request, "diagnostics/review_detail.html", context, status=status)
+
+
+# --- issue 6: upload with progress, viewer, blinded reads, notifications, dashboards ---
+
+
+@require_POST
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_upload_file(request: HttpRequest, case_uuid: UUID) -> JsonResponse:
+    """The upload page's endpoint: one request per file (so the browser can show each
+    file's progress), answered in JSON. The server's validation is the authority."""
+    case = selectors.case_get(user=request.user, case_uuid=case_uuid)
+    files = request.FILES.getlist("files")
+    if len(files) != 1:
+        return JsonResponse(
+            {"errors": [{"file": "", "code": "one_file", "message": "send exactly one file in the field 'files'"}]},
+            status=400,
+        )
+    try:
+        result = services.scans_upload(
+            acting_user=request.user,
+            case=case,
+            files=_incoming(files),
+            client_address=_client_address(request),
+        )
+    except services.UploadBatchRejected as exc:
+        errors = [{"file": name, "code": err.code, "message": err.message} for name, err in exc.errors]
+        return JsonResponse({"errors": errors}, status=400)
+    return JsonResponse(
+        {
+            "created": [{"uuid": str(s.uuid), "name": s.original_name} for s in result.created],
+            "repeated": [{"uuid": str(s.uuid), "name": s.original_name} for s in result.repeated],
+        },
+        status=201 if result.created else 200,
+    )
+
+
+def _heatmap_url(prediction: Any) -> str | None:
+    # Rendered only when the prediction has a heat map; issue 3 produces them.
+    if storage.heatmap_exists(prediction.uuid):
+        return reverse("prediction_heatmap", kwargs={"prediction_uuid": prediction.uuid})
+    return None
+
+
+def _review_viewer_context(
+    request: HttpRequest, item: Any, labels: list[str], blinded: bool, blinded_read: Any
+) -> dict[str, Any]:
+    previous_item, next_item = selectors.review_queue_neighbours(user=request.user, item=item)
+    prediction = item.prediction
+    return {
+        "blinded": blinded,
+        "blinded_read": blinded_read,
+        "blinded_form": BlindedReadForm(labels=labels) if blinded else None,
+        "previous_item": previous_item,
+        "next_item": next_item,
+        "heatmap_url": None if blinded else _heatmap_url(prediction),
+        "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
+        "predicted_number": prediction.predicted_index + 1,
+    }
+
+
+@require_GET
+@login_required
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def prediction_heatmap(request: HttpRequest, prediction_uuid: UUID) -> HttpResponse:
+    """The heat-map PNG of a prediction a reviewer may see."""
+    item = selectors.review_items_for_user(user=request.user).filter(prediction__uuid=prediction_uuid).first()
+    if item is None or not storage.heatmap_exists(prediction_uuid):
+        raise Http404("no heat map")
+    response = HttpResponse(storage.read_bytes(storage.heatmap_name_for(prediction_uuid)), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_POST
+@login_required
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def review_blinded(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
+    item = selectors.review_item_get(user=request.user, item_uuid=item_uuid)
+    form = BlindedReadForm(request.POST, labels=list(item.prediction.labels))
+    if form.is_valid():
+        try:
+            services.blinded_read_record(
+                acting_user=request.user,
+                review_item=item,
+                stage=form.cleaned_data["stage"],
+                client_address=_client_address(request),
+            )
+        except ValidationError as exc:
+            return HttpResponse("; ".join(exc.messages), status=400, content_type="text/plain")
+        messages.success(request, "Your stage is recorded. The AI's answer is shown below.")
+        return redirect("review_detail", item_uuid=item.uuid)
+    errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    return HttpResponse(f"Not recorded. {errors}", status=400, content_type="text/plain")
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def review_settings(request: HttpRequest) -> HttpResponse:
+    initial = {"blinded_first": selectors.reviewer_blinded_first(user=request.user)}
+    form = ReviewerPreferenceForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        services.reviewer_preference_set(
+            acting_user=request.user,
+            blinded_first=form.cleaned_data["blinded_first"],
+            client_address=_client_address(request),
+        )
+        messages.success(request, "Review settings saved.")
+        return redirect("review_settings")
+    return render(request, "diagnostics/review_settings.html", {"form": form})
+
+
+@require_GET
+@login_required
+def model_card(request: HttpRequest, model_uuid: UUID) -> HttpResponse:
+    """The bundle's MODEL_CARD.md as a page. Rendered without raw HTML: the card is
+    text from a model bundle, not markup we trust."""
+    from markdown_it import MarkdownIt
+
+    model_version = selectors.model_version_get(user=request.user, model_uuid=model_uuid)
+    bundle = Path(model_version.bundle_path)
+    if not bundle.is_absolute():
+        bundle = Path(settings.BASE_DIR) / bundle
+    card_path = bundle / "MODEL_CARD.md"
+    card_html = MarkdownIt("js-default").render(card_path.read_text()) if card_path.is_file() else ""
+    return render(request, "diagnostics/model_card.html", {"model_version": model_version, "card_html": card_html})
+
+
+@require_GET
+@never_cache
+@login_required
+def notification_list(request: HttpRequest) -> HttpResponse:
+    notes = selectors.notifications_for_user(user=request.user)
+    page = Paginator(notes, 25).get_page(request.GET.get("page"))
+    return render(request, "diagnostics/notifications.html", {"page": page})
+
+
+@require_POST
+@login_required
+def notification_read(request: HttpRequest) -> HttpResponse:
+    raw = request.POST.get("notification", "")
+    target: UUID | None = None
+    if raw:
+        try:
+            target = UUID(raw)
+        except ValueError:
+            return HttpResponse("notification must be a UUID", status=400, content_type="text/plain")
+    services.notifications_mark_read(acting_user=request.user, notification_uuid=target)
+    return redirect("notification_list")
+
+
+@require_GET
+@never_cache
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    agreements = selectors.agreement_by_model(user=request.user)
+    stats = selectors.queue_stats(user=request.user)
+    charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in agreements]
+    return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": stats})
+
+
+@require_GET
+@never_cache
+@login_required
+def dashboard_csv(request: HttpRequest) -> HttpResponse:
+    agreements = selectors.agreement_by_model(user=request.user)
+    stats = selectors.queue_stats(user=request.user)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="cancerweb-agreement.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["section", "model", "stage", "predicted_stage", "metric", "value"])
+    for a in agreements:
+        model = str(a.model_version)
+        writer.writerow(["overall", model, "", "", "n", a.n])
+        writer.writerow(["overall", model, "", "", "accuracy", f"{a.accuracy:.6f}"])
+        for st in a.stages:
+            for metric in ("precision", "recall", "f1"):
+                writer.writerow(["per_stage", model, st.label, "", metric, f"{getattr(st, metric):.6f}"])
+            writer.writerow(["per_stage", model, st.label, "", "support", st.support])
+        for i, row in enumerate(a.confusion):
+            for j, count in enumerate(row):
+                writer.writerow(["confusion", model, a.labels[i], a.labels[j], "count", count])
+        for day, n, acc in a.trend:
+            writer.writerow(["trend", model, "", "", f"accuracy {day.isoformat()} (n={n})", f"{acc:.6f}"])
+    for metric in ("pending", "oldest_minutes", "median_age_minutes", "signed", "median_signoff_minutes"):
+        value = getattr(stats, metric)
+        writer.writerow(["queue", "", "", "", metric, "" if value is None else f"{value:.2f}"])
+    return response

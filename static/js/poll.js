@@ -1,21 +1,37 @@
 // Refreshes a server-rendered fragment every few seconds so statuses change without a reload.
+// A fragment marked done stops polling until something (an upload) sends "cancerweb:refresh".
 (function () {
   "use strict";
   var targets = document.querySelectorAll("[data-poll-url]");
   targets.forEach(function (el) {
     var url = el.getAttribute("data-poll-url");
+    var timer = null;
+    var last = null;
     function done() {
       var s = el.querySelector("[data-done]");
       return s && s.getAttribute("data-done") === "1";
     }
+    function schedule(ms) {
+      if (timer) { window.clearTimeout(timer); }
+      timer = window.setTimeout(tick, ms);
+    }
     function tick() {
+      timer = null;
       if (done()) { return; }
       fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
         .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
-        .then(function (html) { el.innerHTML = html; })
+        .then(function (html) {
+          // Only touch the DOM when something changed: keeps keyboard focus in place.
+          if (html !== last) { last = html; el.innerHTML = html; }
+        })
         .catch(function () { /* keep the last good view; try again next tick */ })
-        .finally(function () { window.setTimeout(tick, 2000); });
+        .finally(function () { if (!timer) { schedule(2000); } });
     }
-    window.setTimeout(tick, 2000);
+    el.addEventListener("cancerweb:refresh", function () {
+      var s = el.querySelector("[data-done]");
+      if (s) { s.setAttribute("data-done", "0"); }
+      schedule(200);
+    });
+    schedule(2000);
   });
 })();

@@ -11,6 +11,11 @@ SCREENSHOTS = ROOT / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
+# Playwright's sync API keeps an asyncio loop running in the test's thread; Django
+# then refuses database calls from that thread. The tests call the ORM between
+# browser steps on purpose (set-up and checks), never from inside the loop.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:

@@ -102,7 +102,8 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
         "#id_files", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image at all"}]
     )
     page.click("button:has-text('Upload')")
-    assert "notes.png: the content is not an accepted image type" in page.content()
+    # Each file is sent on its own; the server's refusal appears in the file's row.
+    page.wait_for_selector("text=notes.png: the content is not an accepted image type")
     shot(page, "05-clinician-bad-upload")
     _logout(page)
 

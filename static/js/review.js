@@ -1,0 +1,117 @@
+// Review screen: zoomable viewer with a heat-map layer, and keyboard shortcuts so a
+// physician can review without the mouse (every shortcut also has a visible control).
+(function () {
+  "use strict";
+  var el = document.getElementById("viewer");
+  var viewer = null;
+  var heat = null;
+  var toggle = document.getElementById("heatmap-toggle");
+  var slider = document.getElementById("heatmap-opacity");
+
+  function heatOpacity() {
+    if (!toggle || !toggle.checked) { return 0; }
+    return parseInt(slider.value, 10) / 100;
+  }
+  function applyHeat() {
+    if (heat) { heat.setOpacity(heatOpacity()); }
+    if (el) { el.setAttribute("data-heatmap-visible", heatOpacity() > 0 ? "1" : "0"); }
+  }
+
+  if (el && window.OpenSeadragon) {
+    viewer = window.OpenSeadragon({
+      element: el,
+      tileSources: { type: "image", url: el.getAttribute("data-image-url") },
+      showNavigationControl: false, // our own labelled buttons below
+      drawer: "canvas",
+      maxZoomPixelRatio: 8,
+      visibilityRatio: 0.5,
+      gestureSettingsMouse: { clickToZoom: false }
+    });
+    var heatUrl = el.getAttribute("data-heatmap-url");
+    viewer.addHandler("open", function () {
+      el.setAttribute("data-ready", "1");
+      if (heatUrl) {
+        viewer.addTiledImage({
+          tileSource: { type: "image", url: heatUrl },
+          opacity: heatOpacity(),
+          success: function (e) { heat = e.item; el.setAttribute("data-heatmap-loaded", "1"); applyHeat(); }
+        });
+      }
+    });
+    window.cancerwebViewer = viewer;
+    document.getElementById("zoom-in").addEventListener("click", function () { viewer.viewport.zoomBy(1.5); });
+    document.getElementById("zoom-out").addEventListener("click", function () { viewer.viewport.zoomBy(1 / 1.5); });
+    document.getElementById("zoom-home").addEventListener("click", function () { viewer.viewport.goHome(); });
+  }
+  if (toggle) { toggle.addEventListener("change", applyHeat); }
+  if (slider) { slider.addEventListener("input", applyHeat); }
+
+  var help = document.getElementById("shortcut-help");
+  var helpButton = document.getElementById("help-toggle");
+  function toggleHelp() {
+    help.hidden = !help.hidden;
+    helpButton.setAttribute("aria-expanded", help.hidden ? "false" : "true");
+  }
+  helpButton.addEventListener("click", toggleHelp);
+
+  var sign = document.getElementById("sign-form");
+  var blinded = document.getElementById("blinded-form");
+  function field(sel) { return document.querySelector(sel); }
+  function outcome(value) {
+    var r = sign && sign.querySelector("input[name=outcome][value=" + value + "]");
+    if (r) { r.checked = true; }
+    return r;
+  }
+  function chooseStage(n) {
+    if (blinded) {
+      var radio = blinded.querySelector("input[data-stage-number='" + n + "']");
+      if (radio) { radio.checked = true; document.getElementById("blinded-submit").focus(); }
+      return;
+    }
+    if (!sign) { return; }
+    var select = field("#id_stage");
+    var option = select && select.options[n]; // options[0] is the empty choice
+    if (!option) { return; }
+    if (option.value === sign.getAttribute("data-predicted")) {
+      outcome("confirmed");
+      select.value = "";
+      field("#id_password").focus();
+    } else {
+      outcome("rejected");
+      select.value = option.value;
+      field("#id_reason").focus();
+    }
+  }
+  function typing(target) {
+    var tag = target && target.tagName;
+    if (tag === "TEXTAREA" || tag === "SELECT") { return true; }
+    return tag === "INPUT" && ["radio", "checkbox", "range", "button", "submit"].indexOf(target.type) < 0;
+  }
+
+  document.addEventListener("keydown", function (e) {
+    // The viewer handles its own keys (arrows, +, -) when it has focus.
+    if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey) { return; }
+    if (e.key === "Escape") {
+      if (typing(e.target)) { e.target.blur(); }
+      if (!help.hidden) { toggleHelp(); }
+      return;
+    }
+    if (typing(e.target)) { return; }
+    var link;
+    switch (e.key) {
+      case "n": link = document.getElementById("next-item"); if (link) { window.location.href = link.href; } break;
+      case "p": link = document.getElementById("prev-item"); if (link) { window.location.href = link.href; } break;
+      case "c": if (outcome("confirmed")) { field("#id_stage").value = ""; field("#id_password").focus(); } break;
+      case "x": if (outcome("rejected")) { field("#id_stage").focus(); } break;
+      case "s": if (field("#id_password")) { field("#id_password").focus(); } break;
+      case "h": if (toggle) { toggle.checked = !toggle.checked; applyHeat(); } break;
+      case "+": case "=": if (viewer) { viewer.viewport.zoomBy(1.5); } break;
+      case "-": if (viewer) { viewer.viewport.zoomBy(1 / 1.5); } break;
+      case "0": if (viewer) { viewer.viewport.goHome(); } break;
+      case "?": toggleHelp(); break;
+      default:
+        if (/^[1-9]$/.test(e.key)) { chooseStage(parseInt(e.key, 10)); } else { return; }
+    }
+    e.preventDefault();
+  });
+})();
