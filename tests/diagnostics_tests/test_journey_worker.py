@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from diagnostics import services
 from diagnostics.models import InferenceJob, Prediction
-from tests.conftest import login, sample_bytes
+from tests.conftest import login, otp_code, sample_bytes
 from tests.factories import PASSWORD
 
 pytestmark = [pytest.mark.worker]
@@ -63,7 +63,13 @@ def test_upload_infer_review_sign_journey(celery_worker_process, clinician, phys
     assert prediction.predicted_label in item_page
     signed = p.post(
         links[0],
-        {"outcome": "rejected", "stage": other_stage, "reason": "morphology disagrees", "password": PASSWORD},
+        {
+            "outcome": "rejected",
+            "stage": other_stage,
+            "reason": "morphology disagrees",
+            "password": PASSWORD,
+            "otp_token": otp_code(physician),
+        },
     )
     assert signed.status_code == 302
 
