@@ -103,10 +103,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "accounts.middleware.SessionTimeoutMiddleware",
     "accounts.middleware.OTPRequiredMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.middleware.SecurityHeadersMiddleware",
     # Last, so it turns a lockout raised by the login view's authenticate() into a response.
@@ -260,7 +260,8 @@ CONTENT_SECURITY_POLICY = (
 )
 
 # Lockout (django-axes): 5 failures per user name and, separately, per address lock
-# that name or address out for 15 minutes; the 6th attempt is refused.
+# that name or address out for 15 minutes: the 5th failure already answers "locked",
+# and the 6th attempt is refused even with the right password.
 AXES_FAILURE_LIMIT = 5
 AXES_COOLOFF_TIME = timedelta(minutes=15)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
