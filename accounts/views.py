@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -137,8 +138,6 @@ def audit_export(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         rows=len(rows),
         client_address=_client_address(request),
     )
-    import json
-
     writer = csv.writer(_Echo())
 
     def lines():  # type: ignore[no-untyped-def]

@@ -45,8 +45,11 @@ class Command(BaseCommand):
             user.is_staff = staff
             user.is_superuser = False
             user.save()
-            user.groups.set([Group.objects.get(name=role)])
-            if role != "admin":  # the admin sees no clinical data
+            # The admin sees no clinical data; the others join the unit once (a rerun
+            # keeps the membership and records nothing new).
+            member = role != "admin" and user.groups.filter(pk=unit.group_id).exists()
+            user.groups.set([Group.objects.get(name=role)] + ([unit.group] if member else []))
+            if role != "admin" and not member:
                 account_services.unit_member_add(acting_user=None, unit=unit, user=user)
         services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
         self.stdout.write("demo users and model ready")
