@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import AbstractUser, Group
 from django.db import models
 from django.utils import timezone
 
@@ -19,6 +19,31 @@ class User(AbstractUser):
     @property
     def display_name(self) -> str:
         return self.get_full_name() or self.username
+
+
+class CareUnit(models.Model):
+    """A ward, clinic or department. A case belongs to the unit it was created in.
+
+    Membership is membership of the unit's group: guardian grants object permissions
+    on the unit's cases to that group, so joining or leaving a unit changes what a
+    person sees without touching any case row.
+    """
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    group = models.OneToOneField(
+        Group,
+        on_delete=models.PROTECT,
+        related_name="care_unit",
+        help_text="Holds the unit's members; object permissions on the unit's cases are granted to it.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class AuditEvent(models.Model):
@@ -43,9 +68,28 @@ class AuditEvent(models.Model):
     object_id = models.CharField(max_length=64)
     data = models.JSONField(default=dict, blank=True, help_text="Old and new values; no image bytes.")
     client_address = models.GenericIPAddressField(null=True, blank=True)
+    # The hash chain: each event stores its predecessor's hash and a hash over its own
+    # fields, so an edited, deleted, inserted or reordered row breaks the chain.
+    prev_hash = models.CharField(max_length=64, blank=True, help_text="hash of the previous event (chain order: id)")
+    hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 over this event's fields and prev_hash")
 
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type}:{self.object_id}"
+
+
+class AuditChainHead(models.Model):
+    """One row (pk=1) holding the hash and length of the audit chain.
+
+    Writers lock it (SELECT ... FOR UPDATE) to append, which serialises appends so
+    two transactions never chain onto the same predecessor; verify_audit compares the
+    chain's end with it, which catches the deletion of the newest events.
+    """
+
+    last_hash = models.CharField(max_length=64, blank=True)
+    length = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"audit chain head ({self.length} events)"

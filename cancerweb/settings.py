@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -87,6 +88,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "guardian",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "accounts",
     "diagnostics",
 ]
@@ -99,7 +104,21 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "accounts.middleware.SessionTimeoutMiddleware",
+    "accounts.middleware.OTPRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.middleware.SecurityHeadersMiddleware",
+    # Last, so it turns a lockout raised by the login view's authenticate() into a response.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses locked-out users and addresses before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+    # Object permissions (care units, grants per case); global permissions never imply these.
+    "guardian.backends.ObjectPermissionBackend",
 ]
 
 ROOT_URLCONF = "cancerweb.urls"
@@ -251,7 +270,35 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = _secure
 SECURE_HSTS_PRELOAD = _secure
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _secure else None
 SESSION_COOKIE_HTTPONLY = True
+# Absolute limit: a session ends 12 h after login whatever the activity (the cookie
+# age and accounts.middleware.SessionTimeoutMiddleware); idle limit 30 min.
 SESSION_COOKIE_AGE = 12 * 60 * 60
+SESSION_ABSOLUTE_TIMEOUT_SECONDS = 12 * 60 * 60
+SESSION_IDLE_TIMEOUT_SECONDS = _env_int("CANCERWEB_IDLE_TIMEOUT_SECONDS", 30 * 60, minimum=60)
+# Content Security Policy: everything from this site, no inline script, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+# Lockout (django-axes): 5 failures per user name and, separately, per address lock
+# that name or address out for 15 minutes: the 5th failure already answers "locked",
+# and the 6th attempt is refused even with the right password.
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # its log lines name the user; the audit trail records failures instead
+
+# Guardian: no shared "anonymous" user row; anonymous visitors see nothing clinical.
+ANONYMOUS_USER_NAME = None
+GUARDIAN_RAISE_403 = False
+
+# Second factor (django-otp TOTP) for physicians and admins. The demo users may skip
+# it in the demo only (CANCERWEB_DEMO=1 and CANCERWEB_DEMO_OTP_EXEMPT, default on).
+OTP_TOTP_ISSUER = "CancerWeb"
+OTP_DEMO_EXEMPT = DEMO and _env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 from django.core.validators import RegexValidator
 
+from accounts.models import CareUnit
 from diagnostics.models import PATIENT_REF_VALIDATOR, ReviewDecision
 from diagnostics.validation import accepted_extensions
 
@@ -53,7 +54,23 @@ class CaseCreateForm(ScanUploadForm):
     body_site = forms.CharField(label="Body site", max_length=100)
     note = forms.CharField(label="Note", required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
 
-    field_order = ["patient_ref", "body_site", "note", "files"]
+    unit = forms.ModelChoiceField(
+        label="Care unit",
+        queryset=CareUnit.objects.none(),
+        to_field_name="uuid",
+        empty_label=None,
+        help_text="The unit whose members will see this case.",
+    )
+
+    field_order = ["unit", "patient_ref", "body_site", "note", "files"]
+
+    def __init__(self, *args: Any, units: list[CareUnit], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["unit"]
+        field.queryset = CareUnit.objects.filter(pk__in=[u.pk for u in units])  # type: ignore[attr-defined]
+        if len(units) <= 1:
+            # One unit: the case goes there, nothing to choose.
+            del self.fields["unit"]
 
 
 class SignForm(forms.Form):
@@ -63,10 +80,15 @@ class SignForm(forms.Form):
     password = forms.CharField(
         label="Password (signs the decision)", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
     )
+    otp_token = forms.CharField(
+        label="Authenticator code", required=False, max_length=8,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )  # fmt: skip
 
-    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, labels: list[str], otp_required: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [("", "—")] + [(label, label) for label in labels]
+        _second_factor_field(self, otp_required)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -84,10 +106,24 @@ class CorrectionForm(forms.Form):
     password = forms.CharField(
         label="Password (signs the correction)", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
     )
+    otp_token = forms.CharField(
+        label="Authenticator code", required=False, max_length=8,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )  # fmt: skip
 
-    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, labels: list[str], otp_required: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [(label, label) for label in labels]
+        _second_factor_field(self, otp_required)
+
+
+def _second_factor_field(form: forms.Form, otp_required: bool) -> None:
+    """The code field appears (and is required) only for physicians with an enrolled device."""
+    if otp_required:
+        form.fields["otp_token"].required = True
+        form.fields["otp_token"].error_messages["required"] = "Enter the code from your authenticator to sign."
+    else:
+        del form.fields["otp_token"]
 
 
 # --- worklist filters, blinded reads, review settings (issue 6) --------------------

@@ -9,12 +9,18 @@ scan, one active model, a decision that is superseded at most once.
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+if TYPE_CHECKING:
+    from diagnostics.signatures import SignatureCheck
 
 PATIENT_REF_VALIDATOR = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
@@ -67,12 +73,30 @@ class Case(models.Model):
     note = models.TextField(blank=True, max_length=2000)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases")
     created_at = models.DateTimeField(default=timezone.now)
+    unit = models.ForeignKey(
+        "accounts.CareUnit",
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="cases",
+        help_text="The care unit the case was created in; its members see the case. "
+        "Empty only for cases made before care units existed: nobody sees those until granted.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"Case {self.patient_ref}"
+
+
+# Direct foreign keys for guardian's object permissions on cases: lists filter with a
+# join on an indexed integer column instead of a text cast of the generic object_pk.
+class CaseUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Case, on_delete=models.CASCADE)
+
+
+class CaseGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Case, on_delete=models.CASCADE)
 
 
 class Scan(models.Model):
@@ -202,6 +226,12 @@ class ReviewDecision(models.Model):
     supersedes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )
+    content_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="SHA-256 over the signed content (item, prediction, outcome, stage, reason, signer, time, "
+        "supersedes), fixed at signing; a later change to any of them no longer matches it.",
+    )
 
     class Meta:
         ordering = ["signed_at", "id"]
@@ -220,6 +250,13 @@ class ReviewDecision(models.Model):
         if self.supersedes_id is not None:
             return "corrected"
         return self.outcome
+
+    @cached_property
+    def signature(self) -> SignatureCheck:
+        """Whether the stored decision still matches what was signed (for display)."""
+        from diagnostics.signatures import signature_check
+
+        return signature_check(self)
 
 
 class ReviewerPreference(models.Model):

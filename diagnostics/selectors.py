@@ -7,9 +7,10 @@ from datetime import date, datetime, timedelta
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404
 from django.utils import timezone
+from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
@@ -25,12 +26,23 @@ from diagnostics.models import (
     Scan,
 )
 
+VIEW_CASE = "diagnostics.view_case"
+
 
 def cases_for_user(*, user: User) -> QuerySet[Case]:
-    """Cases the user may see: those they created. (Care units widen this later.)"""
-    if not user.is_authenticated:
+    """Cases the user may see, decided here for every page and the API.
+
+    Only object permissions count: those granted to the user's care-unit groups when
+    the case was created, and any granted to the user for a single case. A global
+    `view_case` permission (or superuser status) never widens the list, so an admin
+    sees no clinical data unless granted. One query: guardian filters by a join on
+    the direct object-permission tables.
+    """
+    if not user.is_authenticated or not user.is_active:
         return Case.objects.none()
-    return Case.objects.filter(created_by=user).order_by("-created_at")
+    return get_objects_for_user(user, VIEW_CASE, klass=Case, accept_global_perms=False, with_superuser=False).order_by(
+        "-created_at"
+    )
 
 
 def case_get(*, user: User, case_uuid: UUID) -> Case:
@@ -47,17 +59,18 @@ def _require_reviewer(user: User) -> None:
 
 def review_queue(*, user: User) -> QuerySet[ReviewItem]:
     """Pending items: most advanced predicted stage first, then least confident, then oldest."""
-    _require_reviewer(user)
     return (
-        ReviewItem.objects.filter(status=ReviewItem.Status.PENDING)
+        review_items_for_user(user=user)
+        .filter(status=ReviewItem.Status.PENDING)
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
         .order_by("-prediction__stage_rank", "prediction__confidence", "created_at", "id")
     )
 
 
 def review_items_for_user(*, user: User) -> QuerySet[ReviewItem]:
+    """Items of the cases the physician may see: the queue of their care units."""
     _require_reviewer(user)
-    return ReviewItem.objects.select_related(
+    return ReviewItem.objects.filter(prediction__scan__case__in=cases_for_user(user=user)).select_related(
         "prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version"
     )
 
@@ -70,13 +83,10 @@ def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
 
 
 def scan_get_for_image(*, user: User, scan_uuid: UUID) -> Scan:
-    """A scan's image may be seen by whoever may see its case, and by reviewers
-    when the scan is in the review queue."""
-    visible = Q(case__in=cases_for_user(user=user))
-    if user.is_authenticated and user.has_perm(REVIEW_PERMISSION):
-        visible |= Q(prediction__isnull=False)
+    """A scan's image may be seen by whoever may see its case (reviewers see the
+    cases of their units, so the queue's images follow)."""
     try:
-        return Scan.objects.filter(visible).distinct().get(uuid=scan_uuid)
+        return Scan.objects.filter(case__in=cases_for_user(user=user)).get(uuid=scan_uuid)
     except Scan.DoesNotExist as exc:
         raise Http404("no such scan") from exc
 

@@ -16,11 +16,13 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from accounts.audit import audit_record
-from accounts.models import User
+from accounts.models import CareUnit, User
+from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
-from diagnostics import storage
+from diagnostics import signatures, storage
 from diagnostics.models import (
     BlindedRead,
     Case,
@@ -94,21 +96,41 @@ def case_create(
     note: str = "",
     files: list[IncomingFile] | None = None,
     client_address: str | None = None,
+    unit: CareUnit | None = None,
 ) -> Case:
-    """Create a case and, when files are given, upload them to it, all or nothing."""
+    """Create a case in one of the creator's care units and, when files are given,
+    upload them to it, all or nothing. With one unit the unit may be left out."""
     if not acting_user.has_perm("diagnostics.add_case"):
         raise PermissionDenied("your role cannot create cases")
+    units = list(CareUnit.objects.filter(group__user=acting_user))
+    if unit is None:
+        if len(units) != 1:
+            raise ValidationError(
+                {"unit": "choose the care unit of this case" if units else "you belong to no care unit; ask an admin"}
+            )
+        unit = units[0]
+    elif unit.pk not in {u.pk for u in units}:
+        raise ValidationError({"unit": "you can create cases only in your own care units"})
     created_names: list[str] = []
     try:
         with transaction.atomic():
-            case = Case(patient_ref=patient_ref.strip(), body_site=body_site.strip(), note=note, created_by=acting_user)
+            case = Case(
+                patient_ref=patient_ref.strip(),
+                body_site=body_site.strip(),
+                note=note,
+                created_by=acting_user,
+                unit=unit,
+            )
             case.full_clean()
             case.save()
+            # The unit's members see the case through this one grant; joining or
+            # leaving the unit later changes who sees it without touching the case.
+            assign_perm("diagnostics.view_case", unit.group, case)
             audit_record(
                 actor=acting_user,
                 action="case.create",
                 obj=case,
-                data={"body_site": case.body_site},
+                data={"new": {"body_site": case.body_site, "unit": str(unit.uuid)}},
                 client_address=client_address,
             )
             if files:
@@ -163,8 +185,8 @@ def _scans_upload_inner(
 ) -> UploadResult:
     if not acting_user.has_perm(UPLOAD_PERMISSION):
         raise PermissionDenied("your role cannot upload scans")
-    if case.created_by_id != acting_user.id:
-        raise PermissionDenied("only the case's creator can add scans")
+    if case.unit_id is None or not acting_user.groups.filter(care_unit__id=case.unit_id).exists():
+        raise PermissionDenied("only members of the case's care unit can add scans")
     if not files:
         raise UploadBatchRejected([("(no file)", UploadRejected("no_file", "choose at least one image to upload"))])
     if len(files) > settings.UPLOAD_MAX_FILES:
@@ -381,13 +403,27 @@ def review_sign(
     password: str,
     supersedes: ReviewDecision | None = None,
     client_address: str | None = None,
+    otp_token: str = "",
+    otp_signed_in_session: bool = False,
 ) -> ReviewDecision:
     """A physician confirms or rejects a prediction, or corrects a signed decision,
-    and signs it by re-entering the password. Signed decisions are never edited."""
+    and signs it by re-entering the password and, where an authenticator is
+    enrolled, a code from it. Signed decisions are never edited.
+
+    21 CFR 11.200(a)(1)(i): within one continuous session (ours ends after 30 idle
+    minutes) the first signing uses both components and later ones at least one;
+    `otp_signed_in_session` says the session's first signing presented the code.
+    The password is asked every time."""
     if not acting_user.has_perm(REVIEW_PERMISSION):
         raise PermissionDenied("only physicians can sign review decisions")
     if not password or not acting_user.check_password(password):
         raise SignatureError("signature_failed", "the password is not correct; the decision was not signed")
+    device = confirmed_device(acting_user)
+    needs_code = device is not None and not otp_signed_in_session
+    if needs_code and not device.verify_token((otp_token or "").strip()):  # type: ignore[union-attr]
+        raise SignatureError(
+            "second_factor_failed", "the authenticator code is not correct; the decision was not signed"
+        )
     labels = list(review_item.prediction.labels)
     reason = reason.strip()
     if outcome == ReviewDecision.Outcome.CONFIRMED:
@@ -416,8 +452,10 @@ def review_sign(
             reason=reason,
             physician=acting_user,
             signer_name=acting_user.display_name,
+            signed_at=timezone.now(),
             supersedes=supersedes,
         )
+        decision.content_sha256 = signatures.content_sha256(decision)
         decision.full_clean()
         decision.save()
         if item.status != ReviewItem.Status.SIGNED:
@@ -433,11 +471,20 @@ def review_sign(
                 "stage": stage,
                 "predicted": item.prediction.predicted_label,
                 "supersedes": str(supersedes.uuid) if supersedes else None,
+                "meaning": decision.meaning,
+                "signer_name": decision.signer_name,
+                "signed_at": decision.signed_at.isoformat(),
+                "content_sha256": decision.content_sha256,
             },
             client_address=client_address,
         )
         _notify_case_signed(decision=decision)
     return decision
+
+
+def record_view(*, acting_user: User, obj: Case | Scan | ReviewItem, client_address: str | None = None) -> None:
+    """Every opening of a clinical record is audited (HIPAA access logging)."""
+    audit_record(actor=acting_user, action="view", obj=obj, data={}, client_address=client_address)
 
 
 # --- model registry --------------------------------------------------------------

@@ -21,7 +21,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from PIL import Image
 
+from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
+from accounts.services import user_units
 from diagnostics import charts_svg, selectors, services, storage
 from diagnostics.forms import (
     BlindedReadForm,
@@ -35,6 +37,9 @@ from diagnostics.forms import (
 )
 from diagnostics.models import ReviewDecision
 from diagnostics.validation import accepted_extensions
+
+# Set after the session's first signing with the authenticator code (see services.review_sign).
+SESSION_OTP_SIGNED = "cw_otp_signed"
 
 
 def _client_address(request: HttpRequest) -> str | None:
@@ -106,7 +111,7 @@ def _worklist_queries(request: HttpRequest) -> dict[str, str]:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_new(request: HttpRequest) -> HttpResponse:
-    form = CaseCreateForm(request.POST or None, request.FILES or None)
+    form = CaseCreateForm(request.POST or None, request.FILES or None, units=user_units(user=request.user))
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -118,11 +123,12 @@ def case_new(request: HttpRequest) -> HttpResponse:
                     note=form.cleaned_data["note"],
                     files=_incoming(form.cleaned_data["files"]),
                     client_address=_client_address(request),
+                    unit=form.cleaned_data.get("unit"),
                 )
             except services.UploadBatchRejected as exc:
                 _add_upload_errors(form, exc)
             except ValidationError as exc:
-                form.add_error(None, exc)
+                form.add_error(None, exc.messages)
             else:
                 messages.success(request, f"Case created with {case.scans.count()} image(s); analysis is queued.")
                 return redirect("case_detail", case_uuid=case.uuid)
@@ -135,6 +141,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_detail(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
     case = selectors.case_get(user=request.user, case_uuid=case_uuid)
+    services.record_view(acting_user=request.user, obj=case, client_address=_client_address(request))
     return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
 
 
@@ -193,6 +200,7 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     """A PNG rendering of the scan (browsers cannot show TIFF), at most 1024 px."""
     scan = selectors.scan_get_for_image(user=request.user, scan_uuid=scan_uuid)
+    services.record_view(acting_user=request.user, obj=scan, client_address=_client_address(request))
     data = storage.read_bytes(scan.storage_name)
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (1024, 1024))
@@ -233,13 +241,18 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
     labels = list(item.prediction.labels)
     decisions = list(item.decisions.select_related("supersedes").order_by("signed_at", "id"))
     current = decisions[-1] if decisions else None
-    sign_form = SignForm(request.POST or None, labels=labels) if current is None else None
-    correct_form = CorrectionForm(request.POST or None, labels=labels) if current is not None else None
+    otp_required = confirmed_device(request.user) is not None and not request.session.get(SESSION_OTP_SIGNED)
+    sign_form = SignForm(request.POST or None, labels=labels, otp_required=otp_required) if current is None else None
+    correct_form = (
+        CorrectionForm(request.POST or None, labels=labels, otp_required=otp_required) if current is not None else None
+    )
     blinded_read = selectors.blinded_read_get(user=request.user, item=item)
     # Blinded-first: the AI's answer stays hidden, and signing is refused, until the
     # physician has recorded a stage of their own.
     blinded = current is None and blinded_read is None and selectors.reviewer_blinded_first(user=request.user)
     status = 200
+    if request.method == "GET":
+        services.record_view(acting_user=request.user, obj=item, client_address=_client_address(request))
     if request.method == "POST" and blinded:
         messages.error(request, "Record your own stage first; the AI's answer is shown after that.")
         status = 400
@@ -258,12 +271,16 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
                     password=data["password"],
                     supersedes=current,
                     client_address=_client_address(request),
+                    otp_token=data.get("otp_token") or "",
+                    otp_signed_in_session=not otp_required,
                 )
             except services.SignatureError as exc:
-                form.add_error("password", exc.message)
+                form.add_error("otp_token" if exc.code == "second_factor_failed" else "password", exc.message)
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
+                if otp_required:
+                    request.session[SESSION_OTP_SIGNED] = True
                 messages.success(request, "Decision signed.")
                 next_item = selectors.review_queue(user=request.user).first()
                 if next_item is not None and current is None:

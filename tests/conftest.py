@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.oath import TOTP, hotp
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from PIL import Image
 
-from accounts.models import User
+from accounts import services as account_services
+from accounts.models import CareUnit, User
+from accounts.otp import confirmed_device, requires_otp
 from diagnostics import services
 from diagnostics.models import ModelVersion
 from tests.factories import PASSWORD, UserFactory
@@ -21,22 +26,51 @@ SAMPLES = ROOT / "samples"
 
 
 @pytest.fixture
-def clinician(db: None) -> User:
-    return UserFactory(username="clinician", first_name="Clara", last_name="Clinician", role="clinician")
+def care_unit(db: None) -> CareUnit:
+    return account_services.unit_create(acting_user=None, name="Unit A")
 
 
 @pytest.fixture
-def other_clinician(db: None) -> User:
-    return UserFactory(username="other_clinician", role="clinician")
+def other_unit(db: None) -> CareUnit:
+    return account_services.unit_create(acting_user=None, name="Unit B")
+
+
+def _member(user: User, unit: CareUnit) -> User:
+    account_services.unit_member_add(acting_user=None, unit=unit, user=user)
+    return user
 
 
 @pytest.fixture
-def physician(db: None) -> User:
-    return UserFactory(username="physician", first_name="Peter", last_name="Physician", role="physician")
+def clinician(care_unit: CareUnit) -> User:
+    user = UserFactory(username="clinician", first_name="Clara", last_name="Clinician", role="clinician")
+    return _member(user, care_unit)
+
+
+@pytest.fixture
+def other_unit_clinician(other_unit: CareUnit) -> User:
+    return _member(UserFactory(username="other_unit_clinician", role="clinician"), other_unit)
+
+
+@pytest.fixture
+def other_clinician(other_unit_clinician: User) -> User:
+    """A clinician of another care unit (kept for the older tests' name)."""
+    return other_unit_clinician
+
+
+@pytest.fixture
+def physician(care_unit: CareUnit) -> User:
+    user = UserFactory(username="physician", first_name="Peter", last_name="Physician", role="physician")
+    return _member(user, care_unit)
+
+
+@pytest.fixture
+def other_unit_physician(other_unit: CareUnit) -> User:
+    return _member(UserFactory(username="other_unit_physician", role="physician"), other_unit)
 
 
 @pytest.fixture
 def admin_user(db: None) -> User:
+    """Manages users, units, models and the audit trail; member of no unit."""
     return UserFactory(username="admin", role="admin")
 
 
@@ -46,9 +80,34 @@ def outsider(db: None) -> User:
     return UserFactory(username="outsider")
 
 
+def otp_device(user: User) -> TOTPDevice:
+    device = confirmed_device(user)
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="test authenticator", confirmed=True)
+    return device
+
+
+def otp_code(user: User) -> str:
+    """A code the user's authenticator would show now, or for the next step when the
+    current one was used already (TOTP refuses a replayed step)."""
+    device = otp_device(user)
+    device.refresh_from_db()
+    now_step = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift).t()
+    step = max(now_step, device.last_t + 1)
+    return str(hotp(device.bin_key, step, digits=device.digits)).zfill(device.digits)
+
+
 def login(user: User) -> Client:
+    """A client logged in as the user, past the second factor where their role needs
+    one (as if they had typed the code). The login form itself, lockout and the code
+    check are tested in tests/accounts_tests through the real pages."""
+    assert user.check_password(PASSWORD)
     client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
+    client.force_login(user)
+    if requires_otp(user):
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = otp_device(user).persistent_id
+        session.save()
     return client
 
 

@@ -38,3 +38,10 @@ class CaseFactory(factory.django.DjangoModelFactory):
     body_site = "lymph node"
     note = ""
     created_by = factory.SubFactory(UserFactory, role="clinician")
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Through the service, so the case gets its unit and object permissions."""
+        from diagnostics import services
+
+        return services.case_create(acting_user=kwargs.pop("created_by"), **kwargs)

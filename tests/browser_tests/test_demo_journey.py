@@ -90,9 +90,9 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
     case_url = page.url
     shot(page, "03-clinician-case-queued")
     # No reload: the page's polling moves both rows to "Awaiting review".
-    page.wait_for_function(
-        "document.querySelectorAll('.status-awaiting_review').length === 2", timeout=180_000, polling=500
-    )
+    # (A locator wait, not wait_for_function: the site's CSP forbids the eval that uses.)
+    page.locator(".status-awaiting_review").nth(1).wait_for(timeout=180_000)
+    assert page.locator(".status-awaiting_review").count() == 2
     assert page.url == case_url
     assert page.locator(".status-summary").inner_text() == "Awaiting review"
     shot(page, "04-clinician-case-awaiting-review")

@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from diagnostics import selectors, services, storage
 from diagnostics.models import BlindedRead, ModelVersion, Notification, ReviewDecision, ReviewItem, Scan
-from tests.conftest import image_bytes, login, stored_files
+from tests.conftest import image_bytes, login, otp_code, stored_files
 from tests.diagnostics_tests.helpers import make_prediction, make_scan
 from tests.factories import PASSWORD, CaseFactory, UserFactory
 
@@ -217,9 +217,12 @@ def test_dashboard_access(clinician, outsider, client):
 
 
 def test_signing_notifies_the_case_creator_in_app_and_by_mail(
-    physician, active_model, mailoutbox, django_capture_on_commit_callbacks
+    physician, care_unit, active_model, mailoutbox, django_capture_on_commit_callbacks
 ):  # type: ignore[no-untyped-def]
+    from accounts import services as account_services
+
     creator = UserFactory(username="clara", role="clinician", email="clara@example.org")
+    account_services.unit_member_add(acting_user=None, unit=care_unit, user=creator)
     p = make_prediction(creator, active_model, [0.2, 0.8], ref="PSN-MAIL1")
     with django_capture_on_commit_callbacks(execute=True):
         _sign(physician, p, "metastasis")
@@ -298,7 +301,8 @@ def test_blinded_first_hides_the_ai_until_the_physician_records_a_stage(clinicia
     assert again.status_code == 400 and b"already recorded" in again.content
     page = client.get(url)
     assert b'class="predicted"' in page.content and b"Your blinded stage" in page.content
-    assert client.post(url, {"outcome": "confirmed", "password": PASSWORD}).status_code == 302
+    signed = client.post(url, {"outcome": "confirmed", "password": PASSWORD, "otp_token": otp_code(physician)})
+    assert signed.status_code == 302
     # Both are kept: the blinded read and the signed decision.
     assert BlindedRead.objects.get().stage == "no-metastasis"
     assert ReviewDecision.objects.get().stage == "metastasis"

@@ -7,10 +7,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from accounts.models import AuditEvent
+from accounts.models import AuditEvent, User
 from diagnostics import services
 from diagnostics.models import ModelVersion, ReviewDecision, ReviewItem
-from tests.conftest import login
+from tests.conftest import login, otp_code
 from tests.diagnostics_tests.helpers import make_prediction
 from tests.factories import PASSWORD
 
@@ -46,6 +46,10 @@ def test_queue_orders_most_advanced_then_least_confident_then_oldest(clinician, 
 
 
 def _sign(client, item, **data):  # type: ignore[no-untyped-def]
+    # The physician's authenticator code goes with the session's first signature.
+    user = User.objects.filter(pk=client.session.get("_auth_user_id")).first()
+    if user is not None and "otp_token" not in data:
+        data["otp_token"] = otp_code(user)
     return client.post(reverse("review_detail", args=[item.uuid]), data)
 
 
@@ -126,6 +130,7 @@ def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(c
             stage="Stage I",
             reason="x",
             password=PASSWORD,
+            otp_token=otp_code(physician),
             supersedes=first,
         )
 

@@ -12,8 +12,11 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import User
+from accounts import services as account_services
+from accounts.models import CareUnit, User
 from diagnostics import services
+
+DEMO_UNIT = "Demo pathology unit"
 
 DEMO_USERS = [
     ("clinician", "Clara", "Clinician", "clinician", False),
@@ -29,6 +32,10 @@ class Command(BaseCommand):
         if not settings.DEMO:
             raise CommandError("demo_setup runs only with CANCERWEB_DEMO=1")
         password = demo_password()
+        # All demo users share one care unit, so the physician reviews what the clinician uploads.
+        unit = CareUnit.objects.filter(name=DEMO_UNIT).first() or account_services.unit_create(
+            acting_user=None, name=DEMO_UNIT
+        )
         for username, first, last, role, staff in DEMO_USERS:
             user, created = User.objects.get_or_create(
                 username=username, defaults={"first_name": first, "last_name": last}
@@ -38,7 +45,12 @@ class Command(BaseCommand):
             user.is_staff = staff
             user.is_superuser = False
             user.save()
-            user.groups.set([Group.objects.get(name=role)])
+            # The admin sees no clinical data; the others join the unit once (a rerun
+            # keeps the membership and records nothing new).
+            member = role != "admin" and user.groups.filter(pk=unit.group_id).exists()
+            user.groups.set([Group.objects.get(name=role)] + ([unit.group] if member else []))
+            if role != "admin" and not member:
+                account_services.unit_member_add(acting_user=None, unit=unit, user=user)
         services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
         self.stdout.write("demo users and model ready")
 

@@ -1,0 +1,170 @@
+"""Writes about people: care units and their members, second-factor devices,
+authentication events. Each records its audit event in the same transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts.audit import audit_record
+from accounts.models import CareUnit, User
+
+UNIT_GROUP_PREFIX = "unit:"
+
+
+def user_units(*, user: User) -> list[CareUnit]:
+    if not user.is_authenticated:
+        return []
+    return list(CareUnit.objects.filter(group__user=user).order_by("name"))
+
+
+@transaction.atomic
+def unit_create(*, acting_user: User | None, name: str, client_address: str | None = None) -> CareUnit:
+    name = name.strip()
+    group = Group(name=f"{UNIT_GROUP_PREFIX}{name}"[:150])
+    group.full_clean()
+    group.save()
+    unit = CareUnit(name=name, group=group)
+    unit.full_clean()
+    unit.save()
+    audit_record(actor=acting_user, action="unit.create", obj=unit, data={"name": name}, client_address=client_address)
+    return unit
+
+
+def _unit_names(user: User) -> list[str]:
+    return [u.name for u in user_units(user=user)]
+
+
+@transaction.atomic
+def unit_member_add(*, acting_user: User | None, unit: CareUnit, user: User, client_address: str | None = None) -> None:
+    """Make `user` a member of `unit`: they see its cases from now on (a permission change)."""
+    old = _unit_names(user)
+    user.groups.add(unit.group)
+    audit_record(
+        actor=acting_user,
+        action="permission.unit_member_add",
+        obj=user,
+        data={"unit": str(unit.uuid), "old": {"units": old}, "new": {"units": _unit_names(user)}},
+        client_address=client_address,
+    )
+
+
+@transaction.atomic
+def unit_member_remove(
+    *, acting_user: User | None, unit: CareUnit, user: User, client_address: str | None = None
+) -> None:
+    old = _unit_names(user)
+    user.groups.remove(unit.group)
+    audit_record(
+        actor=acting_user,
+        action="permission.unit_member_remove",
+        obj=user,
+        data={"unit": str(unit.uuid), "old": {"units": old}, "new": {"units": _unit_names(user)}},
+        client_address=client_address,
+    )
+
+
+def user_groups_changed(
+    *, acting_user: User | None, user: User, old: list[str], new: list[str], client_address: str | None = None
+) -> None:
+    """Record a change of roles or unit memberships made in the user administration."""
+    if sorted(old) == sorted(new):
+        return
+    audit_record(
+        actor=acting_user,
+        action="permission.groups_change",
+        obj=user,
+        data={"old": {"groups": sorted(old)}, "new": {"groups": sorted(new)}},
+        client_address=client_address,
+    )
+
+
+# --- second factor ---------------------------------------------------------------
+
+
+@transaction.atomic
+def otp_device_start(*, user: User) -> TOTPDevice:
+    """The unconfirmed device whose secret the enrolment page shows (one per user
+    until confirmed, so reloading the page does not change the secret)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("id").first()
+    if device is None:
+        device = TOTPDevice(user=user, name="authenticator", confirmed=False)
+        device.full_clean()
+        device.save()
+    return device
+
+
+@transaction.atomic
+def otp_device_confirm(*, user: User, device: TOTPDevice, token: str, client_address: str | None = None) -> bool:
+    """Confirm enrolment with a first code from the authenticator app."""
+    if device.user_id != user.id or device.confirmed:
+        raise ValidationError({"token": "this enrolment is not open"})
+    if not device.verify_token(token):
+        audit_record(actor=user, action="otp.enrol_failed", obj=user, data={}, client_address=client_address)
+        return False
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    audit_record(
+        actor=user,
+        action="otp.enrol",
+        obj=user,
+        data={"device": device.persistent_id},
+        client_address=client_address,
+    )
+    return True
+
+
+def otp_verify_recorded(*, user: User, ok: bool, client_address: str | None = None) -> None:
+    audit_record(
+        actor=user,
+        action="auth.otp_verified" if ok else "auth.otp_failed",
+        obj=user,
+        data={},
+        client_address=client_address,
+    )
+
+
+# --- authentication events (called from django.contrib.auth's signals) ----------
+
+
+def login_recorded(*, user: User, client_address: str | None) -> None:
+    audit_record(actor=user, action="auth.login", obj=user, data={}, client_address=client_address)
+
+
+def logout_recorded(*, user: User, client_address: str | None) -> None:
+    audit_record(actor=user, action="auth.logout", obj=user, data={}, client_address=client_address)
+
+
+def login_failed_recorded(*, username: str, client_address: str | None, locked_out: bool) -> None:
+    # The attempted user name only: never the password, which may be a near miss.
+    user = User.objects.filter(username=username).first() if username else None
+    data: dict[str, Any] = {"username": username[:150], "locked_out": locked_out}
+    if user is not None:
+        audit_record(actor=None, action="auth.login_failed", obj=user, data=data, client_address=client_address)
+    else:
+        audit_record(
+            actor=None,
+            action="auth.login_failed",
+            object_type="accounts.user",
+            object_id="(unknown)",
+            data=data,
+            client_address=client_address,
+        )
+
+
+def audit_export_recorded(
+    *, acting_user: User, filters: dict[str, str], rows: int, client_address: str | None = None
+) -> None:
+    """Exporting the trail is itself an audited act (it may reveal who saw which record)."""
+    audit_record(
+        actor=acting_user,
+        action="audit.export",
+        object_type="accounts.auditevent",
+        object_id="(export)",
+        data={"filters": filters, "rows": rows},
+        client_address=client_address,
+    )

@@ -1,0 +1,141 @@
+"""Electronic signatures: password and second factor at signing, the signed record's
+name, UTC time and meaning, and detection of any later change (raw SQL included)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from accounts.models import AuditEvent
+from diagnostics import services
+from diagnostics.models import ModelVersion, ReviewDecision
+from diagnostics.signatures import content_sha256, signature_check
+from tests.conftest import login, otp_code, otp_device
+from tests.diagnostics_tests.helpers import make_prediction
+from tests.factories import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def model(db) -> ModelVersion:  # type: ignore[no-untyped-def]
+    return ModelVersion.objects.create(
+        name="sig", version="1", task="t", labels=["Stage I", "Stage II", "Stage III"], bundle_path="x", sha256="0" * 64
+    )
+
+
+@pytest.fixture
+def signed(clinician, physician, model) -> ReviewDecision:  # type: ignore[no-untyped-def]
+    item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
+    return services.review_sign(
+        acting_user=physician,
+        review_item=item,
+        outcome="rejected",
+        stage="Stage II",
+        reason="nuclear grade lower",
+        password=PASSWORD,
+    )
+
+
+def test_signing_without_the_password_fails_and_stores_nothing(clinician, physician, model):
+    item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
+    for password in ("", "wrong-password"):
+        with pytest.raises(services.SignatureError, match="password is not correct"):
+            services.review_sign(
+                acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="", password=password
+            )
+    assert not ReviewDecision.objects.exists()
+    assert not AuditEvent.objects.filter(action="review.sign").exists()
+
+
+def test_enrolled_physician_needs_the_code_on_the_first_signing_of_the_session(clinician, physician, model):
+    first = make_prediction(clinician, model, [0.1, 0.2, 0.7], ref="PSN-1").review_item
+    second = make_prediction(clinician, model, [0.7, 0.2, 0.1], ref="PSN-2", color=(1, 2, 3)).review_item
+    client = login(physician)
+    url = reverse("review_detail", args=[first.uuid])
+    assert "Authenticator code" in client.get(url).content.decode()
+    # Password alone is not enough, nor a wrong code.
+    for extra in ({}, {"otp_token": "000000"}):
+        response = client.post(url, {"outcome": "confirmed", "password": PASSWORD, **extra})
+        assert response.status_code == 400
+    assert not ReviewDecision.objects.exists()
+    # django-otp throttles the device for a second after a wrong code; a person types slower.
+    otp_device(physician).throttle_reset()
+    response = client.post(url, {"outcome": "confirmed", "password": PASSWORD, "otp_token": otp_code(physician)})
+    assert response.status_code == 302
+    # Later signings in the same continuous session: password only (21 CFR 11.200(a)(1)(i)).
+    url2 = reverse("review_detail", args=[second.uuid])
+    assert "Authenticator code" not in client.get(url2).content.decode()
+    assert client.post(url2, {"outcome": "confirmed", "password": "wrong-password"}).status_code == 400
+    assert client.post(url2, {"outcome": "confirmed", "password": PASSWORD}).status_code == 302
+    assert ReviewDecision.objects.count() == 2
+
+
+def test_service_refuses_a_wrong_code_for_an_enrolled_physician(clinician, physician, model):
+    otp_device(physician)
+    item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
+    with pytest.raises(services.SignatureError, match="authenticator code"):
+        services.review_sign(
+            acting_user=physician,
+            review_item=item,
+            outcome="confirmed",
+            stage="",
+            reason="",
+            password=PASSWORD,
+            otp_token="123456",
+        )
+    assert not ReviewDecision.objects.exists()
+
+
+def test_signed_record_shows_name_utc_time_meaning_and_verifies(signed, physician, clinician):
+    assert signed.content_sha256 == content_sha256(signed)
+    assert signature_check(signed).verifies
+    event = AuditEvent.objects.get(action="review.sign", object_id=str(signed.uuid))
+    assert event.data["content_sha256"] == signed.content_sha256
+    assert event.data["meaning"] == "rejected"
+    page = login(physician).get(reverse("review_detail", args=[signed.review_item.uuid])).content.decode()
+    assert "signed by Peter Physician on " in page and " UTC, meaning: <em>rejected</em>" in page
+    assert 'data-signature="verified"' in page
+    case = signed.review_item.prediction.scan.case
+    case_page = login(clinician).get(reverse("case_detail", args=[case.uuid])).content.decode()
+    assert 'data-signature="verified"' in case_page
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("UPDATE diagnostics_reviewdecision SET stage = %s WHERE id = %s", ["Stage III"]),
+        ("UPDATE diagnostics_reviewdecision SET reason = %s WHERE id = %s", ["edited"]),
+        ("UPDATE diagnostics_reviewdecision SET outcome = %s, reason = '' WHERE id = %s", ["confirmed"]),
+        ("UPDATE diagnostics_reviewdecision SET signer_name = %s WHERE id = %s", ["Someone Else"]),
+        ("UPDATE diagnostics_reviewdecision SET signed_at = signed_at - interval '1 hour' WHERE id = %s", []),
+        # Editing the content and re-computing the stored hash: the audit trail keeps the original.
+        ("UPDATE diagnostics_reviewdecision SET content_sha256 = %s WHERE id = %s", ["f" * 64]),
+    ],
+)
+def test_raw_sql_edit_of_a_signed_record_is_detected_and_shown(signed, physician, clinician, sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, signed.id])
+    decision = ReviewDecision.objects.get(pk=signed.pk)
+    check = signature_check(decision)
+    assert not check.verifies
+    review_page = login(physician).get(reverse("review_detail", args=[signed.review_item.uuid])).content.decode()
+    assert 'data-signature="broken"' in review_page and "Signature does not verify" in review_page
+    case = signed.review_item.prediction.scan.case
+    case_page = login(clinician).get(reverse("case_detail", args=[case.uuid])).content.decode()
+    assert 'data-signature="broken"' in case_page
+
+
+def test_forger_who_recomputes_the_decision_hash_is_still_caught(signed):
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE diagnostics_reviewdecision SET stage = 'Stage III' WHERE id = %s", [signed.id])
+    decision = ReviewDecision.objects.get(pk=signed.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE diagnostics_reviewdecision SET content_sha256 = %s WHERE id = %s",
+            [content_sha256(decision), signed.id],
+        )
+    decision = ReviewDecision.objects.get(pk=signed.pk)
+    check = signature_check(decision)
+    assert not check.verifies and "recorded when it was signed" in check.problem
