@@ -11,7 +11,7 @@ from django.http import Http404
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
-from diagnostics.models import Case, InferenceJob, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import Case, InferenceJob, ModelVersion, ReviewDecision, ReviewItem, Scan
 
 
 def cases_for_user(*, user: User) -> QuerySet[Case]:
@@ -126,3 +126,48 @@ def case_status_summary(statuses: list[ScanStatus]) -> str:
         "awaiting_review": "Awaiting review",
         "signed": "Signed",
     }[code]
+
+
+# --- API reads (issue 7): every one goes through cases_for_user / the reviewer check. ---
+
+
+def scans_for_user(*, user: User) -> QuerySet[Scan]:
+    """Scans of the cases the user may see."""
+    return Scan.objects.filter(case__in=cases_for_user(user=user)).select_related("case", "job")
+
+
+def scan_get(*, user: User, scan_uuid: UUID) -> Scan:
+    try:
+        return scans_for_user(user=user).get(uuid=scan_uuid)
+    except Scan.DoesNotExist as exc:
+        raise Http404("no such scan") from exc
+
+
+def jobs_for_user(*, user: User) -> QuerySet[InferenceJob]:
+    """Inference jobs of the scans of the cases the user may see."""
+    return (
+        InferenceJob.objects.filter(scan__case__in=cases_for_user(user=user))
+        .select_related("scan", "scan__case")
+        .order_by("-created_at", "-id")
+    )
+
+
+def job_get(*, user: User, job_uuid: UUID) -> InferenceJob:
+    try:
+        return jobs_for_user(user=user).get(uuid=job_uuid)
+    except InferenceJob.DoesNotExist as exc:
+        raise Http404("no such job") from exc
+
+
+def models_for_user(*, user: User) -> QuerySet[ModelVersion]:
+    """The model registry: metadata only, readable by every signed-in user."""
+    if not user.is_authenticated:
+        return ModelVersion.objects.none()
+    return ModelVersion.objects.order_by("-registered_at", "-id")
+
+
+def model_get(*, user: User, model_uuid: UUID) -> ModelVersion:
+    try:
+        return models_for_user(user=user).get(uuid=model_uuid)
+    except ModelVersion.DoesNotExist as exc:
+        raise Http404("no such model version") from exc
