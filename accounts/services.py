@@ -40,11 +40,14 @@ def api_token_create(
     if acting_user is not None and not _may_manage_tokens_of(acting_user, user):
         raise PermissionDenied("only admins can create tokens for other users")
     if not user.is_active:
-        raise ValidationError({"user": "the user is inactive"}, code="user_inactive")
+        raise ValidationError({"user": ValidationError("the user is inactive", code="user_inactive")})
     if not 1 <= expires_in_days <= settings.API_TOKEN_MAX_DAYS:
         raise ValidationError(
-            {"expires_in_days": f"a token lives between 1 and {settings.API_TOKEN_MAX_DAYS} days"},
-            code="invalid_expiry",
+            {
+                "expires_in_days": ValidationError(
+                    f"a token lives between 1 and {settings.API_TOKEN_MAX_DAYS} days", code="invalid_expiry"
+                )
+            }
         )
     key = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = timezone.now()

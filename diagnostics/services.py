@@ -453,7 +453,11 @@ def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | Non
         locked = InferenceJob.objects.select_for_update().get(pk=job.pk)
         if locked.status != InferenceJob.Status.FAILED:
             raise ValidationError(
-                {"status": f"only a failed job can be retried; this one is {locked.status}"}, code="job_not_failed"
+                {
+                    "status": ValidationError(
+                        f"only a failed job can be retried; it is {locked.status}", code="job_not_failed"
+                    )
+                }
             )
         previous_error = locked.error
         locked.status = InferenceJob.Status.QUEUED
@@ -481,7 +485,9 @@ def model_retire(*, acting_user: User | None, model_version: ModelVersion) -> Mo
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
         if locked.status == ModelVersion.Status.RETIRED:
-            raise ValidationError({"status": "this model version is already retired"}, code="already_retired")
+            raise ValidationError(
+                {"status": ValidationError("this model version is already retired", code="already_retired")}
+            )
         previous = locked.status
         locked.status = ModelVersion.Status.RETIRED
         locked.save(update_fields=["status"])
