@@ -78,7 +78,3 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.key_prefix}…)"
-
-    def is_usable(self, now: object = None) -> bool:
-        moment = now or timezone.now()
-        return self.revoked_at is None and self.expires_at > moment  # type: ignore[operator]

@@ -274,8 +274,12 @@ class ModelListRegister(generics.ListAPIView):
         data.is_valid(raise_exception=True)
         root = Path(settings.MODEL_DIR).resolve()
         bundle = (root / data.validated_data["bundle"]).resolve()
-        # Only folders inside the model folder: the API must not read arbitrary server paths.
-        if not bundle.is_relative_to(root) or bundle == root or not bundle.is_dir():
+        try:
+            # Only folders inside the model folder: the API must not read arbitrary server paths.
+            usable = bundle.is_relative_to(root) and bundle != root and bundle.is_dir()
+        except OSError:  # e.g. a name longer than the file system allows
+            usable = False
+        if not usable:
             raise ApiError(
                 code="invalid",
                 message="The request is not valid. bundle: no such bundle folder in the model folder",

@@ -232,7 +232,7 @@ def test_admin_registers_activates_and_retires_models(admin_user, active_model):
     admin = api(admin_user)
     again = admin.post("/api/v1/models/", {"bundle": "demo-pcam"}, format="json")
     assert again.status_code == 201 and again.json()["id"] == str(active_model.uuid)
-    for bundle in ("../cancerweb", "/etc", "no-such-bundle", ""):
+    for bundle in ("../cancerweb", "/etc", "no-such-bundle", "", "x" * 300):
         bad = admin.post("/api/v1/models/", {"bundle": bundle}, format="json")
         assert bad.status_code == 400, bundle
         assert "bundle" in bad.json()["error"]["fields"]
