@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from accounts import services as account_services
+from accounts.models import AuditEvent
 from tests.api_tests.conftest import make_case
 from tests.diagnostics_tests.helpers import make_prediction
 
@@ -25,19 +26,35 @@ def served(live_server, settings, clinician, physician, admin_user, active_model
         **settings.REST_FRAMEWORK,
         "DEFAULT_THROTTLE_RATES": {"anon": "100000/minute", "user": "100000/minute", "token": "100000/minute"},
     }
-    make_case(clinician, ref="PSN-FUZZ")
-    make_prediction(clinician, active_model, [0.4, 0.6], ref="PSN-FUZZ-2", color=(9, 9, 9))
-    return live_server
+    case = make_case(clinician, ref="PSN-FUZZ")
+    prediction = make_prediction(clinician, active_model, [0.4, 0.6], ref="PSN-FUZZ-2", color=(9, 9, 9))
+    scan = case.scans.get()
+    # Real ids for the path parameters, so the fuzzer also reaches objects that exist
+    # (and their 200 responses are checked against the schema), not only 404s.
+    ids = {
+        "case_uuid": case.uuid,
+        "scan_uuid": scan.uuid,
+        "job_uuid": scan.job.uuid,
+        "item_uuid": prediction.review_item.uuid,
+        "model_uuid": active_model.uuid,
+        "event_uuid": AuditEvent.objects.first().uuid,  # type: ignore[union-attr]
+    }
+    return live_server, ids
 
 
 @pytest.mark.parametrize("persona", ["clinician", "physician", "admin_user"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, request, persona, tmp_path):
+    server, ids = served
     user = request.getfixturevalue(persona)
-    _, key = account_services.api_token_create(acting_user=None, user=user, name="schemathesis", expires_in_days=1)
+    token, key = account_services.api_token_create(acting_user=None, user=user, name="schemathesis", expires_in_days=1)
+    ids["token_uuid"] = token.uuid
+    (tmp_path / "schemathesis.toml").write_text(
+        "[parameters]\n" + "".join(f'"path.{name}" = "{value}"\n' for name, value in ids.items())
+    )
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "run",
-        f"{served.url}/api/v1/schema/",
+        f"{server.url}/api/v1/schema/",
         "--header",
         f"Authorization: Token {key}",
         "--checks",
