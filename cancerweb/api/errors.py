@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -86,6 +88,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, TooManyFilesSent):
+        # Django refuses the multipart body before the view sees it; same code as the upload service.
+        message = f"at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files per upload"
+        exc = ApiError(
+            code="too_many_files",
+            message=f"Nothing was stored: {message}.",
+            fields={"files": [{"code": "too_many_files", "message": message}]},
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # a server error: Django's 500 handler answers and logs it

@@ -310,3 +310,14 @@ def test_throttled_per_token_and_per_user(clinician, settings):
     # Another token of the same user has its own token budget but shares the user's,
     # which has counted all four requests so far: one more is allowed.
     assert [second.get("/api/v1/cases/").status_code for _ in range(2)] == [200, 429]
+
+
+def test_too_many_files_in_one_request_is_a_json_400_and_stores_nothing(clinician, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    case = make_case(clinician, n_files=0)
+    files = [_png(f"{i}.png", (i, i, i)) for i in range(3)]
+    response = api(clinician).post(f"/api/v1/cases/{case.uuid}/scans/", {"files": files}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_files"
+    assert response.json()["error"]["fields"]["files"][0]["message"] == "at most 2 files per upload"
+    assert case.scans.count() == 0
