@@ -93,3 +93,32 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit chain head ({self.length} events)"
+
+
+class ApiToken(models.Model):
+    """A revocable, expiring API token for a machine acting as a user.
+
+    Only the SHA-256 of the secret is stored: a leaked database does not leak usable
+    tokens. The secret has 256 bits of entropy, so a plain hash is enough (no slow KDF)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. the integrating system.")
+    key_prefix = models.CharField(max_length=12, help_text="First characters of the secret, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(expires_at__gt=models.F("created_at")), name="apitoken_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+
+# The demo's filesystem broker, with atomic message writes (see cancerweb/broker.py).
+TRANSPORT_ALIASES["filesystem"] = "cancerweb.broker:Transport"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cancerweb.settings")
 

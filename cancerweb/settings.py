@@ -94,6 +94,10 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "accounts",
     "diagnostics",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
 ]
 
 MIDDLEWARE = [
@@ -302,3 +306,83 @@ OTP_DEMO_EXEMPT = DEMO and _env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# --- REST API (/api/v1/) ---------------------------------------------------------
+# Throttle counters live in this cache, so every web process shares them. With a
+# Redis broker the cache defaults to the same Redis (its keys are prefixed); the
+# demo's filesystem broker gets a per-process memory cache.
+_cache_url = os.environ.get("CANCERWEB_CACHE_URL", "")
+if not _cache_url and CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    _cache_url = CELERY_BROKER_URL
+if _cache_url.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _cache_url,
+            "KEY_PREFIX": "cw",
+        }
+    }
+elif _cache_url in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "cancerweb"}}
+else:
+    raise ImproperlyConfigured("CANCERWEB_CACHE_URL must be redis://host:port/db or locmem://")
+
+
+def _env_rate(name: str, default: str) -> str:
+    value = os.environ.get(name) or default
+    count, _, period = value.partition("/")
+    if not count.isdigit() or int(count) < 1 or period not in {"second", "minute", "hour", "day"}:
+        raise ImproperlyConfigured(f"{name} must look like 120/minute (per second, minute, hour or day), got {value!r}")
+    return value
+
+
+# API tokens for machines expire: none may live longer than this many days.
+API_TOKEN_MAX_DAYS = _env_int("CANCERWEB_API_TOKEN_MAX_DAYS", 90, minimum=1)
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes a missing login a 401, not a 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "cancerweb.api.throttling.AnonymousRateThrottle",
+        "cancerweb.api.throttling.PerUserRateThrottle",
+        "cancerweb.api.throttling.PerTokenRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": _env_rate("CANCERWEB_API_RATE_ANON", "60/minute"),
+        "user": _env_rate("CANCERWEB_API_RATE_USER", "600/minute"),
+        "token": _env_rate("CANCERWEB_API_RATE_TOKEN", "300/minute"),
+    },
+    "DEFAULT_PAGINATION_CLASS": "cancerweb.api.pagination.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "cancerweb.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CancerWeb API",
+    "DESCRIPTION": (
+        "Cases, scans, inference jobs, the physician's review queue and signed decisions, "
+        "the model registry and the audit trail. A prediction is never a result until a physician signs it."
+    ),
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cancerweb.api.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "diagnostics.models.InferenceJob.Status",
+        "ModelStatusEnum": "diagnostics.models.ModelVersion.Status",
+        "ReviewItemStatusEnum": "diagnostics.models.ReviewItem.Status",
+        "ScanStatusEnum": "diagnostics.api.serializers.SCAN_STATUS_CODES",
+    },
+}

@@ -408,3 +408,48 @@ def queue_stats(*, user: User) -> QueueStats:
         median_signoff_minutes=_median(signoff),
         mean_signoff_minutes=sum(signoff) / len(signoff) if signoff else None,
     )
+
+
+# --- API reads (issue 7): every one goes through cases_for_user / the reviewer check. ---
+
+
+def scans_for_user(*, user: User) -> QuerySet[Scan]:
+    """Scans of the cases the user may see."""
+    return Scan.objects.filter(case__in=cases_for_user(user=user)).select_related("case", "job")
+
+
+def scan_get(*, user: User, scan_uuid: UUID) -> Scan:
+    try:
+        return scans_for_user(user=user).get(uuid=scan_uuid)
+    except Scan.DoesNotExist as exc:
+        raise Http404("no such scan") from exc
+
+
+def jobs_for_user(*, user: User) -> QuerySet[InferenceJob]:
+    """Inference jobs of the scans of the cases the user may see."""
+    return (
+        InferenceJob.objects.filter(scan__case__in=cases_for_user(user=user))
+        .select_related("scan", "scan__case")
+        .order_by("-created_at", "-id")
+    )
+
+
+def job_get(*, user: User, job_uuid: UUID) -> InferenceJob:
+    try:
+        return jobs_for_user(user=user).get(uuid=job_uuid)
+    except InferenceJob.DoesNotExist as exc:
+        raise Http404("no such job") from exc
+
+
+def models_for_user(*, user: User) -> QuerySet[ModelVersion]:
+    """The model registry: metadata only, readable by every signed-in user."""
+    if not user.is_authenticated:
+        return ModelVersion.objects.none()
+    return ModelVersion.objects.order_by("-registered_at", "-id")
+
+
+def model_get(*, user: User, model_uuid: UUID) -> ModelVersion:
+    try:
+        return models_for_user(user=user).get(uuid=model_uuid)
+    except ModelVersion.DoesNotExist as exc:
+        raise Http404("no such model version") from exc

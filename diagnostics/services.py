@@ -687,3 +687,57 @@ def notifications_mark_read(*, acting_user: User, notification_uuid: UUID | None
     if notification_uuid is not None:
         qs = qs.filter(uuid=notification_uuid)
     return qs.update(read_at=timezone.now())
+
+
+# --- added for the REST API (issue 7) -----------------------------------------------
+
+
+def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | None = None) -> InferenceJob:
+    """Put a failed job back in the queue. Only a failed job: a queued or running one
+    is still on its way and a succeeded one already has its prediction."""
+    if not acting_user.has_perm(UPLOAD_PERMISSION):
+        raise PermissionDenied("your role cannot retry inference jobs")
+    with transaction.atomic():
+        locked = InferenceJob.objects.select_for_update().get(pk=job.pk)
+        if locked.status != InferenceJob.Status.FAILED:
+            raise ValidationError(
+                {
+                    "status": ValidationError(
+                        f"only a failed job can be retried; it is {locked.status}", code="job_not_failed"
+                    )
+                }
+            )
+        previous_error = locked.error
+        locked.status = InferenceJob.Status.QUEUED
+        locked.error = ""
+        locked.started_at = None
+        locked.finished_at = None
+        locked.updated_at = timezone.now()
+        locked.full_clean()
+        locked.save(update_fields=["status", "error", "started_at", "finished_at", "updated_at"])
+        audit_record(
+            actor=acting_user,
+            action="job.retry",
+            obj=locked,
+            data={"scan": str(locked.scan.uuid), "previous_error": previous_error, "attempts": locked.attempts},
+            client_address=client_address,
+        )
+        _enqueue_inference(locked)
+    return locked
+
+
+def model_retire(*, acting_user: User | None, model_version: ModelVersion) -> ModelVersion:
+    """Retire a model version. Retiring the active one leaves no active model: new jobs
+    fail with "no active model" until another is activated, which is what an admin
+    who pulls a bad model wants."""
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        if locked.status == ModelVersion.Status.RETIRED:
+            raise ValidationError(
+                {"status": ValidationError("this model version is already retired", code="already_retired")}
+            )
+        previous = locked.status
+        locked.status = ModelVersion.Status.RETIRED
+        locked.save(update_fields=["status"])
+        audit_record(actor=acting_user, action="model.retire", obj=locked, data={"previous_status": previous})
+    return locked

@@ -1,0 +1,110 @@
+"""API: tokens (create, list, revoke) and the audit trail (admins, read only).
+Thin: input serializer -> service -> output serializer; reads from selectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts import selectors, services
+from accounts.api.serializers import AuditEventOut, TokenCreatedOut, TokenCreateIn, TokenOut
+from accounts.models import ApiToken, AuditEvent
+from cancerweb.api.errors import ApiError
+from cancerweb.api.permissions import has_perm
+
+
+def client_address(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class TokenListCreate(generics.ListAPIView):
+    """Your API tokens (admins: everybody's). POST creates one and shows its secret once."""
+
+    serializer_class = TokenOut
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        return selectors.api_tokens_for_user(user=self.request.user)
+
+    @extend_schema(request=TokenCreateIn, responses={201: TokenCreatedOut}, operation_id="tokens_create")
+    def post(self, request: Request) -> Response:
+        if isinstance(request.auth, ApiToken):
+            # A leaked token must not be able to mint fresh ones that outlive its revocation.
+            raise ApiError(
+                code="session_required",
+                message="Create tokens from a logged-in browser session or with manage.py api_token_create.",
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
+        data = TokenCreateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        owner = request.user
+        if data.validated_data.get("user") is not None:
+            owner = selectors.user_get_for_admin(user=request.user, user_uuid=data.validated_data["user"])
+        token, key = services.api_token_create(
+            acting_user=request.user,
+            user=owner,
+            name=data.validated_data["name"],
+            expires_in_days=data.validated_data.get("expires_in_days", services.DEFAULT_TOKEN_DAYS),
+            client_address=client_address(request),
+        )
+        token.key = key  # type: ignore[attr-defined]  # shown once, never stored
+        return Response(TokenCreatedOut(token).data, status=status.HTTP_201_CREATED)
+
+
+class TokenDetail(generics.GenericAPIView):
+    serializer_class = TokenOut
+
+    def get_object(self) -> ApiToken:
+        return selectors.api_token_get(user=self.request.user, token_uuid=self.kwargs["token_uuid"])
+
+    def get(self, request: Request, token_uuid: Any) -> Response:
+        return Response(TokenOut(self.get_object()).data)
+
+    @extend_schema(request=None, responses={200: TokenOut})
+    def delete(self, request: Request, token_uuid: Any) -> Response:
+        """Revoke the token now; it answers 401 from then on."""
+        token = services.api_token_revoke(
+            acting_user=request.user, token=self.get_object(), client_address=client_address(request)
+        )
+        return Response(TokenOut(token).data)
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    action = django_filters.CharFilter()
+    object_type = django_filters.CharFilter()
+    object_id = django_filters.CharFilter()
+    actor = django_filters.UUIDFilter(field_name="actor__uuid")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditEvent
+        fields: list[str] = []
+
+
+AdminAudit = has_perm("accounts.view_auditevent", message="The audit trail is for admins.")
+
+
+class AuditEventList(generics.ListAPIView):
+    """The audit trail, newest first. Admins only; nothing here can be changed."""
+
+    serializer_class = AuditEventOut
+    permission_classes = [AdminAudit]
+    filterset_class = AuditEventFilter
+    queryset = AuditEvent.objects.none()  # tells the schema the model; get_queryset decides what is seen
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        return selectors.audit_events_for_user(user=self.request.user)
+
+
+class AuditEventDetail(generics.RetrieveAPIView):
+    serializer_class = AuditEventOut
+    permission_classes = [AdminAudit]
+
+    def get_object(self) -> AuditEvent:
+        return selectors.audit_event_get(user=self.request.user, event_uuid=self.kwargs["event_uuid"])

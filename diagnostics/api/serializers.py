@@ -1,0 +1,237 @@
+"""API shapes. Input serializers validate the request; output serializers render
+what the selectors returned. No business logic here: services decide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from diagnostics import selectors
+from diagnostics.models import PATIENT_REF_VALIDATOR, Case, InferenceJob, ModelVersion, ReviewDecision, ReviewItem, Scan
+
+SCAN_STATUS_CODES = ["queued", "running", "awaiting_review", "signed", "failed"]
+
+
+class CaseCreateIn(serializers.Serializer):
+    patient_ref = serializers.CharField(
+        max_length=64,
+        validators=[PATIENT_REF_VALIDATOR],
+        help_text="Pseudonymous patient reference: letters, digits, dot, dash, underscore. Never a name.",
+    )
+    body_site = serializers.CharField(max_length=100)
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class ScanUploadIn(serializers.Serializer):
+    files = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True, use_url=False),
+        allow_empty=False,
+        help_text="One or more images (PNG, JPEG, TIFF). All are validated first; if one is refused, none is stored.",
+    )
+
+
+class SignedResultOut(serializers.Serializer):
+    decision = serializers.UUIDField(source="uuid")
+    outcome = serializers.ChoiceField(choices=ReviewDecision.Outcome.choices)
+    meaning = serializers.ChoiceField(choices=["confirmed", "rejected", "corrected"])
+    stage = serializers.CharField(help_text="The physician's stage: the result.")
+    signer_name = serializers.CharField()
+    signed_at = serializers.DateTimeField()
+
+
+class ScanOut(serializers.ModelSerializer):
+    """A scan as its clinician sees it: progress, then the signed result. The model's
+    own answer is not shown here: until a physician signs, it is not a result."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    case = serializers.UUIDField(source="case.uuid", read_only=True)
+    job = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = [
+            "id",
+            "case",
+            "original_name",
+            "format",
+            "width",
+            "height",
+            "size_bytes",
+            "sha256",
+            "uploaded_at",
+            "job",
+            "status",
+            "error",
+            "result",
+        ]
+
+    def _status(self, obj: Scan) -> selectors.ScanStatus:
+        cache = self.context.setdefault("_scan_status", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = selectors.scan_status(obj)
+        return cache[obj.pk]
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_job(self, obj: Scan) -> str | None:
+        job = getattr(obj, "job", None)
+        return str(job.uuid) if job is not None else None
+
+    @extend_schema_field(serializers.ChoiceField(choices=SCAN_STATUS_CODES))
+    def get_status(self, obj: Scan) -> str:
+        return self._status(obj).code
+
+    @extend_schema_field(serializers.CharField())
+    def get_error(self, obj: Scan) -> str:
+        return self._status(obj).error
+
+    @extend_schema_field(SignedResultOut(allow_null=True))
+    def get_result(self, obj: Scan) -> dict[str, Any] | None:
+        decision = self._status(obj).decision
+        return SignedResultOut(decision).data if decision is not None else None
+
+
+class CaseOut(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    scan_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Case
+        fields = ["id", "patient_ref", "body_site", "note", "created_at", "scan_count"]
+
+    def get_scan_count(self, obj: Case) -> int:
+        return len(obj.scans.all())
+
+
+class CaseDetailOut(CaseOut):
+    scans = ScanOut(many=True, read_only=True)
+
+    class Meta(CaseOut.Meta):
+        fields = [*CaseOut.Meta.fields, "scans"]
+
+
+class UploadOut(serializers.Serializer):
+    created = ScanOut(many=True, help_text="New scans; each has a queued inference job.")
+    repeated = ScanOut(many=True, help_text="Files already uploaded by you to this case: not added again.")
+
+
+class JobOut(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    scan = serializers.UUIDField(source="scan.uuid", read_only=True)
+    case = serializers.UUIDField(source="scan.case.uuid", read_only=True)
+
+    class Meta:
+        model = InferenceJob
+        fields = ["id", "scan", "case", "status", "attempts", "error", "created_at", "started_at", "finished_at"]
+
+
+class PredictionOut(serializers.Serializer):
+    id = serializers.UUIDField(source="uuid")
+    model = serializers.UUIDField(source="model_version.uuid")
+    model_name = serializers.CharField(source="model_version.name")
+    model_version = serializers.CharField(source="model_version.version")
+    labels = serializers.ListField(child=serializers.CharField())
+    probabilities = serializers.ListField(child=serializers.FloatField())
+    predicted_label = serializers.CharField()
+    confidence = serializers.FloatField()
+    created_at = serializers.DateTimeField()
+
+
+class DecisionOut(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    review_item = serializers.UUIDField(source="review_item.uuid", read_only=True)
+    physician = serializers.UUIDField(source="physician.uuid", read_only=True)
+    supersedes = serializers.SerializerMethodField()
+    meaning = serializers.ChoiceField(choices=["confirmed", "rejected", "corrected"], read_only=True)
+
+    class Meta:
+        model = ReviewDecision
+        fields = [
+            "id",
+            "review_item",
+            "outcome",
+            "meaning",
+            "stage",
+            "reason",
+            "physician",
+            "signer_name",
+            "signed_at",
+            "supersedes",
+        ]
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_supersedes(self, obj: ReviewDecision) -> str | None:
+        return str(obj.supersedes.uuid) if obj.supersedes_id is not None else None
+
+
+class ReviewItemOut(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    scan = serializers.UUIDField(source="prediction.scan.uuid", read_only=True)
+    case = serializers.UUIDField(source="prediction.scan.case.uuid", read_only=True)
+    patient_ref = serializers.CharField(source="prediction.scan.case.patient_ref", read_only=True)
+    body_site = serializers.CharField(source="prediction.scan.case.body_site", read_only=True)
+    prediction = PredictionOut(read_only=True)
+
+    class Meta:
+        model = ReviewItem
+        fields = ["id", "status", "created_at", "scan", "case", "patient_ref", "body_site", "prediction"]
+
+
+class ReviewItemDetailOut(ReviewItemOut):
+    decisions = serializers.SerializerMethodField()
+    current_decision = serializers.SerializerMethodField()
+
+    class Meta(ReviewItemOut.Meta):
+        fields = [*ReviewItemOut.Meta.fields, "decisions", "current_decision"]
+
+    @extend_schema_field(DecisionOut(many=True))
+    def get_decisions(self, obj: ReviewItem) -> list[dict[str, Any]]:
+        decisions = obj.decisions.select_related("supersedes", "physician", "review_item").order_by("signed_at", "id")
+        return list(DecisionOut(decisions, many=True).data)
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_current_decision(self, obj: ReviewItem) -> str | None:
+        current = selectors.current_decision(obj)
+        return str(current.uuid) if current is not None else None
+
+
+class DecisionIn(serializers.Serializer):
+    outcome = serializers.ChoiceField(
+        choices=ReviewDecision.Outcome.choices,
+        required=False,
+        help_text="confirmed or rejected. A correction (supersedes given) is always a rejection with a stage.",
+    )
+    stage = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    password = serializers.CharField(
+        write_only=True, trim_whitespace=False, help_text="Your password: re-entering it signs the decision."
+    )
+    supersedes = serializers.UUIDField(
+        required=False, allow_null=True, default=None, help_text="To correct a signed decision: its id."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("supersedes") is None and not attrs.get("outcome"):
+            raise serializers.ValidationError({"outcome": "choose confirmed or rejected"}, code="required")
+        return attrs
+
+
+class ModelOut(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    labels = serializers.ListField(child=serializers.CharField(), read_only=True)
+    metrics = serializers.DictField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "task", "labels", "status", "sha256", "metrics", "registered_at"]
+
+
+class ModelRegisterIn(serializers.Serializer):
+    bundle = serializers.CharField(
+        max_length=500, help_text="Bundle folder inside the server's model folder, e.g. demo-pcam."
+    )
+    activate = serializers.BooleanField(default=False, required=False)
