@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.audit import audit_record
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
-from diagnostics import storage
+from diagnostics import dicom, imaging, storage
 from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction, ReviewDecision, ReviewItem, Scan
 from diagnostics.validation import UploadRejected, validate_image
 
@@ -179,6 +179,10 @@ def _scans_upload_inner(
     result = UploadResult()
     seen: set[str] = set()
     for name, data, info in checked:
+        if info.format == Scan.Format.DICOM:
+            # De-identified before anything is stored: only the pseudonymous case
+            # reference stays, and the stored (and hashed) bytes are the cleaned file.
+            data = dicom.deidentify(data, pseudonym=case.patient_ref, uid_secret=settings.SECRET_KEY.encode())
         digest = storage.sha256_bytes(data)
         existing = Scan.objects.filter(case=case, sha256=digest, uploaded_by=acting_user).first()
         if existing is not None or digest in seen:
@@ -197,6 +201,7 @@ def _scans_upload_inner(
             format=info.format,
             width=info.width,
             height=info.height,
+            burned_in_annotation=info.burned_in_annotation,
             size_bytes=len(data),
             uploaded_by=acting_user,
         )
@@ -239,11 +244,15 @@ def job_run(*, job_id: int) -> None:
         from diagnostics.inference import runner_for
 
         runner = runner_for(model_version)
-        data = storage.read_bytes(job.scan.storage_name)
+        try:
+            data = storage.read_bytes(job.scan.storage_name)
+        except storage.EncryptionError as exc:
+            raise JobError(f"stored scan bytes failed decryption: {exc}") from exc
+        # Compared after decryption: the address is the hash of the plaintext.
         if storage.sha256_bytes(data) != job.scan.sha256:
             raise JobError("stored scan bytes do not match their SHA-256")
         started = time.perf_counter()
-        batch = runner.preprocess(data)[None, ...]
+        batch = imaging.decode_for_model(data, size=runner.input_size)[None, ...]
         probabilities = [float(p) for p in runner.predict_arrays(batch)[0]]
         inference_ms = (time.perf_counter() - started) * 1000.0
     except Exception as exc:

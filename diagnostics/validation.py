@@ -1,8 +1,9 @@
 """Upload validation: decide from the bytes (not the file name) what a file is,
 and refuse anything that is not a complete image within the limits.
 
-Formats are a registry of sniffers and checkers so DICOM can be added as one
-more entry. This module imports no Django: limits are passed in.
+Formats are a registry of sniffers and checkers; DICOM is one more entry (its
+parsing and de-identification live in diagnostics/dicom.py). This module imports
+no Django: limits are passed in.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ class UploadRejected(Exception):
 
 @dataclass(frozen=True)
 class ValidatedImage:
-    format: str  # one of the registry's names: PNG, JPEG, TIFF
+    format: str  # one of the registry's names: PNG, JPEG, TIFF, DICOM
     width: int
     height: int
+    frames: int = 1
+    # DICOM (0028,0301) Burned In Annotation = YES: identifying text may be in the pixels.
+    burned_in_annotation: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class ImageFormat:
     extensions: frozenset[str]
     sniff: Callable[[bytes], bool]
     check: Callable[[bytes, int], ValidatedImage]
+    # Only DICOM may come without an extension: PS3.10 media (DICOMDIR file sets) and
+    # PACS exports name files without one. Any extension given must still match.
+    allow_no_extension: bool = False
 
 
 def _check_with_pillow(expected: str) -> Callable[[bytes, int], ValidatedImage]:
@@ -74,7 +81,38 @@ def _check_with_pillow(expected: str) -> Callable[[bytes, int], ValidatedImage]:
     return check
 
 
+def _check_dicom(data: bytes, max_pixels: int) -> ValidatedImage:
+    from diagnostics import dicom
+
+    try:
+        info = dicom.check(data, max_pixels=max_pixels)
+    except dicom.DicomRejected as exc:
+        raise UploadRejected(exc.code, exc.message) from exc
+    except MemoryError as exc:
+        raise UploadRejected("too_many_pixels", "the DICOM image is too large to decode") from exc
+    return ValidatedImage(
+        format="DICOM",
+        width=info.width,
+        height=info.height,
+        frames=info.frames,
+        burned_in_annotation=info.burned_in_annotation,
+    )
+
+
+def _sniff_dicom(data: bytes) -> bool:
+    # PS3.10: a 128-byte preamble, then "DICM". Bare data sets without it are refused.
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 FORMATS: list[ImageFormat] = [
+    # DICOM first: its preamble may legally hold a TIFF header (dual-personality files).
+    ImageFormat(
+        name="DICOM",
+        extensions=frozenset({".dcm", ".dicom"}),
+        sniff=_sniff_dicom,
+        check=_check_dicom,
+        allow_no_extension=True,
+    ),
     ImageFormat(
         name="PNG",
         extensions=frozenset({".png"}),
@@ -111,7 +149,7 @@ def validate_image(*, data: bytes, filename: str, max_bytes: int, max_pixels: in
         names = ", ".join(f.name for f in FORMATS)
         raise UploadRejected("unsupported_type", f"the content is not an accepted image type ({names})")
     extension = PurePath(filename).suffix.lower()
-    if extension not in fmt.extensions:
+    if extension not in fmt.extensions and not (extension == "" and fmt.allow_no_extension):
         shown = extension or "no extension"
         raise UploadRejected(
             "extension_mismatch",

@@ -16,10 +16,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from PIL import Image
 
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
-from diagnostics import selectors, services, storage
+from diagnostics import imaging, selectors, services, storage
 from diagnostics.forms import CaseCreateForm, CorrectionForm, ScanUploadForm, SignForm
 from diagnostics.models import ReviewDecision
 
@@ -150,13 +149,10 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 @require_GET
 @login_required
 def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
-    """A PNG rendering of the scan (browsers cannot show TIFF), at most 1024 px."""
+    """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
     scan = selectors.scan_get_for_image(user=request.user, scan_uuid=scan_uuid)
     data = storage.read_bytes(scan.storage_name)
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("RGB", (1024, 1024))
-        rendered = img.convert("RGB")
-        rendered.thumbnail((1024, 1024))
+    rendered = imaging.to_rgb_image(data, max_side=1024)
     out = io.BytesIO()
     rendered.save(out, format="PNG")
     response = HttpResponse(out.getvalue(), content_type="image/png")

@@ -66,4 +66,5 @@ def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
     services.job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
-    assert "do not match their SHA-256" in job.error
+    # Stored bytes are encrypted (AES-GCM): any change fails authentication first.
+    assert "stored scan bytes failed decryption" in job.error
