@@ -281,6 +281,13 @@ def inspect(data: bytes, *, max_pixels: int) -> tuple[Dataset, DicomInfo]:
         )
     if (samples == 1) != photometric.startswith("MONOCHROME"):
         raise DicomRejected("corrupt_image", "the DICOM samples per pixel contradict its photometric interpretation")
+    raw = ds.get_item("PixelData")
+    declared = getattr(raw, "length", None)
+    if declared not in (None, 0xFFFFFFFF) and len(ds.PixelData) < declared:
+        # pydicom reads what is there; a length that runs past the end is a lie or a truncation.
+        raise DicomRejected(
+            "corrupt_image", "the DICOM pixel data is truncated: it declares more bytes than the file holds"
+        )
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax in UNCOMPRESSED:
         # The declared geometry must be backed by bytes: a short pixel element is a

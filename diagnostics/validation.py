@@ -81,6 +81,39 @@ def _check_with_pillow(expected: str) -> Callable[[bytes, int], ValidatedImage]:
     return check
 
 
+# More pages than any slide or scanner export we accept; walking a longer IFD chain
+# is CPU spent on an attacker's file.
+MAX_TIFF_PAGES = 1000
+
+
+def _tiff_structure(data: bytes) -> None:
+    """Walk the chain of image file directories before Pillow does: a chain that loops,
+    points outside the file or runs past MAX_TIFF_PAGES is refused."""
+    import struct
+
+    endian = "<" if data[:2] == b"II" else ">"
+    seen: set[int] = set()
+    offset = struct.unpack(endian + "I", data[4:8])[0]
+    while offset:
+        if offset in seen:
+            raise UploadRejected("corrupt_image", "the TIFF file's page chain loops back on itself")
+        if len(seen) >= MAX_TIFF_PAGES:
+            raise UploadRejected("unsupported_type", f"the TIFF file has more than {MAX_TIFF_PAGES} pages")
+        if offset + 2 > len(data):
+            raise UploadRejected("corrupt_image", "the TIFF file points past its own end")
+        seen.add(offset)
+        count = struct.unpack(endian + "H", data[offset : offset + 2])[0]
+        next_at = offset + 2 + 12 * count
+        if next_at + 4 > len(data):
+            raise UploadRejected("corrupt_image", "the TIFF file points past its own end")
+        offset = struct.unpack(endian + "I", data[next_at : next_at + 4])[0]
+
+
+def _check_tiff(data: bytes, max_pixels: int) -> ValidatedImage:
+    _tiff_structure(data)
+    return _check_with_pillow("TIFF")(data, max_pixels)
+
+
 def _check_dicom(data: bytes, max_pixels: int) -> ValidatedImage:
     from diagnostics import dicom
 
@@ -129,7 +162,7 @@ FORMATS: list[ImageFormat] = [
         name="TIFF",
         extensions=frozenset({".tif", ".tiff"}),
         sniff=lambda b: b[:4] in (b"II*\x00", b"MM\x00*"),
-        check=_check_with_pillow("TIFF"),
+        check=_check_tiff,
     ),
 ]
 

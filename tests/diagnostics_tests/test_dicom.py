@@ -224,7 +224,7 @@ def test_baseline_jpeg_dicom_is_accepted():
         (dicom_bytes(transfer_syntax=DeflatedExplicitVRLittleEndian), "dicom_unsupported_transfer_syntax",
          "Deflated"),
         (dicom_bytes(frames=30_000), "too_many_pixels", "the limit is 60,000,000"),
-        (dicom_bytes()[:-100], "corrupt_image", "shorter than its rows"),
+        (dicom_bytes()[:-100], "corrupt_image", "pixel data is truncated"),
         (dicom_bytes(preamble=b"\x7fELF" + b"\x00" * 124), "dicom_executable_preamble", "Linux executable"),
     ],
     ids=["no-pixels", "jpeg2000", "deflated", "too-many-frames", "truncated", "elf-preamble"],
