@@ -272,7 +272,8 @@ def inspect(data: bytes, *, max_pixels: int) -> tuple[Dataset, DicomInfo]:
         )
     samples = _int(ds, "SamplesPerPixel", 1)
     bits = _int(ds, "BitsAllocated")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    # Echoed in the refusal message: a CS value is at most 16 characters.
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()[:16]
     if samples not in (1, 3) or bits not in (8, 16) or photometric not in PHOTOMETRIC:
         raise DicomRejected(
             "dicom_unsupported_pixels",

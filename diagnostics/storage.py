@@ -84,9 +84,10 @@ def delete_if_unreferenced(name: str) -> None:
 def iter_object_names(prefix: str = "") -> Iterator[str]:
     """Every stored object's name, walking folders through the storage API."""
     storage = scan_storage()
-    if prefix and not storage.exists(prefix):
+    try:
+        dirs, files = storage.listdir(prefix)
+    except FileNotFoundError:  # nothing stored yet: a local folder is made on first save
         return
-    dirs, files = storage.listdir(prefix)
     for file_name in sorted(files):
         yield f"{prefix}/{file_name}" if prefix else file_name
     for dir_name in sorted(dirs):

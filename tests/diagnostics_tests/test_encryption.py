@@ -216,3 +216,16 @@ def test_start_up_refuses_a_missing_or_malformed_key(value, message):
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_rotation_on_an_installation_that_stored_nothing_yet(settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "scans": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "never-created")},
+        },
+    }
+    out = io.StringIO()
+    call_command("rotate_encryption_key", stdout=out)
+    assert "0 re-encrypted, 0 already current" in out.getvalue()
