@@ -182,7 +182,11 @@ def _scans_upload_inner(
         if info.format == Scan.Format.DICOM:
             # De-identified before anything is stored: only the pseudonymous case
             # reference stays, and the stored (and hashed) bytes are the cleaned file.
-            data = dicom.deidentify(data, pseudonym=case.patient_ref, uid_secret=settings.SECRET_KEY.encode())
+            try:
+                data = dicom.deidentify(data, pseudonym=case.patient_ref, uid_secret=settings.SECRET_KEY.encode())
+            except Exception as exc:  # a value pydicom read but cannot write: refuse, never store the original
+                refused = UploadRejected("dicom_deidentification_failed", "the DICOM file could not be de-identified")
+                raise UploadBatchRejected([(name or "(unnamed)", refused)]) from exc
         digest = storage.sha256_bytes(data)
         existing = Scan.objects.filter(case=case, sha256=digest, uploaded_by=acting_user).first()
         if existing is not None or digest in seen:
