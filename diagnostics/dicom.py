@@ -331,10 +331,14 @@ def _window(ds: Dataset, values: np.ndarray) -> np.ndarray:
         lo, hi = float(values.min()), float(values.max())
         c, w = (lo + hi) / 2 + 0.5, max(hi - lo, 0.0) + 1
     if w <= 1:
-        out = np.where(values > c - 0.5, 255.0, 0.0)
-    else:
-        out = ((values - (c - 0.5)) / (w - 1) + 0.5) * 255.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return np.where(values > c - 0.5, 255, 0).astype(np.uint8)
+    # In place, in float32: a 16-megapixel CT frame must not need several float64 copies.
+    values -= c - 0.5
+    values *= 255.0 / (w - 1)
+    values += 127.5
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def render_frame(ds: Dataset, index: int = 0) -> Image.Image:
@@ -348,7 +352,15 @@ def render_frame(ds: Dataset, index: int = 0) -> Image.Image:
             top = float(arr.max()) or 1.0
             arr = (arr.astype(np.float32) * (255.0 / top)).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
-    values = apply_modality_lut(arr, ds).astype(np.float32)
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(arr, ds).astype(np.float32)
+    else:  # the rescale alone, in float32 (pydicom's version works in float64)
+        values = arr.astype(np.float32)
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if slope not in (None, "") and float(slope) != 1.0:
+            values *= float(slope)
+        if intercept not in (None, "") and float(intercept) != 0.0:
+            values += float(intercept)
     grey = _window(ds, values)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         grey = 255 - grey
