@@ -47,7 +47,10 @@ from pydicom.uid import (
 
 # pydicom's warnings can quote element values (names, IDs); nothing clinical may
 # reach the logs, so its logger is silenced and invalid values are not reported.
-logging.getLogger("pydicom").disabled = True
+_pydicom_logger = logging.getLogger("pydicom")
+_pydicom_logger.setLevel(logging.CRITICAL + 1)  # children ("pydicom.pixels...") inherit it
+_pydicom_logger.propagate = False
+_pydicom_logger.disabled = True
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 
@@ -369,18 +372,31 @@ def render_frame(ds: Dataset, index: int = 0) -> Image.Image:
 
 def check(data: bytes, *, max_pixels: int) -> DicomInfo:
     """Validate a DICOM upload completely: every frame decodes and the first renders."""
-    ds, info = inspect(data, max_pixels=max_pixels)
-    if ds.file_meta.TransferSyntaxUID not in UNCOMPRESSED:
-        for index in range(1, info.frames):
-            _frame(ds, index)
-    render_frame(ds, 0)
+    try:
+        with warnings.catch_warnings():
+            # pydicom converts elements lazily and warns about odd ones; nothing to log.
+            warnings.simplefilter("ignore")
+            ds, info = inspect(data, max_pixels=max_pixels)
+            for _ in ds.iterall():  # convert every element now: de-identification reads them all
+                pass
+            if ds.file_meta.TransferSyntaxUID not in UNCOMPRESSED:
+                for index in range(1, info.frames):
+                    _frame(ds, index)
+            render_frame(ds, 0)
+    except (DicomRejected, MemoryError):
+        raise
+    except Exception as exc:
+        # pydicom converts values lazily, so a damaged element (an unknown VR, a number
+        # that is not one) can surface at any access; whatever it is, the file is damaged.
+        raise DicomRejected("corrupt_image", "the DICOM data set is damaged and cannot be read") from exc
     return info
 
 
 def decode_rgb_image(data: bytes) -> Image.Image:
     """The first frame of a stored (already validated) DICOM file as RGB."""
-    ds = _parse(data)
-    return render_frame(ds, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return render_frame(_parse(data), 0)
 
 
 def _replacement_uid(original: str, secret: bytes) -> str:
@@ -393,6 +409,12 @@ def _replacement_uid(original: str, secret: bytes) -> str:
 def deidentify(data: bytes, *, pseudonym: str, uid_secret: bytes) -> bytes:
     """A new PS3.10 file with only the allowlisted attributes, the pseudonym as
     Patient Name/ID, keyed replacement UIDs and a zero preamble."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _deidentify(data, pseudonym=pseudonym, uid_secret=uid_secret)
+
+
+def _deidentify(data: bytes, *, pseudonym: str, uid_secret: bytes) -> bytes:
     source = _parse(data)
     out = Dataset()
     for keyword in sorted(KEPT_KEYWORDS):
@@ -421,7 +443,5 @@ def deidentify(data: bytes, *, pseudonym: str, uid_secret: bytes) -> bytes:
     out.file_meta = meta
     out.preamble = b"\x00" * DICOM_PREFIX_OFFSET
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out.save_as(buffer, enforce_file_format=True, implicit_vr=None, little_endian=None)
+    out.save_as(buffer, enforce_file_format=True, implicit_vr=None, little_endian=None)
     return buffer.getvalue()

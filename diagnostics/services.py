@@ -184,6 +184,8 @@ def _scans_upload_inner(
             # reference stays, and the stored (and hashed) bytes are the cleaned file.
             try:
                 data = dicom.deidentify(data, pseudonym=case.patient_ref, uid_secret=settings.SECRET_KEY.encode())
+                # What is stored is what the worker reads: it must pass validation too.
+                dicom.check(data, max_pixels=settings.UPLOAD_MAX_PIXELS)
             except Exception as exc:  # a value pydicom read but cannot write: refuse, never store the original
                 refused = UploadRejected("dicom_deidentification_failed", "the DICOM file could not be de-identified")
                 raise UploadBatchRejected([(name or "(unnamed)", refused)]) from exc

@@ -9,6 +9,7 @@ no Django: limits are passed in.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,8 +90,8 @@ MAX_TIFF_PAGES = 1000
 def _tiff_structure(data: bytes) -> None:
     """Walk the chain of image file directories before Pillow does: a chain that loops,
     points outside the file or runs past MAX_TIFF_PAGES is refused."""
-    import struct
-
+    if len(data) < 8:
+        raise UploadRejected("corrupt_image", "the TIFF file is damaged or truncated and cannot be decoded")
     endian = "<" if data[:2] == b"II" else ">"
     seen: set[int] = set()
     offset = struct.unpack(endian + "I", data[4:8])[0]

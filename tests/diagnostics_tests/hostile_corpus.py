@@ -278,6 +278,7 @@ def _zeros_and_stubs() -> list[Entry]:
         ("png-signature-only", "scan.png", b"\x89PNG\r\n\x1a\n"),
         ("jpeg-soi-only", "scan.jpg", b"\xff\xd8\xff"),
         ("tiff-header-only", "scan.tif", b"II*\x00\x08\x00\x00\x00"),
+        ("tiff-magic-only", "scan.tif", b"MM\x00*"),
         ("tiff-ifd-offset-past-end", "scan.tif", b"II*\x00\xff\xff\xff\x7f"),
     ]
 

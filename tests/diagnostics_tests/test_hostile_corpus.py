@@ -164,3 +164,63 @@ def test_each_decision_is_bounded_in_time_and_memory(corpus, tmp_path, capsys):
     assert len(refused) == len(corpus) >= 100
     assert all(d["code"] in CODES and d["message"] for d in refused)
     assert slowest["seconds"] < DECISION_LIMIT_S
+
+
+def test_seeded_mutation_fuzz_never_escapes_the_validator(capsys):
+    """1,500 random byte mutations of valid PNG, JPEG, TIFF and DICOM files (seeded, so
+    reproducible): each is refused with UploadRejected or, when accepted, de-identifies
+    (DICOM) and decodes for the model. Any other exception would be a 500 or a failed job."""
+    import random
+
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    from diagnostics import dicom, imaging
+    from diagnostics.validation import UploadRejected, validate_image
+    from tests.conftest import image_bytes
+    from tests.diagnostics_tests.dicom_factory import dicom_bytes
+
+    bases = [
+        ("a.png", image_bytes("PNG", size=(40, 40))),
+        ("a.jpg", image_bytes("JPEG", size=(40, 40))),
+        ("a.tif", image_bytes("TIFF", size=(40, 40))),
+        ("a.dcm", dicom_bytes()),
+        ("b.dcm", dicom_bytes(transfer_syntax=RLELossless)),
+        ("c.dcm", dicom_bytes(transfer_syntax=ImplicitVRLittleEndian)),
+    ]
+    rng = random.Random(20261126)
+    escapes = []
+    accepted = 0
+    for _ in range(1500):
+        name, base = rng.choice(bases)
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.6:
+                data[pos] = rng.randrange(256)
+            elif op < 0.8:
+                del data[pos : pos + rng.randint(1, 64)]
+            else:
+                data[pos:pos] = rng.randbytes(rng.randint(1, 16))
+        mutated = bytes(data)
+        try:
+            info = validate_image(data=mutated, filename=name, max_bytes=10_000_000, max_pixels=1_000_000)
+        except UploadRejected:
+            continue
+        except Exception as exc:
+            escapes.append(("validate", name, type(exc).__name__))
+            continue
+        accepted += 1
+        try:
+            stored = mutated
+            if info.format == "DICOM":
+                stored = dicom.deidentify(mutated, pseudonym="PSN-1", uid_secret=b"k")
+                dicom.check(stored, max_pixels=1_000_000)  # as the upload service does
+            assert imaging.decode_for_model(stored, size=96).shape == (96, 96, 3)
+        except dicom.DicomRejected:
+            continue  # refused by the service's second check: still a 400, nothing stored
+        except Exception as exc:
+            escapes.append(("after-accept", name, type(exc).__name__))
+    with capsys.disabled():
+        print(f"\nmutation fuzz: 1500 files, {accepted} accepted and decoded, {len(escapes)} escapes")
+    assert escapes == []
