@@ -38,6 +38,9 @@ def _configure(db: str, data_dir: Path) -> str:
     # Enqueueing is not what is measured; the in-memory transport accepts and drops.
     os.environ["CELERY_BROKER_URL"] = "memory://"
     os.environ.pop("CANCERWEB_DEMO", None)
+    from diagnostics.encryption import generate_key_entry
+
+    os.environ["CANCERWEB_ENCRYPTION_KEYS"] = generate_key_entry("bench")
     if db == "postgres":
         name = f"cancerweb_bench_{os.getpid()}"
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], check=True)

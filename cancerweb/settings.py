@@ -195,6 +195,41 @@ STORAGES = {
 }
 MEDIA_ROOT = DATA_DIR / "media"
 
+
+def _demo_encryption_keys() -> str:
+    # Like the demo's secret key: generated once, kept beside the data it protects.
+    from diagnostics.encryption import generate_key_entry
+
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = DATA_DIR / "encryption_keys"
+    if not key_file.exists():
+        key_file.write_text(generate_key_entry("demo1"))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+def _encryption_keys() -> list[tuple[str, bytes]]:
+    """CANCERWEB_ENCRYPTION_KEYS: comma-separated ``id:base64key`` (32-byte AES-256 keys),
+    the first encrypts new objects, all of them decrypt (rotation)."""
+    from diagnostics.encryption import parse_keyring
+
+    raw = os.environ.get("CANCERWEB_ENCRYPTION_KEYS", "")
+    if not raw.strip():
+        if DEMO:
+            raw = _demo_encryption_keys()
+        else:
+            raise ImproperlyConfigured(
+                "CANCERWEB_ENCRYPTION_KEYS must be set (id:base64 of 32 random bytes, comma-separated, current first)"
+            )
+    try:
+        return list(parse_keyring(raw).keys)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"CANCERWEB_ENCRYPTION_KEYS is malformed: {exc}") from exc
+
+
+# Stored scans and heat maps are encrypted at rest with AES-256-GCM (diagnostics/storage.py).
+ENCRYPTION_KEYS = _encryption_keys()
+
 # Upload limits. A 4k x 4k slide photograph is 16 MP; a 60 MP cap leaves room for
 # large scanner exports while keeping the worker's decode under a few hundred MB.
 UPLOAD_MAX_BYTES = _env_int("CANCERWEB_UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)

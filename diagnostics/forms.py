@@ -36,7 +36,7 @@ class MultipleFileField(forms.FileField):
 class ScanUploadForm(forms.Form):
     files = MultipleFileField(
         label="Images",
-        help_text=f"PNG, JPEG or TIFF; up to {settings.UPLOAD_MAX_FILES} files, "
+        help_text=f"PNG, JPEG, TIFF or DICOM; up to {settings.UPLOAD_MAX_FILES} files, "
         f"{settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB each.",
         # Empty files reach the validator so the message names the file.
         allow_empty_file=True,

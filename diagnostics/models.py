@@ -104,6 +104,7 @@ class Scan(models.Model):
         PNG = "PNG", "PNG"
         JPEG = "JPEG", "JPEG"
         TIFF = "TIFF", "TIFF"
+        DICOM = "DICOM", "DICOM"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="scans")
@@ -114,6 +115,11 @@ class Scan(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     size_bytes = models.PositiveBigIntegerField()
+    burned_in_annotation = models.BooleanField(
+        default=False,
+        help_text="DICOM Burned In Annotation = YES: identifying text may be burnt into the pixels, "
+        "which de-identification cannot remove. Shown as a warning to reviewers.",
+    )
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     uploaded_at = models.DateTimeField(default=timezone.now)
 

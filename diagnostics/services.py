@@ -22,7 +22,7 @@ from accounts.audit import audit_record
 from accounts.models import CareUnit, User
 from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
-from diagnostics import signatures, storage
+from diagnostics import dicom, imaging, signatures, storage
 from diagnostics.models import (
     BlindedRead,
     Case,
@@ -215,6 +215,16 @@ def _scans_upload_inner(
     result = UploadResult()
     seen: set[str] = set()
     for name, data, info in checked:
+        if info.format == Scan.Format.DICOM:
+            # De-identified before anything is stored: only the pseudonymous case
+            # reference stays, and the stored (and hashed) bytes are the cleaned file.
+            try:
+                data = dicom.deidentify(data, pseudonym=case.patient_ref, uid_secret=settings.SECRET_KEY.encode())
+                # What is stored is what the worker reads: it must pass validation too.
+                dicom.check(data, max_pixels=settings.UPLOAD_MAX_PIXELS)
+            except Exception as exc:  # a value pydicom read but cannot write: refuse, never store the original
+                refused = UploadRejected("dicom_deidentification_failed", "the DICOM file could not be de-identified")
+                raise UploadBatchRejected([(name or "(unnamed)", refused)]) from exc
         digest = storage.sha256_bytes(data)
         existing = Scan.objects.filter(case=case, sha256=digest, uploaded_by=acting_user).first()
         if existing is not None or digest in seen:
@@ -233,6 +243,7 @@ def _scans_upload_inner(
             format=info.format,
             width=info.width,
             height=info.height,
+            burned_in_annotation=info.burned_in_annotation,
             size_bytes=len(data),
             uploaded_by=acting_user,
         )
@@ -314,10 +325,14 @@ def jobs_process(*, job_ids: list[int]) -> None:
     ready: list[tuple[InferenceJob, Any]] = []
     for job in jobs:
         try:
-            data = storage.read_bytes(job.scan.storage_name)
+            try:
+                data = storage.read_bytes(job.scan.storage_name)
+            except storage.EncryptionError as exc:
+                raise JobError(f"stored scan bytes failed decryption: {exc}") from exc
+            # Compared after decryption: the address is the hash of the plaintext.
             if storage.sha256_bytes(data) != job.scan.sha256:
                 raise JobError("stored scan bytes do not match their SHA-256")
-            ready.append((job, runner.preprocess(data)))
+            ready.append((job, imaging.decode_for_model(data, size=runner.input_size)))
         except Exception as exc:
             _job_fail(job, exc)
     if not ready:

@@ -19,12 +19,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from PIL import Image
 
 from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
 from accounts.services import user_units
-from diagnostics import charts_svg, selectors, services, storage
+from diagnostics import charts_svg, imaging, selectors, services, storage
 from diagnostics.forms import (
     BlindedReadForm,
     CaseCreateForm,
@@ -198,14 +197,11 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 @require_GET
 @login_required
 def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
-    """A PNG rendering of the scan (browsers cannot show TIFF), at most 1024 px."""
+    """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
     scan = selectors.scan_get_for_image(user=request.user, scan_uuid=scan_uuid)
     services.record_view(acting_user=request.user, obj=scan, client_address=_client_address(request))
     data = storage.read_bytes(scan.storage_name)
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("RGB", (1024, 1024))
-        rendered = img.convert("RGB")
-        rendered.thumbnail((1024, 1024))
+    rendered = imaging.to_rgb_image(data, max_side=1024)
     out = io.BytesIO()
     rendered.save(out, format="PNG")
     response = HttpResponse(out.getvalue(), content_type="image/png")

@@ -66,7 +66,8 @@ def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
     services.job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
-    assert "do not match their SHA-256" in job.error
+    # Stored bytes are encrypted (AES-GCM): any change fails authentication first.
+    assert "stored scan bytes failed decryption" in job.error
 
 
 def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_ops(clinician, active_model, settings):
