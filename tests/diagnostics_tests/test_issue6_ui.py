@@ -317,7 +317,9 @@ def test_heatmap_layer_is_offered_only_when_the_prediction_has_one(clinician, ph
     heat_url = reverse("prediction_heatmap", kwargs={"prediction_uuid": p.uuid})
     assert b"data-heatmap-url" not in client.get(detail).content
     assert client.get(heat_url).status_code == 404
-    storage.scan_storage().save(storage.heatmap_name_for(p.uuid), ContentFile(image_bytes()))
+    name = storage.heatmap_name_for(p.uuid)
+    blob = storage.encrypt(image_bytes(), keyring=storage.keyring(), name=name)  # encrypted at rest like scans
+    storage.scan_storage().save(name, ContentFile(blob))
     assert f'data-heatmap-url="{heat_url}"'.encode() in client.get(detail).content
     response = client.get(heat_url)
     assert response.status_code == 200 and response["Content-Type"] == "image/png"
