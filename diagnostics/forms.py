@@ -51,8 +51,21 @@ class CaseCreateForm(ScanUploadForm):
     )
     body_site = forms.CharField(label="Body site", max_length=100)
     note = forms.CharField(label="Note", required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+    task = forms.ChoiceField(
+        label="Analyse for",
+        help_text="The clinical question; only tasks with an active model are listed.",
+        error_messages={"invalid_choice": "Choose one of the listed tasks; %(value)s has no active model."},
+    )
 
-    field_order = ["patient_ref", "body_site", "note", "files"]
+    field_order = ["patient_ref", "body_site", "task", "note", "files"]
+
+    def __init__(self, *args: Any, tasks: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["task"].choices = [(t, t) for t in tasks]
+        if len(tasks) == 1:
+            # Nothing to choose: the service takes the one task with an active model.
+            self.fields["task"].initial = tasks[0]
+            self.fields["task"].required = False
 
 
 class SignForm(forms.Form):

@@ -11,7 +11,7 @@ from django.http import Http404
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
-from diagnostics.models import Case, InferenceJob, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import Case, InferenceJob, ModelVersion, ReviewDecision, ReviewItem, Scan
 
 
 def cases_for_user(*, user: User) -> QuerySet[Case]:
@@ -19,6 +19,14 @@ def cases_for_user(*, user: User) -> QuerySet[Case]:
     if not user.is_authenticated:
         return Case.objects.none()
     return Case.objects.filter(created_by=user).order_by("-created_at")
+
+
+def active_tasks() -> list[str]:
+    """Tasks that have an active model, in a stable order: what a new case may choose.
+    Not clinical data, so not scoped to a user."""
+    return list(
+        ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).order_by("task").values_list("task", flat=True)
+    )
 
 
 def case_get(*, user: User, case_uuid: UUID) -> Case:
@@ -34,12 +42,19 @@ def _require_reviewer(user: User) -> None:
 
 
 def review_queue(*, user: User) -> QuerySet[ReviewItem]:
-    """Pending items: most advanced predicted stage first, then least confident, then oldest."""
+    """Pending items: uncertain predictions first, then most advanced predicted stage,
+    then least confident, then oldest.
+
+    Uncertain items go first overall, not only within their stage: sorting by stage
+    trusts the predicted stage, and an uncertain prediction's stage is exactly what the
+    model could not tell, so ranking it there could bury a malignant case under
+    confident benign ones. Within the uncertain group the same stage-then-confidence
+    order applies. Confident predictions keep the existing order."""
     _require_reviewer(user)
     return (
         ReviewItem.objects.filter(status=ReviewItem.Status.PENDING)
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
-        .order_by("-prediction__stage_rank", "prediction__confidence", "created_at", "id")
+        .order_by("-prediction__uncertain", "-prediction__stage_rank", "prediction__confidence", "created_at", "id")
     )
 
 
@@ -67,6 +82,15 @@ def scan_get_for_image(*, user: User, scan_uuid: UUID) -> Scan:
         return Scan.objects.filter(visible).distinct().get(uuid=scan_uuid)
     except Scan.DoesNotExist as exc:
         raise Http404("no such scan") from exc
+
+
+def heatmap_get(*, user: User, item_uuid: UUID) -> str:
+    """The storage name of a review item's heat map, for those who may see the item."""
+    item = review_item_get(user=user, item_uuid=item_uuid)
+    name = item.prediction.heatmap_storage_name
+    if not name:
+        raise Http404("this prediction has no heat map")
+    return name
 
 
 @dataclass(frozen=True)

@@ -12,4 +12,5 @@ urlpatterns = [
     path("scans/<uuid:scan_uuid>/image.png", views.scan_image, name="scan_image"),
     path("review/", views.review_queue, name="review_queue"),
     path("review/<uuid:item_uuid>/", views.review_detail, name="review_detail"),
+    path("review/<uuid:item_uuid>/heatmap.png", views.review_heatmap, name="review_heatmap"),
 ]

@@ -69,7 +69,7 @@ def case_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_new(request: HttpRequest) -> HttpResponse:
-    form = CaseCreateForm(request.POST or None, request.FILES or None)
+    form = CaseCreateForm(request.POST or None, request.FILES or None, tasks=selectors.active_tasks())
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -79,6 +79,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
                     patient_ref=form.cleaned_data["patient_ref"],
                     body_site=form.cleaned_data["body_site"],
                     note=form.cleaned_data["note"],
+                    task=form.cleaned_data["task"],
                     files=_incoming(form.cleaned_data["files"]),
                     client_address=_client_address(request),
                 )
@@ -160,6 +161,16 @@ def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     out = io.BytesIO()
     rendered.save(out, format="PNG")
     response = HttpResponse(out.getvalue(), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+@login_required
+def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
+    """The Grad-CAM overlay (RGBA PNG) of a review item, only for its reviewers."""
+    name = selectors.heatmap_get(user=request.user, item_uuid=item_uuid)
+    response = HttpResponse(storage.read_bytes(name), content_type="image/png")
     response["Cache-Control"] = "private, no-store"
     return response
 

@@ -69,9 +69,7 @@ def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
     assert "do not match their SHA-256" in job.error
 
 
-def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_ops(
-    clinician, active_model, settings
-):
+def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_ops(clinician, active_model, settings):
     settings.INFERENCE_BATCH_SIZE = 8
     scans = [make_scan(clinician, ref=f"PSN-B{i}", color=(i * 40, 90, 30)) for i in range(3)]
     services.job_run(job_id=scans[0].job.id)
