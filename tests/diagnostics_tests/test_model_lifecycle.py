@@ -249,3 +249,29 @@ def test_predict_command_prints_top_stages_and_names_bad_files(tmp_path, capsys)
     services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     call_command("predict", str(good))
     assert "pcam-metastasis-1.jpg:" in capsys.readouterr().out
+
+
+def test_admin_registers_a_bundle_folder_from_the_model_directory(admin_user, clinician, tmp_path, settings):
+    settings.MODEL_DIR = tmp_path / "models"
+    shutil.copytree(DEMO, settings.MODEL_DIR / "pcam")
+    outside = copy_bundle(tmp_path, version="outside")
+    url = reverse("admin:diagnostics_modelversion_register")
+    client = login(admin_user)
+    refused = client.post(url, {"bundle": str(outside)})
+    assert refused.status_code == 400 and "inside the model directory" in refused.content.decode()
+    refused = client.post(url, {"bundle": "../" + outside.name})
+    assert refused.status_code == 400
+    assert login(clinician).post(url, {"bundle": "pcam"}).status_code in (302, 403)  # not staff: admin login
+    assert not ModelVersion.objects.exists()
+
+    ok = client.post(url, {"bundle": "pcam", "activate": "on"})
+    assert ok.status_code == 302
+    mv = ModelVersion.objects.get()
+    assert mv.status == "active" and mv.registered_by == admin_user
+    assert AuditEvent.objects.filter(action="model.register", actor=admin_user).exists()
+
+    changelist = reverse("admin:diagnostics_modelversion_changelist")
+    client.post(changelist, {"action": "retire_selected", "_selected_action": [mv.pk]})
+    mv.refresh_from_db()
+    assert mv.status == "retired"
+    assert AuditEvent.objects.filter(action="model.retire", actor=admin_user).exists()
