@@ -63,8 +63,7 @@ class InferenceRunner:
         # of each image's top logit with respect to it come out of ONE graph with the
         # logits. Compiled, this adds about 4 % at batch 8; done eagerly it costs 2.5-3x
         # the prediction (docs/MEASURED.md).
-        feature_layer = last_feature_layer(model)
-        features_and_logits = keras.Model(model.inputs, [feature_layer.output, model.outputs[0]])
+        features_and_logits = keras.Model(model.inputs, [feature_output(model), model.outputs[0]])
 
         @tf.function(reduce_retracing=True)
         def call_with_cam(x: Any) -> Any:
@@ -118,12 +117,16 @@ class InferenceRunner:
         return softmax(np.asarray(logits), self._temperature), np.asarray(cam, dtype=np.float32)
 
 
-def last_feature_layer(model: Any) -> Any:
-    """The last layer with a spatial (N, h, w, c) output: the input of Grad-CAM. For an
-    applications backbone nested as one layer, that is the backbone itself."""
+def feature_output(model: Any) -> Any:
+    """The symbolic output of the last layer with a spatial (N, h, w, c) output, in the
+    model's own graph: the input of Grad-CAM. For an applications backbone nested as one
+    layer that is the backbone's call in the outer graph (its `.output` would be the
+    backbone's inner graph, disconnected from the model's input)."""
     for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None)
-        shape = getattr(shape, "shape", None)
-        if shape is not None and len(shape) == 4 and layer.name != "image":
-            return layer
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if not nodes or layer.name == "image":
+            continue
+        tensor = nodes[-1].output_tensors[0]
+        if len(tensor.shape) == 4:
+            return tensor
     raise BundleError("the model has no spatial feature layer for a heat map")

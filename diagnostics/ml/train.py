@@ -64,6 +64,10 @@ class TrainConfig:
     # at evaluation settle; a few hundred images give ~13 steps per epoch, so validation
     # scores stay at chance and the schedule cuts the learning rate for nothing.
     bn_momentum: float = 0.99
+    # "dihedral" (flips, transposes): for patches without orientation, like histology.
+    # "horizontal": left-right flips only, for images with an up (ultrasound: the
+    # transducer is at the top, so a vertical flip makes an image no scanner produces).
+    augmentation: str = "dihedral"
     valid_fraction: float = 0.2
     test_fraction: float = 0.0
     weights: Path | None = None
@@ -313,7 +317,10 @@ def _tf() -> Any:
     return tf
 
 
-def augment_batch(images: Any, seed: Any) -> Any:
+AUGMENTATIONS = ("dihedral", "horizontal")
+
+
+def augment_batch(images: Any, seed: Any, mode: str = "dihedral") -> Any:
     """Random dihedral transform (flips + 90-degree rotations), zoom-in up to 10 % and
     brightness/contrast jitter on a float batch in 0..255. Stateless ops keyed by `seed`
     make the augmentation reproducible. Images must be square."""
@@ -326,10 +333,13 @@ def augment_batch(images: Any, seed: Any) -> Any:
         mask = tf.random.stateless_uniform([batch, 1, 1, 1], s) < 0.5
         return tf.where(mask, fn(x), x)
 
-    # Transpose and the two flips generate all eight rotations/reflections.
-    x = maybe(images, lambda t: tf.transpose(t, [0, 2, 1, 3]), seeds[0])
-    x = maybe(x, lambda t: tf.reverse(t, [2]), seeds[1])
-    x = maybe(x, lambda t: tf.reverse(t, [1]), seeds[2])
+    if mode == "dihedral":
+        # Transpose and the two flips generate all eight rotations/reflections.
+        x = maybe(images, lambda t: tf.transpose(t, [0, 2, 1, 3]), seeds[0])
+        x = maybe(x, lambda t: tf.reverse(t, [2]), seeds[1])
+        x = maybe(x, lambda t: tf.reverse(t, [1]), seeds[2])
+    else:
+        x = maybe(images, lambda t: tf.reverse(t, [2]), seeds[1])
     scale = tf.random.stateless_uniform([batch], seeds[3], 0.9, 1.0)
     offset = tf.random.stateless_uniform([batch, 2], seeds[4]) * (1.0 - scale)[:, None]
     boxes = tf.stack([offset[:, 0], offset[:, 1], offset[:, 0] + scale, offset[:, 1] + scale], axis=1)
@@ -342,7 +352,9 @@ def augment_batch(images: Any, seed: Any) -> Any:
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def make_train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int) -> Any:
+def make_train_dataset(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, augmentation: str = "dihedral"
+) -> Any:
     tf = _tf()
     n = len(x)
     images = tf.constant(x)
@@ -355,7 +367,7 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: i
 
     def load(idx: Any, s: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
-        return augment_batch(batch, s), tf.gather(targets, idx)
+        return augment_batch(batch, s, augmentation), tf.gather(targets, idx)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -448,6 +460,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
         raise DatasetError("--epochs must be at least 1")
     if config.image_size < 8:
         raise DatasetError("--image-size must be at least 8 pixels")
+    if config.augmentation not in AUGMENTATIONS:
+        raise DatasetError(f"unknown augmentation '{config.augmentation}' (known: {', '.join(AUGMENTATIONS)})")
     if config.backbone not in BACKBONES:
         raise DatasetError(f"unknown backbone '{config.backbone}' (known: {sorted(BACKBONES)})")
     layout = resolve_layout(
@@ -490,7 +504,9 @@ def train_bundle(config: TrainConfig) -> Manifest:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     weights = class_weights(train.labels, len(labels))
-    dataset = make_train_dataset(train.images, train.labels, batch_size=config.batch_size, seed=config.seed)
+    dataset = make_train_dataset(
+        train.images, train.labels, batch_size=config.batch_size, seed=config.seed, augmentation=config.augmentation
+    )
     monitor = _make_monitor(
         valid.images,
         valid.labels,
@@ -570,8 +586,12 @@ def train_bundle(config: TrainConfig) -> Manifest:
                 "schedule": f"lr x0.3 after {config.lr_patience} epochs without val AUC gain; "
                 f"early stop after {config.patience}; best-val-AUC weights restored",
                 "class_weights": {labels[k]: w for k, w in weights.items()},
-                "augmentation": "random flips and 90-degree rotations, zoom-in up to 10 %, "
-                "brightness +-10 %, contrast +-15 % (training batches only)",
+                "augmentation": (
+                    "random flips and 90-degree rotations"
+                    if config.augmentation == "dihedral"
+                    else "random left-right flips"
+                )
+                + ", zoom-in up to 10 %, brightness +-10 %, contrast +-15 % (training batches only)",
                 "seed": config.seed,
                 "load_seconds": round(load_seconds, 1),
                 "training_seconds": round(fit_seconds, 1),
@@ -761,6 +781,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--lr-patience", type=int, default=2, help="epochs without val AUC gain before lr x0.3")
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, default="dihedral")
     p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument(
@@ -797,6 +818,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         patience=a.patience,
         lr_patience=a.lr_patience,
         bn_momentum=a.bn_momentum,
+        augmentation=a.augmentation,
         valid_fraction=a.valid_fraction,
         test_fraction=a.test_fraction,
         weights=a.weights,
