@@ -81,6 +81,8 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
     page.click("text=New case >> nth=-1")
     page.fill("#id_patient_ref", "PSN-DEMO-1")
     page.fill("#id_body_site", "sentinel lymph node")
+    # Two tasks have an active model in the demo; these patches are lymph-node sections.
+    page.select_option("#id_task", label="Lymph-node metastasis in H&E patches")
     page.set_input_files(
         "#id_files", [str(ROOT / "samples/pcam-metastasis-1.jpg"), str(ROOT / "samples/pcam-no-metastasis-1.jpg")]
     )
@@ -116,6 +118,22 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
     predicted = page.locator(".predicted").inner_text()
     options = [o for o in page.locator("#id_stage option").all_inner_texts() if o not in ("—", predicted)]
     shot(page, "07-physician-review-item")
+    # The Grad-CAM overlay lies over the scan; the checkbox hides and shows it and the
+    # slider (driven by the keyboard) sets its opacity.
+    overlay = page.locator("#heatmap")
+    assert overlay.is_visible()
+    page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=30_000)
+    page.focus("#heatmap-toggle")
+    page.keyboard.press("Space")
+    assert not overlay.is_visible()
+    assert page.locator("#heatmap-opacity").is_disabled()
+    page.keyboard.press("Space")
+    assert overlay.is_visible()
+    page.focus("#heatmap-opacity")
+    page.keyboard.press("ArrowRight")
+    assert overlay.evaluate("el => el.style.opacity") == "0.55"
+    assert page.locator("#heatmap-opacity-value").inner_text() == "55 %"
+    shot(page, "07b-physician-heatmap-overlay")
     page.check("input[name=outcome][value=rejected]")
     page.select_option("#id_stage", options[0])
     page.fill("#id_reason", "morphology does not support the suggestion")

@@ -1,4 +1,5 @@
-"""Create the demo's users (one per role) and register the bundled model.
+"""Create the demo's users (one per role) and register the bundled models, one
+active per task (lymph-node patches and breast ultrasound).
 
 Refuses to run outside the demo: demo users with published passwords must never
 exist on a real installation."""
@@ -22,8 +23,11 @@ DEMO_USERS = [
 ]
 
 
+DEMO_BUNDLES = ["demo-pcam", "busi-small-cnn"]
+
+
 class Command(BaseCommand):
-    help = "Demo only: create one user per role and activate the bundled demo model."
+    help = "Demo only: create one user per role and activate the bundled demo models."
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEMO:
@@ -39,8 +43,9 @@ class Command(BaseCommand):
             user.is_superuser = False
             user.save()
             user.groups.set([Group.objects.get(name=role)])
-        services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
-        self.stdout.write("demo users and model ready")
+        for bundle in DEMO_BUNDLES:
+            services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / bundle, activate=True)
+        self.stdout.write("demo users and models ready")
 
 
 def demo_password() -> str:
