@@ -135,12 +135,13 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
         settings.INFERENCE_BATCH_SIZE = batch
         worker_rates, bare_rates, predict_rates = [], [], []
         for round_no in range(args.rounds + 1):  # round 0 warms up (tracing this batch shape)
+            files = [services.IncomingFile(name=name, data=data) for name, data in images]
+            cap = settings.UPLOAD_MAX_FILES  # one upload takes at most this many files
             case = services.case_create(
-                acting_user=user,
-                patient_ref=f"BENCH-{batch}-{round_no}",
-                body_site="lymph node",
-                files=[services.IncomingFile(name=name, data=data) for name, data in images],
+                acting_user=user, patient_ref=f"BENCH-{batch}-{round_no}", body_site="lymph node", files=files[:cap]
             )
+            for start in range(cap, len(files), cap):
+                services.scans_upload(acting_user=user, case=case, files=files[start : start + cap])
             job_ids = list(
                 InferenceJob.objects.filter(scan__case=case).order_by("created_at", "id").values_list("id", flat=True)
             )

@@ -275,3 +275,24 @@ def test_admin_registers_a_bundle_folder_from_the_model_directory(admin_user, cl
     mv.refresh_from_db()
     assert mv.status == "retired"
     assert AuditEvent.objects.filter(action="model.retire", actor=admin_user).exists()
+
+
+def test_train_model_command_stops_on_one_class_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.ml_tests.conftest import write_class_folder
+
+    write_class_folder(tmp_path / "data" / "only", 4, (10, 20, 30), seed=1)
+    out = tmp_path / "bundle"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "train_model", "--data", str(tmp_path / "data"), "--out", str(out)]
+        + ["--name", "x", "--version", "1", "--epochs", "1", "--verbose", "0"],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "only one class folder ('only'): training needs at least two" in done.stderr
+    assert not out.exists()
