@@ -63,9 +63,10 @@ class CaseCreateForm(ScanUploadForm):
         super().__init__(*args, **kwargs)
         self.fields["task"].choices = [(t, t) for t in tasks]
         if len(tasks) == 1:
-            # Nothing to choose: the service takes the one task with an active model.
             self.fields["task"].initial = tasks[0]
-            self.fields["task"].required = False
+        # Nothing to choose with one task (or none yet): the service takes the one task
+        # with an active model, or leaves the case waiting for one.
+        self.fields["task"].required = len(tasks) > 1
 
 
 class SignForm(forms.Form):

@@ -363,14 +363,19 @@ def jobs_process(*, job_ids: list[int]) -> None:
         return
     # Time per image for the whole batch: read, check, decode, the network and heat map.
     per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
-    predictions_store(
-        model_version=model_version,
-        outcomes=[
-            JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
-            for (job, _), row, png in zip(ready, probabilities, heatmaps, strict=True)
-        ],
-        inference_ms=per_image_ms,
-    )
+    try:
+        predictions_store(
+            model_version=model_version,
+            outcomes=[
+                JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
+                for (job, _), row, png in zip(ready, probabilities, heatmaps, strict=True)
+            ],
+            inference_ms=per_image_ms,
+        )
+    except Exception as exc:
+        # Nothing of the batch was written (one transaction): no job may stay "running".
+        for job, _ in ready:
+            _job_fail(job, exc)
 
 
 def prediction_store(
