@@ -306,6 +306,9 @@ def _active_model_for_task(task: str) -> ModelVersion:
     return models[0]
 
 
+HEATMAP_PX = 64
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     job_id: int
@@ -356,7 +359,9 @@ def jobs_process(*, job_ids: list[int]) -> None:
         from diagnostics.ml.heatmap import heatmap_png
 
         probabilities, cams = runner.predict_with_heatmaps(np.stack([array for _, array in ready]))
-        heatmaps = [heatmap_png(cam, size=runner.input_size) for cam in cams]
+        # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
+        # smoothly); encoding it at 224 px cost more than the network call (bench/).
+        heatmaps = [heatmap_png(cam, size=min(runner.input_size, HEATMAP_PX)) for cam in cams]
     except Exception as exc:
         for job, _ in ready:
             _job_fail(job, exc)

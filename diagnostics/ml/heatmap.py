@@ -35,5 +35,5 @@ def heatmap_png(cam: np.ndarray, *, size: int) -> bytes:
     img = Image.fromarray(np.clip(grid, 0.0, 1.0), mode="F").resize((size, size), Image.Resampling.BILINEAR)
     rgba = colorize(np.asarray(img))
     out = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(out, format="PNG", optimize=False)
+    Image.fromarray(rgba, mode="RGBA").save(out, format="PNG", compress_level=1)
     return out.getvalue()
