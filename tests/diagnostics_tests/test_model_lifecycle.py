@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from diagnostics import selectors, services, storage
+from diagnostics import inference, selectors, services, storage
 from diagnostics.ml.bundle import BundleError
 from diagnostics.models import Case, ModelVersion, Prediction
 from tests.conftest import login, sample_bytes
@@ -79,6 +79,8 @@ def test_hash_mismatch_is_refused_on_register_and_on_load(tmp_path, clinician):
     mv = services.model_register(acting_user=None, bundle_dir=good, activate=True)
     with (good / "model.keras").open("ab") as fh:
         fh.write(b"x")
+    # A fresh worker process: a model already in memory was verified when it was loaded.
+    inference._cached.clear()
     scan = make_scan(clinician)
     services.job_run(job_id=scan.job.id)
     scan.job.refresh_from_db()
