@@ -452,7 +452,12 @@ def predictions_store(
             predictions = []
             for job in jobs:
                 prediction = _build_prediction(job, model_version, by_job[job.id], inference_ms)
-                prediction.full_clean(validate_unique=False, validate_constraints=False)
+                # Field checks yes; not the FK existence queries (3 per row: the job and scan
+                # were just locked, the model version is loaded) nor the unique queries: the
+                # database's FK and unique constraints still hold them.
+                prediction.full_clean(
+                    exclude=["job", "scan", "model_version"], validate_unique=False, validate_constraints=False
+                )
                 predictions.append(prediction)
             if not predictions:
                 return []
