@@ -273,6 +273,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A worker takes up to this many waiting jobs into one compiled model call
 # (MEASURED.md: batch 8 gives about twice the images per second of batch 1 on CPU).
 INFERENCE_BATCH_SIZE = _env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
+# Threads that decode a batch's images while others are decoded (Pillow releases the GIL).
+INFERENCE_DECODE_THREADS = _env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
 CELERY_TASK_ALWAYS_EAGER = False
 
 # Notifications (issue 6). A pending review older than this reminds every physician,

@@ -53,6 +53,11 @@ class CaseCreateForm(ScanUploadForm):
     )
     body_site = forms.CharField(label="Body site", max_length=100)
     note = forms.CharField(label="Note", required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+    task = forms.ChoiceField(
+        label="Analyse for",
+        help_text="The clinical question; only tasks with an active model are listed.",
+        error_messages={"invalid_choice": "Choose one of the listed tasks; %(value)s has no active model."},
+    )
 
     unit = forms.ModelChoiceField(
         label="Care unit",
@@ -62,15 +67,21 @@ class CaseCreateForm(ScanUploadForm):
         help_text="The unit whose members will see this case.",
     )
 
-    field_order = ["unit", "patient_ref", "body_site", "note", "files"]
+    field_order = ["unit", "patient_ref", "body_site", "task", "note", "files"]
 
-    def __init__(self, *args: Any, units: list[CareUnit], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, units: list[CareUnit], tasks: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         field = self.fields["unit"]
         field.queryset = CareUnit.objects.filter(pk__in=[u.pk for u in units])  # type: ignore[attr-defined]
         if len(units) <= 1:
             # One unit: the case goes there, nothing to choose.
             del self.fields["unit"]
+        self.fields["task"].choices = [(t, t) for t in tasks]
+        if len(tasks) == 1:
+            self.fields["task"].initial = tasks[0]
+        # Nothing to choose with one task (or none yet): the service takes the one task
+        # with an active model, or leaves the case waiting for one.
+        self.fields["task"].required = len(tasks) > 1
 
 
 class SignForm(forms.Form):

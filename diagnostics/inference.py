@@ -1,5 +1,6 @@
-"""The worker's model cache: one loaded, warmed model per process, reloaded only
-when the active version changes. TensorFlow is imported here lazily so the web
+"""The worker's model cache: loaded, warmed models per process, one per active
+version (one per task when several tasks are served), dropped when a version is no
+longer active. TensorFlow is imported here lazily so the web
 process never pays for it."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from diagnostics.ml.runner import InferenceRunner
 
 _lock = threading.Lock()
-_cached: tuple[str, InferenceRunner] | None = None
+_cached: dict[str, InferenceRunner] = {}
 
 
 def bundle_dir_for(model_version: ModelVersion) -> Path:
@@ -25,15 +26,19 @@ def bundle_dir_for(model_version: ModelVersion) -> Path:
 
 
 def runner_for(model_version: ModelVersion) -> InferenceRunner:
-    global _cached
     with _lock:
-        if _cached is not None and _cached[0] == model_version.sha256:
-            return _cached[1]
+        runner = _cached.get(model_version.sha256)
+        if runner is not None:
+            return runner
         from diagnostics.ml.bundle import BundleError
         from diagnostics.ml.runner import InferenceRunner
 
         runner = InferenceRunner(bundle_dir_for(model_version))  # verifies the file's hash
         if runner.manifest.model_sha256 != model_version.sha256:
             raise BundleError("the model file on disk is not the registered version (SHA-256 differs)")
-        _cached = (model_version.sha256, runner)
+        # Keep only models that are still active, so a retired one frees its memory.
+        active = set(ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values_list("sha256", flat=True))
+        for sha in [s for s in _cached if s not in active]:
+            del _cached[sha]
+        _cached[model_version.sha256] = runner
         return runner

@@ -38,11 +38,28 @@ class ModelVersion(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=100)
     version = models.CharField(max_length=40)
-    task = models.CharField(max_length=200)
+    task = models.CharField(
+        max_length=200,
+        help_text="The clinical question the model answers (from its manifest). One version per task is "
+        "active; a case is analysed by the active model of its task.",
+    )
     labels = models.JSONField(help_text="Ordered stage labels, least to most advanced.")
     bundle_path = models.CharField(max_length=500, help_text="Model bundle folder (manifest.json + .keras file).")
     sha256 = models.CharField(max_length=64, help_text="SHA-256 of the model file, checked on register and on load.")
     metrics = models.JSONField(default=dict, blank=True, help_text="Validation metrics measured at training time.")
+    training_summary = models.JSONField(
+        default=dict, blank=True, help_text="Data splits, library versions and training settings from the manifest."
+    )
+    temperature = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(1e-6)],
+        help_text="Calibration temperature applied to the logits at inference (fitted on validation data).",
+    )
+    uncertain_below = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A prediction whose top probability is below this is flagged uncertain.",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     registered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -52,7 +69,10 @@ class ModelVersion(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["name", "version"], name="modelversion_unique_name_version"),
-            models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="modelversion_one_active"),
+            # One active version per task: breast ultrasound and lymph-node models serve side by side.
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(status="active"), name="modelversion_one_active_per_task"
+            ),
             models.CheckConstraint(
                 condition=Q(status__in=["draft", "active", "retired"]), name="modelversion_status_valid"
             ),
@@ -71,6 +91,12 @@ class Case(models.Model):
     )
     body_site = models.CharField(max_length=100, help_text="Anatomical site the images show.")
     note = models.TextField(blank=True, max_length=2000)
+    task = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Which clinical question the case's images are analysed for; the worker uses the active "
+        "model of this task. Blank only on cases made before tasks existed.",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases")
     created_at = models.DateTimeField(default=timezone.now)
     unit = models.ForeignKey(
@@ -179,6 +205,14 @@ class Prediction(models.Model):
         help_text="predicted_index scaled to 0..1 so stages of different label sets compare.",
     )
     confidence = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    uncertain = models.BooleanField(
+        default=False,
+        help_text="Top probability below the model's uncertain threshold: the model does not know; "
+        "the item is reviewed first.",
+    )
+    heatmap_storage_name = models.CharField(
+        max_length=200, blank=True, help_text="Grad-CAM heat map (PNG) in scan storage; blank if none."
+    )
     input_sha256 = models.CharField(max_length=64)
     inference_ms = models.FloatField()
     created_at = models.DateTimeField(default=timezone.now)

@@ -45,6 +45,14 @@ def cases_for_user(*, user: User) -> QuerySet[Case]:
     )
 
 
+def active_tasks() -> list[str]:
+    """Tasks that have an active model, in a stable order: what a new case may choose.
+    Not clinical data, so not scoped to a user."""
+    return list(
+        ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).order_by("task").values_list("task", flat=True)
+    )
+
+
 def case_get(*, user: User, case_uuid: UUID) -> Case:
     try:
         return cases_for_user(user=user).get(uuid=case_uuid)
@@ -58,12 +66,20 @@ def _require_reviewer(user: User) -> None:
 
 
 def review_queue(*, user: User) -> QuerySet[ReviewItem]:
-    """Pending items: most advanced predicted stage first, then least confident, then oldest."""
+    """Pending items: uncertain predictions first, then most advanced predicted stage,
+    then least confident, then oldest.
+
+    Uncertain items go first overall, not only within their stage: sorting by stage
+    trusts the predicted stage, and an uncertain prediction's stage is exactly what the
+    model could not tell, so ranking it there could bury a malignant case under
+    confident benign ones. Within the uncertain group the same stage-then-confidence
+    order applies. Confident predictions keep the existing order."""
+    _require_reviewer(user)
     return (
         review_items_for_user(user=user)
         .filter(status=ReviewItem.Status.PENDING)
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
-        .order_by("-prediction__stage_rank", "prediction__confidence", "created_at", "id")
+        .order_by("-prediction__uncertain", "-prediction__stage_rank", "prediction__confidence", "created_at", "id")
     )
 
 
@@ -89,6 +105,15 @@ def scan_get_for_image(*, user: User, scan_uuid: UUID) -> Scan:
         return Scan.objects.filter(case__in=cases_for_user(user=user)).get(uuid=scan_uuid)
     except Scan.DoesNotExist as exc:
         raise Http404("no such scan") from exc
+
+
+def heatmap_get(*, user: User, item_uuid: UUID) -> str:
+    """The storage name of a review item's heat map, for those who may see the item."""
+    item = review_item_get(user=user, item_uuid=item_uuid)
+    name = item.prediction.heatmap_storage_name
+    if not name:
+        raise Http404("this prediction has no heat map")
+    return name
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from diagnostics.models import (
     ReviewItem,
     Scan,
 )
+from diagnostics.selectors import active_tasks
 from diagnostics.validation import UploadRejected, validate_image
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def case_create(
     patient_ref: str,
     body_site: str,
     note: str = "",
+    task: str | None = None,
     files: list[IncomingFile] | None = None,
     client_address: str | None = None,
     unit: CareUnit | None = None,
@@ -111,6 +113,7 @@ def case_create(
         unit = units[0]
     elif unit.pk not in {u.pk for u in units}:
         raise ValidationError({"unit": "you can create cases only in your own care units"})
+    task = _case_task(task)
     created_names: list[str] = []
     try:
         with transaction.atomic():
@@ -118,6 +121,7 @@ def case_create(
                 patient_ref=patient_ref.strip(),
                 body_site=body_site.strip(),
                 note=note,
+                task=task,
                 created_by=acting_user,
                 unit=unit,
             )
@@ -130,7 +134,7 @@ def case_create(
                 actor=acting_user,
                 action="case.create",
                 obj=case,
-                data={"new": {"body_site": case.body_site, "unit": str(unit.uuid)}},
+                data={"new": {"body_site": case.body_site, "unit": str(unit.uuid), "task": case.task}},
                 client_address=client_address,
             )
             if files:
@@ -145,6 +149,22 @@ def case_create(
         _cleanup(created_names)
         raise
     return case
+
+
+def _case_task(task: str | None) -> str:
+    tasks = active_tasks()
+    if task is None or not task.strip():
+        if len(tasks) == 1:
+            return tasks[0]
+        if not tasks:
+            # Nothing is active yet: the case waits without a task and its jobs fail
+            # with a stated reason (or use the one model activated before they run).
+            return ""
+        raise ValidationError({"task": f"choose the task to analyse for: {'; '.join(tasks)}"})
+    task = task.strip()
+    if task not in tasks:
+        raise ValidationError({"task": f"no active model answers '{task}'; choose one of: {'; '.join(tasks)}"})
+    return task
 
 
 def scans_upload(
@@ -279,8 +299,10 @@ def job_run(*, job_id: int) -> None:
     claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
     if limit > 1:
+        # Only jobs of the same task share a batch: they run through the same model.
+        task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
         waiting = (
-            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED)
+            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, scan__case__task=task)
             .exclude(id=job_id)
             .order_by("created_at", "id")
             .values_list("id", flat=True)[: limit - 1]
@@ -307,13 +329,40 @@ def _job_fail(job: InferenceJob, exc: Exception) -> None:
     )
 
 
-def jobs_process(*, job_ids: list[int]) -> None:
-    """Decode, predict in one compiled call and store the results of claimed jobs."""
-    jobs = list(InferenceJob.objects.select_related("scan").filter(id__in=job_ids).order_by("id"))
-    try:
-        model_version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+def _active_model_for_task(task: str) -> ModelVersion:
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE)
+    if task:
+        model_version = active.filter(task=task).first()
         if model_version is None:
-            raise JobError("no active model is registered")
+            raise JobError("no active model is registered for this case's task")
+        return model_version
+    # A case from before tasks existed: only unambiguous while one model is active.
+    models = list(active[:2])
+    if not models:
+        raise JobError("no active model is registered")
+    if len(models) > 1:
+        raise JobError("the case has no task and several models are active")
+    return models[0]
+
+
+HEATMAP_PX = 64
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    probabilities: list[float]
+    heatmap_png: bytes | None = None
+
+
+def jobs_process(*, job_ids: list[int]) -> None:
+    """Decode, predict (with heat maps) in one compiled call and store the results of
+    claimed jobs. Jobs of one call share a task (see job_run)."""
+    jobs = list(InferenceJob.objects.select_related("scan", "scan__case").filter(id__in=job_ids).order_by("id"))
+    if not jobs:
+        return
+    try:
+        model_version = _active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
 
         runner = runner_for(model_version)
@@ -322,86 +371,170 @@ def jobs_process(*, job_ids: list[int]) -> None:
             _job_fail(job, exc)
         return
     started = time.perf_counter()
-    ready: list[tuple[InferenceJob, Any]] = []
-    for job in jobs:
+
+    def load(job: InferenceJob) -> Any:
         try:
+            data = storage.read_bytes(job.scan.storage_name)
+        except storage.EncryptionError as exc:
+            raise JobError(f"stored scan bytes failed decryption: {exc}") from exc
+        # Compared after decryption: the address is the hash of the plaintext.
+        if storage.sha256_bytes(data) != job.scan.sha256:
+            raise JobError("stored scan bytes do not match their SHA-256")
+        return imaging.decode_for_model(data, size=runner.input_size)
+
+    # Decoding dominates small models (docs/MEASURED.md) and Pillow releases the GIL:
+    # decode the batch's images in parallel threads.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ready: list[tuple[InferenceJob, Any]] = []
+    with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as pool:
+        futures = [(job, pool.submit(load, job)) for job in jobs]
+        for job, future in futures:
             try:
-                data = storage.read_bytes(job.scan.storage_name)
-            except storage.EncryptionError as exc:
-                raise JobError(f"stored scan bytes failed decryption: {exc}") from exc
-            # Compared after decryption: the address is the hash of the plaintext.
-            if storage.sha256_bytes(data) != job.scan.sha256:
-                raise JobError("stored scan bytes do not match their SHA-256")
-            ready.append((job, imaging.decode_for_model(data, size=runner.input_size)))
-        except Exception as exc:
-            _job_fail(job, exc)
+                ready.append((job, future.result()))
+            except Exception as exc:
+                _job_fail(job, exc)
     if not ready:
         return
     try:
         import numpy as np
 
-        probabilities = runner.predict_arrays(np.stack([array for _, array in ready]))
+        from diagnostics.ml.heatmap import heatmap_png
+
+        probabilities, cams = runner.predict_with_heatmaps(np.stack([array for _, array in ready]))
+        # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
+        # smoothly); encoding it at 224 px cost more than the network call (bench/).
+        heatmaps = [heatmap_png(cam, size=min(runner.input_size, HEATMAP_PX)) for cam in cams]
     except Exception as exc:
         for job, _ in ready:
             _job_fail(job, exc)
         return
-    # Time per image for the whole batch: read, check, decode and the network call.
+    # Time per image for the whole batch: read, check, decode, the network and heat map.
     per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
-    for (job, _), row in zip(ready, probabilities, strict=True):
-        prediction_store(
-            job_id=job.id,
+    try:
+        predictions_store(
             model_version=model_version,
-            probabilities=[float(p) for p in row],
+            outcomes=[
+                JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
+                for (job, _), row, png in zip(ready, probabilities, heatmaps, strict=True)
+            ],
             inference_ms=per_image_ms,
         )
+    except Exception as exc:
+        # Nothing of the batch was written (one transaction): no job may stay "running".
+        for job, _ in ready:
+            _job_fail(job, exc)
 
 
 def prediction_store(
-    *, job_id: int, model_version: ModelVersion, probabilities: list[float], inference_ms: float
+    *,
+    job_id: int,
+    model_version: ModelVersion,
+    probabilities: list[float],
+    inference_ms: float,
+    heatmap_png: bytes | None = None,
 ) -> Prediction | None:
     """Record a job's prediction and put it in the review queue, once."""
+    stored = predictions_store(
+        model_version=model_version,
+        outcomes=[JobOutcome(job_id=job_id, probabilities=probabilities, heatmap_png=heatmap_png)],
+        inference_ms=inference_ms,
+    )
+    return stored[0] if stored else None
+
+
+def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:
     labels = list(model_version.labels)
+    probabilities = outcome.probabilities
     if len(probabilities) != len(labels):
         raise JobError(f"model returned {len(probabilities)} probabilities for {len(labels)} labels")
     index = max(range(len(labels)), key=lambda i: probabilities[i])
+    heatmap_name = ""
+    if outcome.heatmap_png is not None:
+        heatmap_name, _ = storage.store_bytes(
+            data=outcome.heatmap_png, sha256=storage.sha256_bytes(outcome.heatmap_png)
+        )
+    return Prediction(
+        job=job,
+        scan=job.scan,
+        model_version=model_version,
+        labels=labels,
+        probabilities=probabilities,
+        predicted_label=labels[index],
+        predicted_index=index,
+        stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
+        confidence=probabilities[index],
+        uncertain=probabilities[index] < model_version.uncertain_below,
+        heatmap_storage_name=heatmap_name,
+        input_sha256=job.scan.sha256,
+        inference_ms=ms,
+    )
+
+
+def predictions_store(
+    *, model_version: ModelVersion, outcomes: list[JobOutcome], inference_ms: float
+) -> list[Prediction]:
+    """Record a batch of predictions and queue them for review, in ONE transaction.
+
+    Per-prediction transactions with full uniqueness checks cost more than the network
+    at batch 8 (bench/), so: lock the batch's jobs once, validate fields without the
+    redundant unique queries (the OneToOne constraints on job and scan still hold in the
+    database and catch a concurrent duplicate), bulk-insert predictions and review
+    items, and write one audit event per prediction in the same transaction."""
+    by_job = {o.job_id: o for o in outcomes}
     try:
         with transaction.atomic():
-            job = InferenceJob.objects.select_for_update().select_related("scan").get(id=job_id)
-            if job.status != InferenceJob.Status.RUNNING or Prediction.objects.filter(scan=job.scan).exists():
-                return None  # a duplicate delivery finished it already: a quiet no-op
-            prediction = Prediction(
-                job=job,
-                scan=job.scan,
-                model_version=model_version,
-                labels=labels,
-                probabilities=probabilities,
-                predicted_label=labels[index],
-                predicted_index=index,
-                stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
-                confidence=probabilities[index],
-                input_sha256=job.scan.sha256,
-                inference_ms=inference_ms,
+            jobs = list(
+                InferenceJob.objects.select_for_update(of=("self",))
+                .select_related("scan")
+                .filter(id__in=by_job, status=InferenceJob.Status.RUNNING, prediction__isnull=True)
+                .order_by("id")
             )
-            prediction.full_clean()
-            prediction.save()
-            ReviewItem.objects.create(prediction=prediction)
+            # A job that is no longer running, or already has its prediction, was finished
+            # by a duplicate delivery: a quiet no-op for that job.
+            predictions = []
+            for job in jobs:
+                prediction = _build_prediction(job, model_version, by_job[job.id], inference_ms)
+                # Field checks yes; not the FK existence queries (3 per row: the job and scan
+                # were just locked, the model version is loaded) nor the unique queries: the
+                # database's FK and unique constraints still hold them.
+                prediction.full_clean(
+                    exclude=["job", "scan", "model_version"], validate_unique=False, validate_constraints=False
+                )
+                predictions.append(prediction)
+            if not predictions:
+                return []
+            Prediction.objects.bulk_create(predictions)
+            ReviewItem.objects.bulk_create([ReviewItem(prediction=p) for p in predictions])
             finished = timezone.now()
-            job.status = InferenceJob.Status.SUCCEEDED
-            job.finished_at = finished
-            job.updated_at = finished
-            job.error = ""
-            job.save(update_fields=["status", "finished_at", "updated_at", "error"])
-            audit_record(
-                actor=None,
-                action="prediction.create",
-                obj=prediction,
-                data={"model": str(model_version), "predicted": labels[index], "scan": str(job.scan.uuid)},
+            InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
+                status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
             )
-            return prediction
+            for prediction in predictions:
+                audit_record(
+                    actor=None,
+                    action="prediction.create",
+                    obj=prediction,
+                    data={
+                        "model": str(model_version),
+                        "predicted": prediction.predicted_label,
+                        "uncertain": prediction.uncertain,
+                        "scan": str(prediction.scan.uuid),
+                    },
+                )
+            return predictions
     except IntegrityError:
-        # The unique constraints on scan and job caught a concurrent duplicate.
-        if Prediction.objects.filter(job_id=job_id).exists():
-            return None
+        # The unique constraints on scan and job caught a concurrent duplicate, and the
+        # batch's transaction rolled back: store the others one by one, so the duplicate
+        # alone is skipped.
+        if len(outcomes) > 1:
+            return [
+                p
+                for o in outcomes
+                for p in predictions_store(model_version=model_version, outcomes=[o], inference_ms=inference_ms)
+            ]
+        if Prediction.objects.filter(job_id__in=list(by_job)).exists():
+            return []
         raise
 
 
@@ -505,8 +638,16 @@ def record_view(*, acting_user: User, obj: Case | Scan | ReviewItem, client_addr
 # --- model registry --------------------------------------------------------------
 
 
-def model_register(*, acting_user: User | None, bundle_dir: str | Path, activate: bool = False) -> ModelVersion:
-    """Register a model bundle after checking its file against the manifest's hash."""
+def model_register(
+    *,
+    acting_user: User | None,
+    bundle_dir: str | Path,
+    activate: bool = False,
+    task: str | None = None,
+    force_labels: bool = False,
+) -> ModelVersion:
+    """Register a model bundle after checking its file against the manifest's hash.
+    `task` overrides the manifest's task (to put a bundle under an existing task)."""
     from diagnostics.ml.bundle import verify_bundle
 
     path = Path(bundle_dir).resolve()
@@ -515,6 +656,7 @@ def model_register(*, acting_user: User | None, bundle_dir: str | Path, activate
         stored_path = str(path.relative_to(settings.BASE_DIR))
     except ValueError:
         stored_path = str(path)
+    task = (task or manifest.task).strip()
     with transaction.atomic():
         existing = ModelVersion.objects.filter(name=manifest.name, version=manifest.version).first()
         if existing is not None:
@@ -527,38 +669,73 @@ def model_register(*, acting_user: User | None, bundle_dir: str | Path, activate
             model_version = ModelVersion(
                 name=manifest.name,
                 version=manifest.version,
-                task=manifest.task,
+                task=task,
                 labels=list(manifest.labels),
                 bundle_path=stored_path,
                 sha256=manifest.model_sha256,
                 metrics=manifest.metrics,
+                training_summary={
+                    "data_summary": manifest.data_summary,
+                    "library_versions": manifest.library_versions,
+                    "training": manifest.metrics.get("training", {}),
+                },
+                temperature=manifest.temperature,
+                uncertain_below=manifest.uncertain_below,
                 registered_by=acting_user,
             )
             model_version.full_clean()
             model_version.save()
             audit_record(
-                actor=acting_user, action="model.register", obj=model_version, data={"sha256": manifest.model_sha256}
+                actor=acting_user,
+                action="model.register",
+                obj=model_version,
+                data={"sha256": manifest.model_sha256, "task": task},
             )
         if activate and model_version.status != ModelVersion.Status.ACTIVE:
-            model_activate(acting_user=acting_user, model_version=model_version)
+            model_activate(acting_user=acting_user, model_version=model_version, force_labels=force_labels)
     return model_version
 
 
-def model_activate(*, acting_user: User | None, model_version: ModelVersion) -> ModelVersion:
-    """Make one version the active one. Past predictions keep the version they came from."""
+def model_activate(
+    *, acting_user: User | None, model_version: ModelVersion, force_labels: bool = False
+) -> ModelVersion:
+    """Make a version the active one of its task, retiring the version it replaces.
+    Past predictions keep the version they came from.
+
+    A replacement whose ordered labels differ from the active version's is refused
+    unless `force_labels`: a hospital expects a task's stage vocabulary to stay put
+    (review forms, worklists and reports compare stages by these names and their
+    order), so changing it is a deliberate, audited act, not a side effect of an
+    upgrade."""
     with transaction.atomic():
+        # Lock every version of the task so two activations cannot interleave.
         previous = list(
             ModelVersion.objects.select_for_update()
-            .filter(status=ModelVersion.Status.ACTIVE)
+            .filter(task=model_version.task, status=ModelVersion.Status.ACTIVE)
             .exclude(pk=model_version.pk)
         )
+        changed = [old for old in previous if list(old.labels) != list(model_version.labels)]
+        if changed and not force_labels:
+            old = changed[0]
+            raise ValidationError(
+                {
+                    "labels": f"{model_version} has labels {list(model_version.labels)} but the active "
+                    f"{old} of this task has {list(old.labels)}; activating it would change the task's "
+                    "stages. Force it explicitly if that is intended."
+                }
+            )
         for old in previous:
             old.status = ModelVersion.Status.RETIRED
             old.save(update_fields=["status"])
             audit_record(actor=acting_user, action="model.retire", obj=old, data={"replaced_by": str(model_version)})
         model_version.status = ModelVersion.Status.ACTIVE
         model_version.save(update_fields=["status"])
-        audit_record(actor=acting_user, action="model.activate", obj=model_version, data={})
+        audit_record(
+            actor=acting_user,
+            action="model.activate",
+            obj=model_version,
+            data={"task": model_version.task, "labels_changed_forced": bool(changed)},
+        )
     return model_version
 
 
@@ -754,5 +931,10 @@ def model_retire(*, acting_user: User | None, model_version: ModelVersion) -> Mo
         previous = locked.status
         locked.status = ModelVersion.Status.RETIRED
         locked.save(update_fields=["status"])
-        audit_record(actor=acting_user, action="model.retire", obj=locked, data={"previous_status": previous})
+        audit_record(
+            actor=acting_user,
+            action="model.retire",
+            obj=locked,
+            data={"previous_status": previous, "task": locked.task},
+        )
     return locked

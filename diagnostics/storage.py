@@ -78,16 +78,6 @@ def delete_if_unreferenced(name: str) -> None:
         scan_storage().delete(name)
 
 
-def heatmap_name_for(prediction_uuid: object) -> str:
-    """Where a prediction's heat map PNG lives in scan storage. (Issue 3 produces the
-    heat maps; this is the address the viewer reads them from on this branch.)"""
-    return f"heatmaps/{prediction_uuid}.png"
-
-
-def heatmap_exists(prediction_uuid: object) -> bool:
-    return scan_storage().exists(heatmap_name_for(prediction_uuid))
-
-
 # --- key rotation -----------------------------------------------------------------
 
 

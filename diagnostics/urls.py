@@ -11,7 +11,6 @@ urlpatterns = [
     path("cases/<uuid:case_uuid>/upload/", views.case_upload, name="case_upload"),
     path("cases/<uuid:case_uuid>/upload.json", views.case_upload_file, name="case_upload_file"),
     path("scans/<uuid:scan_uuid>/image.png", views.scan_image, name="scan_image"),
-    path("predictions/<uuid:prediction_uuid>/heatmap.png", views.prediction_heatmap, name="prediction_heatmap"),
     path("review/", views.review_queue, name="review_queue"),
     path("review/settings/", views.review_settings, name="review_settings"),
     path("review/<uuid:item_uuid>/", views.review_detail, name="review_detail"),
@@ -21,4 +20,5 @@ urlpatterns = [
     path("notifications/read/", views.notification_read, name="notification_read"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/agreement.csv", views.dashboard_csv, name="dashboard_csv"),
+    path("review/<uuid:item_uuid>/heatmap.png", views.review_heatmap, name="review_heatmap"),
 ]

@@ -14,7 +14,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -110,7 +110,9 @@ def _worklist_queries(request: HttpRequest) -> dict[str, str]:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_new(request: HttpRequest) -> HttpResponse:
-    form = CaseCreateForm(request.POST or None, request.FILES or None, units=user_units(user=request.user))
+    form = CaseCreateForm(
+        request.POST or None, request.FILES or None, units=user_units(user=request.user), tasks=selectors.active_tasks()
+    )
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -120,6 +122,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
                     patient_ref=form.cleaned_data["patient_ref"],
                     body_site=form.cleaned_data["body_site"],
                     note=form.cleaned_data["note"],
+                    task=form.cleaned_data["task"],
                     files=_incoming(form.cleaned_data["files"]),
                     client_address=_client_address(request),
                     unit=form.cleaned_data.get("unit"),
@@ -205,6 +208,16 @@ def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     out = io.BytesIO()
     rendered.save(out, format="PNG")
     response = HttpResponse(out.getvalue(), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+@login_required
+def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
+    """The Grad-CAM overlay (RGBA PNG) of a review item, only for its reviewers."""
+    name = selectors.heatmap_get(user=request.user, item_uuid=item_uuid)
+    response = HttpResponse(storage.read_bytes(name), content_type="image/png")
     response["Cache-Control"] = "private, no-store"
     return response
 
@@ -332,9 +345,9 @@ def case_upload_file(request: HttpRequest, case_uuid: UUID) -> JsonResponse:
 
 
 def _heatmap_url(prediction: Any) -> str | None:
-    # Rendered only when the prediction has a heat map; issue 3 produces them.
-    if storage.heatmap_exists(prediction.uuid):
-        return reverse("prediction_heatmap", kwargs={"prediction_uuid": prediction.uuid})
+    # The viewer's heat-map layer exists only when the worker stored a Grad-CAM map.
+    if prediction.heatmap_storage_name:
+        return reverse("review_heatmap", kwargs={"item_uuid": prediction.review_item.uuid})
     return None
 
 
@@ -353,19 +366,6 @@ def _review_viewer_context(
         "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
         "predicted_number": prediction.predicted_index + 1,
     }
-
-
-@require_GET
-@login_required
-@permission_required(REVIEW_PERMISSION, raise_exception=True)
-def prediction_heatmap(request: HttpRequest, prediction_uuid: UUID) -> HttpResponse:
-    """The heat-map PNG of a prediction a reviewer may see."""
-    item = selectors.review_items_for_user(user=request.user).filter(prediction__uuid=prediction_uuid).first()
-    if item is None or not storage.heatmap_exists(prediction_uuid):
-        raise Http404("no heat map")
-    response = HttpResponse(storage.read_bytes(storage.heatmap_name_for(prediction_uuid)), content_type="image/png")
-    response["Cache-Control"] = "private, no-store"
-    return response
 
 
 @require_POST

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -38,15 +39,74 @@ def build_small_cnn(input_size: int, n_labels: int, *, dropout: float = 0.3, nam
     return keras.Model(inputs, outputs, name=name)
 
 
+def _applications_model(
+    app: Callable[..., keras.Model], input_size: int, n_labels: int, name: str, *, rescale: str
+) -> keras.Model:
+    """An ImageNet-family backbone built with `weights=None` (nothing is downloaded),
+    global average pooling and a Dense logits head. `rescale` maps 0..255 input to the
+    range the backbone expects when it does not do so itself."""
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    x = inputs
+    if rescale == "minus_one_one":
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
+    base = app(include_top=False, weights=None, input_shape=(input_size, input_size, 3), pooling=None)
+    x = base(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(n_labels, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_efficientnetb0(input_size: int, n_labels: int) -> keras.Model:
+    # EfficientNet rescales 0..255 internally.
+    return _applications_model(
+        keras.applications.EfficientNetB0, input_size, n_labels, "efficientnetb0", rescale="none"
+    )
+
+
+def build_resnet50(input_size: int, n_labels: int) -> keras.Model:
+    return _applications_model(keras.applications.ResNet50, input_size, n_labels, "resnet50", rescale="minus_one_one")
+
+
+def build_mobilenetv3small(input_size: int, n_labels: int) -> keras.Model:
+    # MobileNetV3 has its own 0..255 rescaling layer (include_preprocessing=True).
+    return _applications_model(
+        keras.applications.MobileNetV3Small, input_size, n_labels, "mobilenetv3small", rescale="none"
+    )
+
+
 BACKBONES: dict[str, Callable[[int, int], keras.Model]] = {
     "small_cnn": build_small_cnn,
+    "efficientnetb0": build_efficientnetb0,
+    "resnet50": build_resnet50,
+    "mobilenetv3small": build_mobilenetv3small,
 }
 
 
-def build_model(backbone: str, input_size: int, n_labels: int) -> keras.Model:
+def build_model(backbone: str, input_size: int, n_labels: int, *, weights: str | Path | None = None) -> keras.Model:
+    """Build a network; with `weights`, load them from a local file. A file that holds the
+    whole model's weights is loaded as is; otherwise it is taken as backbone-only weights
+    (e.g. an ImageNet `*_notop.h5`) and loaded into the backbone, with the head random."""
     try:
         builder = BACKBONES[backbone]
     except KeyError:
         known = ", ".join(sorted(BACKBONES))
         raise ValueError(f"unknown backbone '{backbone}' (known: {known})") from None
-    return builder(input_size, n_labels)
+    model = builder(input_size, n_labels)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ValueError(f"weights file {path} does not exist")
+        try:
+            model.load_weights(path)
+        except Exception as full_exc:  # Keras raises many types for mismatched files.
+            base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
+            if base is None:
+                raise ValueError(f"cannot load weights from {path}: {full_exc}") from full_exc
+            try:
+                base.load_weights(path)
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load weights from {path} into the {backbone} model or its backbone: {exc}"
+                ) from exc
+    return model

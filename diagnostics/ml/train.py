@@ -62,7 +62,17 @@ class TrainConfig:
     patience: int = 6
     lr_patience: int = 2
     schedule: str = "cosine"  # or "plateau"
+    # Keras' default 0.99 needs hundreds of steps before the BatchNorm statistics used
+    # at evaluation settle; a few hundred images give ~13 steps per epoch, so validation
+    # scores stay at chance and the schedule cuts the learning rate for nothing.
+    bn_momentum: float = 0.99
+    # "dihedral" (flips, transposes): for patches without orientation, like histology.
+    # "horizontal": left-right flips only, for images with an up (ultrasound: the
+    # transducer is at the top, so a vertical flip makes an image no scanner produces).
+    augmentation: str = "dihedral"
     valid_fraction: float = 0.2
+    test_fraction: float = 0.0
+    weights: Path | None = None
     uncertain_below: float = 0.6
     limit_per_class: int | None = None
     verbose: int = 2
@@ -85,6 +95,8 @@ class Layout:
     label_order_source: str
     ignored_non_image: int
     dataset_info: dict[str, Any] = field(default_factory=dict)
+    # Held out from training, model selection and calibration; empty when not asked for.
+    test_files: dict[str, list[Path]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- folders
@@ -160,22 +172,31 @@ def _collect(split_dir: Path, labels: list[str]) -> tuple[dict[str, list[Path]],
 
 
 def _stratified_split(
-    files: dict[str, list[Path]], fraction: float, seed: int
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    files: dict[str, list[Path]], fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per class: shuffle with `seed`, then cut test, validation and training parts, so
+    every split keeps the class proportions and the same seed gives the same split."""
     if not 0.0 < fraction < 1.0:
         raise DatasetError("the validation fraction must be between 0 and 1")
+    if not 0.0 <= test_fraction < 1.0 or fraction + test_fraction >= 1.0:
+        raise DatasetError("the test fraction must be at least 0 and, with the validation fraction, below 1")
+    need = 3 if test_fraction > 0 else 2
     rng = np.random.default_rng(seed)
-    train, valid = {}, {}
+    train, valid, test = {}, {}, {}
     for label, paths in files.items():
-        if len(paths) < 2:
+        if len(paths) < need:
             raise DatasetError(
-                f"class '{label}' has {len(paths)} image; at least two are needed to keep one for validation"
+                f"class '{label}' has {len(paths)} image(s); at least {need} are needed to keep one "
+                "for validation" + (" and one for testing" if need == 3 else "")
             )
         order = rng.permutation(len(paths))
-        n_valid = min(len(paths) - 1, max(1, round(len(paths) * fraction)))
-        valid[label] = sorted(paths[i] for i in order[:n_valid])
-        train[label] = sorted(paths[i] for i in order[n_valid:])
-    return train, valid
+        n_test = min(len(paths) - 2, max(1, round(len(paths) * test_fraction))) if test_fraction > 0 else 0
+        n_valid = min(len(paths) - n_test - 1, max(1, round(len(paths) * fraction)))
+        if n_test:
+            test[label] = sorted(paths[i] for i in order[:n_test])
+        valid[label] = sorted(paths[i] for i in order[n_test : n_test + n_valid])
+        train[label] = sorted(paths[i] for i in order[n_test + n_valid :])
+    return train, valid, test
 
 
 def resolve_layout(
@@ -185,6 +206,7 @@ def resolve_layout(
     valid_dir: Path | None,
     valid_fraction: float,
     seed: int,
+    test_fraction: float = 0.0,
 ) -> Layout:
     """Find the class folders, their clinical order and the train/valid file lists."""
     if (train_dir is None) != (valid_dir is None):
@@ -204,6 +226,10 @@ def resolve_layout(
         dataset_json = train_dir / DATASET_JSON
 
     if train_dir is not None and valid_dir is not None:
+        if test_fraction > 0:
+            raise DatasetError(
+                "--test-fraction splits one folder; it cannot be combined with given train/valid folders"
+            )
         folders = _class_folders(train_dir)
         labels, order_source, info = _ordered_labels(folders, train_dir, dataset_json)
         valid_folders = _class_folders(valid_dir)
@@ -228,15 +254,19 @@ def resolve_layout(
     folders = _class_folders(data)
     labels, order_source, info = _ordered_labels(folders, data, dataset_json)
     files, ignored = _collect(data, labels)
-    train_files, valid_files = _stratified_split(files, valid_fraction, seed)
+    train_files, valid_files, test_files = _stratified_split(files, valid_fraction, seed, test_fraction)
+    method = f"stratified random split, {valid_fraction:.0%} validation"
+    if test_fraction > 0:
+        method += f", {test_fraction:.0%} test"
     return Layout(
         labels,
         train_files,
         valid_files,
-        f"stratified random split, {valid_fraction:.0%} validation, seed {seed}",
+        f"{method}, seed {seed}",
         order_source,
         ignored,
         info,
+        test_files,
     )
 
 
@@ -289,11 +319,14 @@ def _tf() -> Any:
     return tf
 
 
-def augment_batch(images: Any, seed: Any) -> Any:
-    """Random dihedral transform (flips + 90-degree rotations), zoom-in up to 10 %,
-    brightness/contrast jitter and a small hue/saturation shift on a float batch in
-    0..255. Stateless ops keyed by `seed` make the augmentation reproducible. Images must
-    be square."""
+AUGMENTATIONS = ("dihedral", "horizontal")
+
+
+def augment_batch(images: Any, seed: Any, mode: str = "dihedral") -> Any:
+    """Random flips (all dihedral transforms, or left-right only for images with an up),
+    zoom-in up to 10 %, brightness/contrast jitter and a small hue/saturation shift on a
+    float batch in 0..255. Stateless ops keyed by `seed` make the augmentation
+    reproducible. Images must be square."""
     tf = _tf()
     seeds = tf.random.split(seed, num=7)
     batch = tf.shape(images)[0]
@@ -303,10 +336,13 @@ def augment_batch(images: Any, seed: Any) -> Any:
         mask = tf.random.stateless_uniform([batch, 1, 1, 1], s) < 0.5
         return tf.where(mask, fn(x), x)
 
-    # Transpose and the two flips generate all eight rotations/reflections.
-    x = maybe(images, lambda t: tf.transpose(t, [0, 2, 1, 3]), seeds[0])
-    x = maybe(x, lambda t: tf.reverse(t, [2]), seeds[1])
-    x = maybe(x, lambda t: tf.reverse(t, [1]), seeds[2])
+    if mode == "dihedral":
+        # Transpose and the two flips generate all eight rotations/reflections.
+        x = maybe(images, lambda t: tf.transpose(t, [0, 2, 1, 3]), seeds[0])
+        x = maybe(x, lambda t: tf.reverse(t, [2]), seeds[1])
+        x = maybe(x, lambda t: tf.reverse(t, [1]), seeds[2])
+    else:
+        x = maybe(images, lambda t: tf.reverse(t, [2]), seeds[1])
     scale = tf.random.stateless_uniform([batch], seeds[3], 0.9, 1.0)
     offset = tf.random.stateless_uniform([batch, 2], seeds[4]) * (1.0 - scale)[:, None]
     boxes = tf.stack([offset[:, 0], offset[:, 1], offset[:, 0] + scale, offset[:, 1] + scale], axis=1)
@@ -326,7 +362,9 @@ def augment_batch(images: Any, seed: Any) -> Any:
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def make_train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int) -> Any:
+def make_train_dataset(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, augmentation: str = "dihedral"
+) -> Any:
     tf = _tf()
     n = len(x)
     images = tf.constant(x)
@@ -339,7 +377,7 @@ def make_train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: i
 
     def load(idx: Any, s: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
-        return augment_batch(batch, s), tf.gather(targets, idx)
+        return augment_batch(batch, s, augmentation), tf.gather(targets, idx)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -432,6 +470,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
         raise DatasetError("--epochs must be at least 1")
     if config.image_size < 8:
         raise DatasetError("--image-size must be at least 8 pixels")
+    if config.augmentation not in AUGMENTATIONS:
+        raise DatasetError(f"unknown augmentation '{config.augmentation}' (known: {', '.join(AUGMENTATIONS)})")
     if config.backbone not in BACKBONES:
         raise DatasetError(f"unknown backbone '{config.backbone}' (known: {sorted(BACKBONES)})")
     layout = resolve_layout(
@@ -440,13 +480,17 @@ def train_bundle(config: TrainConfig) -> Manifest:
         valid_dir=config.valid_dir,
         valid_fraction=config.valid_fraction,
         seed=config.seed,
+        test_fraction=config.test_fraction,
     )
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise DatasetError(f"weights file {config.weights} does not exist")
     labels = layout.labels
     train_files = _limit(layout.train_files, config.limit_per_class, config.seed)
     valid_files = _limit(layout.valid_files, config.limit_per_class, config.seed + 1)
     size = config.image_size
     train = load_split(train_files, labels, size, where="training")
     valid = load_split(valid_files, labels, size, where="validation")
+    test = load_split(layout.test_files, labels, size, where="test") if layout.test_files else None
     load_seconds = time.monotonic() - started
     if config.verbose:
         print(
@@ -459,7 +503,12 @@ def train_bundle(config: TrainConfig) -> Manifest:
 
     _tf()  # quiet TensorFlow's Python logger before the first graph is built
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.backbone, size, len(labels))
+    model = build_model(config.backbone, size, len(labels), weights=config.weights)
+    if not 0.0 < config.bn_momentum < 1.0:
+        raise DatasetError("--bn-momentum must be between 0 and 1")
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = config.bn_momentum
     if config.schedule not in SCHEDULES:
         raise DatasetError(f"unknown schedule '{config.schedule}' (known: {', '.join(SCHEDULES)})")
     learning_rate: Any = config.learning_rate
@@ -475,7 +524,9 @@ def train_bundle(config: TrainConfig) -> Manifest:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     weights = class_weights(train.labels, len(labels))
-    dataset = make_train_dataset(train.images, train.labels, batch_size=config.batch_size, seed=config.seed)
+    dataset = make_train_dataset(
+        train.images, train.labels, batch_size=config.batch_size, seed=config.seed, augmentation=config.augmentation
+    )
     monitor = _make_monitor(
         valid.images,
         valid.labels,
@@ -498,6 +549,11 @@ def train_bundle(config: TrainConfig) -> Manifest:
     logits = model.predict(valid.images, batch_size=256, verbose=0).astype(np.float64)
     temperature = M.fit_temperature(valid.labels, logits)
     report = M.classification_report(valid.labels, logits, labels, temperature=temperature)
+    test_report = None
+    if test is not None:
+        # The test split took no part in training, epoch choice or the temperature.
+        test_logits = model.predict(test.images, batch_size=256, verbose=0).astype(np.float64)
+        test_report = M.classification_report(test.labels, test_logits, labels, temperature=temperature)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -505,7 +561,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
     # Keras 3 ignores include_optimizer for the .keras format (and clone_model compiles the
     # clone), so save a freshly built, never-compiled copy: weights and architecture only,
     # about a third of the size with the optimizer state.
-    export = build_model(config.backbone, size, len(labels))
+    export = build_model(config.backbone, size, len(labels), weights=None)
     export.set_weights(model.get_weights())
     tmp_path = out / ("tmp-" + MODEL_FILE)
     export.save(tmp_path)
@@ -527,22 +583,35 @@ def train_bundle(config: TrainConfig) -> Manifest:
         temperature=temperature,
         uncertain_below=config.uncertain_below,
         metrics={
-            "split": "valid",
+            "split": "test" if test_report is not None else "valid",
             "valid": report,
-            "temperature_fitted_on": "valid (the same split these metrics are measured on)",
+            **({"test": test_report} if test_report is not None else {}),
+            "temperature_fitted_on": "valid"
+            + (
+                " (the test split is held out)"
+                if test_report is not None
+                else " (the same split these metrics are measured on)"
+            ),
             "training": {
                 "backbone": config.backbone,
+                "initial_weights": str(config.weights) if config.weights else "random (trained from scratch)",
                 "parameters": int(model.count_params()),
                 "epochs_requested": config.epochs,
                 "epochs_run": len(history),
                 "best_epoch": monitor.best_epoch + 1,
                 "best_val_auc_during_training": monitor.best_auc,
                 "batch_size": config.batch_size,
+                "batchnorm_momentum": config.bn_momentum,
                 "optimizer": f"AdamW lr {config.learning_rate:g} weight decay {config.weight_decay:g}",
                 "schedule": schedule_text,
                 "class_weights": {labels[k]: w for k, w in weights.items()},
-                "augmentation": "random flips and 90-degree rotations, zoom-in up to 10 %, "
-                "brightness +-10 %, contrast +-15 %, hue +-0.04, saturation +-25 % (training batches only)",
+                "augmentation": (
+                    "random flips and 90-degree rotations"
+                    if config.augmentation == "dihedral"
+                    else "random left-right flips"
+                )
+                + ", zoom-in up to 10 %, brightness +-10 %, contrast +-15 %, hue +-0.04, saturation +-25 %"
+                " (training batches only)",
                 "seed": config.seed,
                 "load_seconds": round(load_seconds, 1),
                 "training_seconds": round(fit_seconds, 1),
@@ -557,8 +626,12 @@ def train_bundle(config: TrainConfig) -> Manifest:
             "license": layout.dataset_info.get("license"),
             "label_order_source": layout.label_order_source,
             "split_method": layout.split_method,
-            "splits": {"train": train.counts, "valid": valid.counts},
-            "unreadable_skipped": {"train": train.unreadable, "valid": valid.unreadable},
+            "splits": {"train": train.counts, "valid": valid.counts, **({"test": test.counts} if test else {})},
+            "unreadable_skipped": {
+                "train": train.unreadable,
+                "valid": valid.unreadable,
+                **({"test": test.unreadable} if test else {}),
+            },
             "ignored_non_image_files": layout.ignored_non_image,
             "limit_per_class": config.limit_per_class,
         },
@@ -578,15 +651,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def render_model_card(m: Manifest) -> str:
-    """A model card written only from the manifest, so every number is a measured one."""
-    v = m.metrics["valid"]
-    t = m.metrics["training"]
-    d = m.data_summary
-    labels = m.labels
-    split_rows = "\n".join(
-        f"| {label} | {d['splits']['train'][label]} | {d['splits']['valid'][label]} |" for label in labels
-    )
+def _metrics_section(title: str, v: dict[str, Any], labels: list[str]) -> str:
     cm = v["confusion_matrix"]
     cm_head = "| true \\ predicted | " + " | ".join(labels) + " |"
     cm_sep = "|---" * (len(labels) + 1) + "|"
@@ -597,7 +662,66 @@ def render_model_card(m: Manifest) -> str:
         f"| {label} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} | {s['support']} |"
         for label, s in v["per_class"].items()
     )
+    auc_kind = "macro one-vs-rest" if len(labels) > 2 else "binary"
+    return f"""## {title} (n = {v["n"]})
+
+| metric | value |
+|---|---|
+| accuracy | {_fmt(v["accuracy"])} |
+| balanced accuracy | {_fmt(v["balanced_accuracy"])} |
+| ROC AUC ({auc_kind}) | {_fmt(v["roc_auc"])} |
+| ECE (15 bins), before temperature | {_fmt(v["ece_before_temperature"])} |
+| ECE (15 bins), after temperature | {_fmt(v["ece_after_temperature"])} |
+| NLL, before temperature | {_fmt(v["nll_before_temperature"])} |
+| NLL, after temperature | {_fmt(v["nll_after_temperature"])} |
+
+| label | precision | recall | F1 | support |
+|---|---|---|---|---|
+{pc_rows}
+
+Confusion matrix (rows: true label, columns: predicted label):
+
+{cm_head}
+{cm_sep}
+{cm_rows}
+"""
+
+
+def render_model_card(m: Manifest) -> str:
+    """A model card written only from the manifest, so every number is a measured one."""
+    t = m.metrics["training"]
+    d = m.data_summary
+    labels = m.labels
+    has_test = "test" in m.metrics
+    splits = ["train", "valid"] + (["test"] if has_test else [])
+    split_head = "| label | " + " | ".join(splits) + " |"
+    split_sep = "|---" * (len(splits) + 1) + "|"
+    split_rows = "\n".join(
+        f"| {label} | " + " | ".join(str(d["splits"][s][label]) for s in splits) + " |" for label in labels
+    )
+    unreadable = ", ".join(f"{s} {d['unreadable_skipped'].get(s, 0)}" for s in splits)
     libs = ", ".join(f"{k} {val}" for k, val in m.library_versions.items())
+    sections = []
+    if has_test:
+        sections.append(_metrics_section("Measured performance: held-out TEST split", m.metrics["test"], labels))
+        sections.append(
+            _metrics_section(
+                "Validation split (chose the epoch and fitted the temperature)", m.metrics["valid"], labels
+            )
+        )
+        limitation = (
+            "- The test split took no part in training, epoch selection or calibration; with "
+            "this few images its figures still carry wide uncertainty (a handful of images "
+            "moves them by several points)."
+        )
+    else:
+        sections.append(_metrics_section("Measured performance (validation split)", m.metrics["valid"], labels))
+        limitation = (
+            "- The validation split chose the best epoch and fitted the temperature, and the figures\n"
+            "  above are measured on that same split: they are optimistic. There is no separate\n"
+            "  held-out test set in this bundle."
+        )
+    metrics_text = "\n".join(sections)
     return f"""# Model card: {m.name} {m.version}
 
 > **Demonstration model. Not a diagnostic device and not validated for clinical use.**
@@ -616,11 +740,10 @@ Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
 - License: {d.get("license") or "not recorded"}
 - Label order taken from: {d["label_order_source"]}
 - Split: {d["split_method"]}
-- Unreadable images skipped: train {d["unreadable_skipped"]["train"]}, valid \
-{d["unreadable_skipped"]["valid"]}; images per class capped at: {d["limit_per_class"]}
+- Unreadable images skipped: {unreadable}; images per class capped at: {d["limit_per_class"]}
 
-| label | train | valid |
-|---|---|---|
+{split_head}
+{split_sep}
 {split_rows}
 
 ## Preprocessing
@@ -633,8 +756,10 @@ temperature T = {m.temperature:.4f}. Predictions whose top probability is below
 
 ## Architecture and training
 
-- Backbone: `{t["backbone"]}`, {t["parameters"]:,} parameters, trained from scratch.
-- Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}.
+- Backbone: `{t["backbone"]}`, {t["parameters"]:,} parameters, initial weights: \
+{t.get("initial_weights", "random (trained from scratch)")}.
+- Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}, BatchNorm \
+momentum {t.get("batchnorm_momentum", 0.99)}.
 - Schedule: {t["schedule"]}.
 - Epochs: {t["epochs_run"]} run of {t["epochs_requested"]} requested; best epoch \
 {t["best_epoch"]}.
@@ -644,33 +769,10 @@ temperature T = {m.temperature:.4f}. Predictions whose top probability is below
 {t["load_seconds"]} s, training {t["training_seconds"]} s, total {t["total_seconds"]} s.
 - Libraries: {libs}.
 
-## Measured performance (validation split, n = {v["n"]})
-
-| metric | value |
-|---|---|
-| accuracy | {_fmt(v["accuracy"])} |
-| balanced accuracy | {_fmt(v["balanced_accuracy"])} |
-| ROC AUC | {_fmt(v["roc_auc"])} |
-| ECE (15 bins), before temperature | {_fmt(v["ece_before_temperature"])} |
-| ECE (15 bins), after temperature | {_fmt(v["ece_after_temperature"])} |
-| NLL, before temperature | {_fmt(v["nll_before_temperature"])} |
-| NLL, after temperature | {_fmt(v["nll_after_temperature"])} |
-
-| label | precision | recall | F1 | support |
-|---|---|---|---|---|
-{pc_rows}
-
-Confusion matrix (rows: true label, columns: predicted label):
-
-{cm_head}
-{cm_sep}
-{cm_rows}
-
+{metrics_text}
 ## Limitations
 
-- The validation split chose the best epoch and fitted the temperature, and the figures
-  above are measured on that same split: they are optimistic. There is no separate
-  held-out test set in this bundle.
+{limitation}
 - The data are a small public research subset, not clinical validation data; they do not
   represent any particular hospital's scanners, stains or patients.
 - This is a demonstration model, not a diagnostic device, and it is not validated for
@@ -698,10 +800,26 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    p.add_argument("--lr-patience", type=int, default=2, help="epochs without val AUC gain before lr x0.3")
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, default="dihedral")
+    p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction per class as a test split (only when splitting one folder)",
+    )
+    p.add_argument("--weights", type=Path, help="local weights file (.weights.h5) to start from; nothing is downloaded")
     p.add_argument("--uncertain-below", type=float, default=0.6)
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class per split (smoke)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1 if sys.stdout.isatty() else 2,
+        help="0 quiet, 1 progress bar (default on a terminal), 2 one line per epoch",
+    )
     a = p.parse_args(argv)
     return TrainConfig(
         out=a.out,
@@ -719,7 +837,12 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         learning_rate=a.learning_rate,
         patience=a.patience,
         schedule=a.schedule,
+        lr_patience=a.lr_patience,
+        bn_momentum=a.bn_momentum,
+        augmentation=a.augmentation,
         valid_fraction=a.valid_fraction,
+        test_fraction=a.test_fraction,
+        weights=a.weights,
         uncertain_below=a.uncertain_below,
         limit_per_class=a.limit_per_class,
         verbose=a.verbose,
@@ -730,12 +853,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _parse(argv)
     try:
         manifest = train_bundle(config)
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    v = manifest.metrics["valid"]
+    split = manifest.metrics["split"]
+    v = manifest.metrics[split]
     print(
-        f"wrote {config.out}: accuracy {v['accuracy']:.4f}, AUC {v['roc_auc']:.4f}, "
+        f"wrote {config.out} ({split} split): accuracy {v['accuracy']:.4f}, AUC {v['roc_auc']:.4f}, "
         f"ECE {v['ece_before_temperature']:.4f} -> {v['ece_after_temperature']:.4f} "
         f"(T = {manifest.temperature:.3f})"
     )

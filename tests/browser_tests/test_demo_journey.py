@@ -81,6 +81,8 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
     page.click("text=New case >> nth=-1")
     page.fill("#id_patient_ref", "PSN-DEMO-1")
     page.fill("#id_body_site", "sentinel lymph node")
+    # Two tasks have an active model in the demo; these patches are lymph-node sections.
+    page.select_option("#id_task", label="Lymph-node metastasis in H&E patches")
     page.set_input_files(
         "#id_files", [str(ROOT / "samples/pcam-metastasis-1.jpg"), str(ROOT / "samples/pcam-no-metastasis-1.jpg")]
     )
@@ -117,6 +119,20 @@ def test_demo_journey_in_chromium(demo, browser):  # type: ignore[no-untyped-def
     predicted = page.locator(".predicted").inner_text()
     options = [o for o in page.locator("#id_stage option").all_inner_texts() if o not in ("—", predicted)]
     shot(page, "07-physician-review-item")
+    # The worker's Grad-CAM map is a layer of the viewer; the checkbox hides and shows
+    # it and the slider (driven by the keyboard) sets its opacity.
+    page.wait_for_selector("#viewer[data-heatmap-loaded='1']", timeout=30_000)
+    assert page.get_attribute("#viewer", "data-heatmap-visible") == "1"
+    page.focus("#heatmap-toggle")
+    page.keyboard.press("Space")
+    assert page.get_attribute("#viewer", "data-heatmap-visible") == "0"
+    page.keyboard.press("Space")
+    assert page.get_attribute("#viewer", "data-heatmap-visible") == "1"
+    before = page.input_value("#heatmap-opacity")
+    page.focus("#heatmap-opacity")
+    page.keyboard.press("ArrowRight")
+    assert int(page.input_value("#heatmap-opacity")) == int(before) + 5
+    shot(page, "07b-physician-heatmap-overlay")
     page.check("input[name=outcome][value=rejected]")
     page.select_option("#id_stage", options[0])
     page.fill("#id_reason", "morphology does not support the suggestion")

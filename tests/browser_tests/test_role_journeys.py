@@ -10,13 +10,12 @@ import io
 import re
 
 import pytest
-from django.core.files.base import ContentFile
 
-from diagnostics import services, storage
+from diagnostics import services
 from diagnostics.models import Notification, ReviewDecision
 from tests.browser_tests.journeys import login, screen
 from tests.conftest import ROOT, image_bytes
-from tests.diagnostics_tests.helpers import make_prediction
+from tests.diagnostics_tests.helpers import make_prediction, store_heatmap
 from tests.factories import PASSWORD, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -105,10 +104,8 @@ def test_clinician_uploads_several_files_and_watches_them_progress(
 
 
 def _store_heatmap(prediction) -> None:  # type: ignore[no-untyped-def]
-    # A test heat map through the app's storage (issue 3 writes the real ones).
-    storage.scan_storage().save(
-        storage.heatmap_name_for(prediction.uuid), ContentFile(image_bytes(size=(96, 96), color=(255, 0, 0)))
-    )
+    # A test heat map stored the way the worker stores its Grad-CAM maps.
+    store_heatmap(prediction, image_bytes(size=(96, 96), color=(255, 0, 0)))
 
 
 def test_physician_reviews_three_items_by_keyboard_alone(live_server, browser, active_model, physician):  # type: ignore[no-untyped-def]

@@ -26,3 +26,12 @@ def make_prediction(user: User, model: ModelVersion, probabilities: list[float],
     )
     assert prediction is not None
     return prediction
+
+
+def store_heatmap(prediction: Prediction, png: bytes) -> None:
+    """Attach a heat map to a prediction the way the worker does: through storage
+    (content-addressed, encrypted at rest) and the prediction's field."""
+    from diagnostics import storage
+
+    name, _ = storage.store_bytes(data=png, sha256=storage.sha256_bytes(png))
+    Prediction.objects.filter(pk=prediction.pk).update(heatmap_storage_name=name)

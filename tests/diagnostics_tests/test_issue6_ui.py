@@ -15,10 +15,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from diagnostics import selectors, services, storage
+from diagnostics import selectors, services
 from diagnostics.models import BlindedRead, ModelVersion, Notification, ReviewDecision, ReviewItem, Scan
 from tests.conftest import image_bytes, login, otp_code, stored_files
-from tests.diagnostics_tests.helpers import make_prediction, make_scan
+from tests.diagnostics_tests.helpers import make_prediction, make_scan, store_heatmap
 from tests.factories import PASSWORD, CaseFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -314,12 +314,10 @@ def test_heatmap_layer_is_offered_only_when_the_prediction_has_one(clinician, ph
     p = make_prediction(clinician, active_model, [0.2, 0.8])
     client = login(physician)
     detail = reverse("review_detail", kwargs={"item_uuid": p.review_item.uuid})
-    heat_url = reverse("prediction_heatmap", kwargs={"prediction_uuid": p.uuid})
+    heat_url = reverse("review_heatmap", kwargs={"item_uuid": p.review_item.uuid})
     assert b"data-heatmap-url" not in client.get(detail).content
     assert client.get(heat_url).status_code == 404
-    name = storage.heatmap_name_for(p.uuid)
-    blob = storage.encrypt(image_bytes(), keyring=storage.keyring(), name=name)  # encrypted at rest like scans
-    storage.scan_storage().save(name, ContentFile(blob))
+    store_heatmap(p, image_bytes())
     assert f'data-heatmap-url="{heat_url}"'.encode() in client.get(detail).content
     response = client.get(heat_url)
     assert response.status_code == 200 and response["Content-Type"] == "image/png"

@@ -67,7 +67,7 @@ OBJECT_KIND = {
     "audit_list": None,
     "audit_export": None,
     "case_upload_file": "case",
-    "prediction_heatmap": "prediction",
+    "review_heatmap": "item",
     "review_settings": None,
     "review_blinded": "item",
     "model_card": "model",
@@ -126,7 +126,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
             return 404
         # An upload without files is refused, naming the problem.
         return 400 if name in ("case_upload", "case_upload_file") else 200
-    if name == "prediction_heatmap":
+    if name == "review_heatmap":
         return 403 if persona not in REVIEWERS else 404  # these predictions have no heat map stored
     if name == "review_blinded":
         if persona not in REVIEWERS:

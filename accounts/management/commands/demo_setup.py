@@ -1,4 +1,5 @@
-"""Create the demo's users (one per role) and register the bundled model.
+"""Create the demo's users (one per role) and register the bundled models, one
+active per task (lymph-node patches and breast ultrasound).
 
 Refuses to run outside the demo: demo users with published passwords must never
 exist on a real installation."""
@@ -25,8 +26,11 @@ DEMO_USERS = [
 ]
 
 
+DEMO_BUNDLES = ["demo-pcam", "busi-small-cnn"]
+
+
 class Command(BaseCommand):
-    help = "Demo only: create one user per role and activate the bundled demo model."
+    help = "Demo only: create one user per role and activate the bundled demo models."
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEMO:
@@ -51,8 +55,9 @@ class Command(BaseCommand):
             user.groups.set([Group.objects.get(name=role)] + ([unit.group] if member else []))
             if role != "admin" and not member:
                 account_services.unit_member_add(acting_user=None, unit=unit, user=user)
-        services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
-        self.stdout.write("demo users and model ready")
+        for bundle in DEMO_BUNDLES:
+            services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / bundle, activate=True)
+        self.stdout.write("demo users and models ready")
 
 
 def demo_password() -> str:

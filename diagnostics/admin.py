@@ -1,0 +1,113 @@
+"""Model registry in the Django admin: register a bundle folder that lies on the
+server under MODEL_DIR, activate or retire versions. Every change goes through the
+audited services; versions are never edited or deleted here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from diagnostics import services
+from diagnostics.models import ModelVersion
+
+
+class RegisterBundleForm(forms.Form):
+    bundle = forms.CharField(
+        label="Bundle folder",
+        max_length=500,
+        help_text="A folder under the server's model directory holding manifest.json and the model file, "
+        "e.g. busi-small-cnn.",
+    )
+    task = forms.CharField(label="Task (optional)", max_length=200, required=False)
+    activate = forms.BooleanField(required=False)
+    force_labels = forms.BooleanField(
+        required=False, label="Activate even if the labels differ from the task's active version"
+    )
+
+    def clean_bundle(self) -> Path:
+        raw = self.cleaned_data["bundle"].strip()
+        root = Path(settings.MODEL_DIR).resolve()
+        candidate = (root / raw).resolve()
+        # Only folders inside the model directory: the form must not become a way to
+        # read arbitrary server paths.
+        if candidate != root and root not in candidate.parents:
+            raise ValidationError(f"the bundle must be a folder inside the model directory {root}")
+        if not candidate.is_dir():
+            raise ValidationError(f"no folder named '{raw}' in the model directory")
+        return candidate
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("name", "version", "task", "status", "registered_at", "registered_by")
+    list_filter = ("status", "task")
+    readonly_fields = [f.name for f in ModelVersion._meta.fields]
+    actions = ["activate_selected", "retire_selected"]
+    change_list_template = "admin/diagnostics/modelversion/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # registering goes through the bundle form, which checks the hash
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # predictions point at their version forever
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("register/", self.admin_site.admin_view(self.register_view), name="diagnostics_modelversion_register"),
+            *super().get_urls(),
+        ]
+
+    def register_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("diagnostics.add_modelversion"):
+            raise PermissionDenied
+        form = RegisterBundleForm(request.POST or None)
+        status = 200
+        if request.method == "POST":
+            if form.is_valid():
+                from diagnostics.ml.bundle import BundleError
+
+                try:
+                    mv = services.model_register(
+                        acting_user=request.user,  # type: ignore[arg-type]
+                        bundle_dir=form.cleaned_data["bundle"],
+                        activate=form.cleaned_data["activate"],
+                        task=form.cleaned_data["task"] or None,
+                        force_labels=form.cleaned_data["force_labels"],
+                    )
+                except BundleError as exc:
+                    form.add_error("bundle", str(exc))
+                except ValidationError as exc:
+                    form.add_error(None, exc)
+                else:
+                    self.message_user(request, f"Registered {mv} for task '{mv.task}' ({mv.status}).")
+                    return HttpResponseRedirect(reverse("admin:diagnostics_modelversion_changelist"))
+            status = 400
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Register a model bundle"}
+        return TemplateResponse(request, "admin/diagnostics/modelversion/register.html", context, status=status)
+
+    @admin.action(description="Activate the selected version (retires the task's current one)")
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        try:
+            mv = services.model_activate(acting_user=request.user, model_version=queryset.get())  # type: ignore[arg-type]
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            return
+        self.message_user(request, f"{mv} is now the active model for '{mv.task}'.")
+
+    @admin.action(description="Retire the selected versions")
+    def retire_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        for mv in queryset:
+            services.model_retire(acting_user=request.user, model_version=mv)  # type: ignore[arg-type]
+        self.message_user(request, f"Retired {queryset.count()} version(s).")
