@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cancerweb.settings")
 
@@ -23,9 +25,68 @@ app.conf.update(
     task_default_queue="default",
     task_routes={"diagnostics.tasks.run_inference": {"queue": "inference"}},
     broker_connection_retry_on_startup=True,
+    # Keep reconnecting through a long broker outage instead of exiting after 100 tries.
+    broker_connection_max_retries=None,
+    # A task running when the broker connection drops finishes and writes its result to
+    # the database; the broker's redelivery of its message is then a quiet no-op.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()
+
+logger = logging.getLogger(__name__)
+
+
+@app.on_after_finalize.connect
+def _schedule_sweeper(sender: Celery, **kwargs: object) -> None:
+    # `celery beat` (or `worker -B`, as bin/demo does) sends the sweep task; the loop
+    # command `manage.py sweep_jobs --loop` is the alternative when beat is not run.
+    from django.conf import settings
+
+    sender.conf.beat_schedule = {
+        "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(settings.JOB_SWEEP_INTERVAL_S)}
+    }
+
+
+@signals.task_prerun.connect
+def _close_stale_connections(**kwargs: object) -> None:
+    # A worker outlives database restarts: drop connections that went stale or broke,
+    # so the task opens a fresh one instead of failing on a dead socket.
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+def _heartbeat_loop(hostname: str, stop: threading.Event) -> None:
+    from django.conf import settings
+    from django.db import close_old_connections
+
+    from diagnostics.services import worker_heartbeat
+
+    while True:
+        try:
+            worker_heartbeat(hostname=hostname, pid=os.getpid())
+        except Exception:  # the database may be restarting; beat again next time
+            logger.warning("worker heartbeat could not be written", exc_info=True)
+            close_old_connections()
+        if stop.wait(settings.WORKER_HEARTBEAT_S):
+            return
+
+
+_heartbeat_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: object = None, **kwargs: object) -> None:
+    # In the worker's main process: it lives as long as the worker does, whatever
+    # happens to the pool children.
+    hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
+    threading.Thread(target=_heartbeat_loop, args=(hostname, _heartbeat_stop), daemon=True, name="heartbeat").start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**kwargs: object) -> None:
+    _heartbeat_stop.set()
 
 
 def project_task(*, queue: str, name: str):  # type: ignore[no-untyped-def]

@@ -100,6 +100,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "diagnostics.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "cancerweb.urls"
@@ -135,6 +136,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo's worker and web server share one SQLite file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    # A request or worker must not hang on an unreachable database: fail fast and
+    # answer 503 (web) or leave the job to the sweeper (worker).
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = _env_int(
+        "CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1
+    )
 
 AUTH_USER_MODEL = "accounts.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -209,6 +216,40 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         }
     )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # An unreachable Redis must fail a publish within seconds, not hang an upload.
+    CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = 2
+# Bounded publish retry (about 1.5 s in all): an upload while Redis is down is still
+# accepted; its job stays queued in the database and the sweeper sends it later.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+# The job row is the truth (issue 5). The sweeper re-sends jobs left queued past
+# JOB_QUEUED_DEADLINE (a lost broker message), puts jobs left running past
+# JOB_RUNNING_DEADLINE back in the queue (a lost worker), and fails a job with a
+# stated reason once it has been claimed JOB_MAX_ATTEMPTS times.
+JOB_QUEUED_DEADLINE_S = _env_int("CANCERWEB_JOB_QUEUED_DEADLINE_S", 300, minimum=1)
+JOB_RUNNING_DEADLINE_S = _env_int("CANCERWEB_JOB_RUNNING_DEADLINE_S", CELERY_TASK_HARD_TIME_LIMIT + 60, minimum=1)
+if JOB_RUNNING_DEADLINE_S <= CELERY_TASK_HARD_TIME_LIMIT:
+    # A deadline under the hard limit would hand a healthy, slow task to a second worker.
+    raise ImproperlyConfigured(
+        f"CANCERWEB_JOB_RUNNING_DEADLINE_S ({JOB_RUNNING_DEADLINE_S}) must exceed "
+        f"CELERY_TASK_HARD_TIME_LIMIT ({CELERY_TASK_HARD_TIME_LIMIT})"
+    )
+JOB_MAX_ATTEMPTS = _env_int("CANCERWEB_JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_SWEEP_INTERVAL_S = _env_int("CANCERWEB_JOB_SWEEP_INTERVAL_S", 60, minimum=1)
+# Each worker writes a heartbeat row this often; /health/ calls workers absent
+# after three missed beats.
+WORKER_HEARTBEAT_S = _env_int("CANCERWEB_WORKER_HEARTBEAT_S", 10, minimum=1)
+# /health/ turns unhealthy when the oldest queued job is older than this.
+HEALTH_MAX_QUEUED_AGE_S = _env_int("CANCERWEB_HEALTH_MAX_QUEUED_AGE_S", 2 * JOB_QUEUED_DEADLINE_S, minimum=1)
+# /health/ and /metrics answer requests from this machine (no proxy header) or
+# carrying "Authorization: Bearer <token>" with this token; nobody else.
+MONITORING_TOKEN = os.environ.get("CANCERWEB_MONITORING_TOKEN", "")
+if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
+    raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
+# Test aid only: sleep this long inside the inference step, so fault-injection
+# tests can kill a worker "mid-inference". Leave at 0 anywhere else.
+TEST_INFERENCE_DELAY_MS = _env_int("CANCERWEB_TEST_INFERENCE_DELAY_MS", 0, minimum=0)
 CELERY_TASK_ALWAYS_EAGER = False
 
 LOGGING = {
@@ -227,6 +268,8 @@ SECURE_SSL_REDIRECT = _secure and _env_bool("CANCERWEB_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = 31536000 if _secure else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _secure
 SECURE_HSTS_PRELOAD = _secure
+# Probes on this machine speak plain HTTP to /health/ and /metrics.
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _secure else None
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = 12 * 60 * 60

@@ -220,3 +220,15 @@ class ReviewDecision(models.Model):
         if self.supersedes_id is not None:
             return "corrected"
         return self.outcome
+
+
+class WorkerHeartbeat(models.Model):
+    """The last sign of life of each Celery worker, written by the worker's main
+    process; read by /health/. Holds no clinical data."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    pid = models.PositiveIntegerField()
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.last_seen:%Y-%m-%d %H:%M:%S})"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -18,7 +19,16 @@ from accounts.audit import audit_record
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
 from diagnostics import storage
-from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import (
+    Case,
+    InferenceJob,
+    ModelVersion,
+    Prediction,
+    ReviewDecision,
+    ReviewItem,
+    Scan,
+    WorkerHeartbeat,
+)
 from diagnostics.validation import UploadRejected, validate_image
 
 logger = logging.getLogger(__name__)
@@ -243,9 +253,15 @@ def job_run(*, job_id: int) -> None:
         if storage.sha256_bytes(data) != job.scan.sha256:
             raise JobError("stored scan bytes do not match their SHA-256")
         started = time.perf_counter()
+        if settings.TEST_INFERENCE_DELAY_MS:  # test aid: lets fault tests kill a worker mid-inference
+            time.sleep(settings.TEST_INFERENCE_DELAY_MS / 1000.0)
         batch = runner.preprocess(data)[None, ...]
         probabilities = [float(p) for p in runner.predict_arrays(batch)[0]]
         inference_ms = (time.perf_counter() - started) * 1000.0
+    except (OperationalError, InterfaceError):
+        # The database went away, not the job: it stays running and the sweeper puts
+        # it back in the queue after the running deadline.
+        raise
     except Exception as exc:
         reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
         logger.warning("inference job %s failed: %s", job.uuid, reason)
@@ -308,6 +324,114 @@ def prediction_store(
         if Prediction.objects.filter(job_id=job_id).exists():
             return None
         raise
+
+
+@dataclass
+class SweepResult:
+    resent: list[int] = field(default_factory=list)  # queued too long: message sent again
+    requeued: list[int] = field(default_factory=list)  # running too long: back to queued
+    failed: list[int] = field(default_factory=list)  # out of attempts
+
+
+def job_sweep(*, limit: int = 500) -> SweepResult:
+    """The job row is the truth: re-send jobs whose broker message may be lost, put
+    back jobs whose worker was lost, and fail a job after its last attempt.
+
+    Safe to run from several processes at once: rows are locked with SKIP LOCKED,
+    and a job that two sweeps both send is claimed by one worker only."""
+    now = timezone.now()
+    result = SweepResult()
+    running_cutoff = now - timedelta(seconds=settings.JOB_RUNNING_DEADLINE_S)
+    queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_DEADLINE_S)
+    with transaction.atomic():
+        stale_running = (
+            InferenceJob.objects.select_for_update(skip_locked=True)
+            .filter(status=InferenceJob.Status.RUNNING, started_at__lt=running_cutoff)
+            .order_by("id")[:limit]
+        )
+        for job in stale_running:
+            if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+                job.status = InferenceJob.Status.FAILED
+                job.error = (
+                    f"gave up after {job.attempts} attempt(s): none finished within "
+                    f"{settings.JOB_RUNNING_DEADLINE_S} s (worker lost or too slow)"
+                )
+                job.finished_at = now
+                result.failed.append(job.id)
+                action = "job.fail"
+            else:
+                job.status = InferenceJob.Status.QUEUED
+                result.requeued.append(job.id)
+                action = "job.requeue"
+            job.updated_at = now
+            job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+            audit_record(
+                actor=None,
+                action=action,
+                obj=job,
+                data={"attempts": job.attempts, "deadline_s": settings.JOB_RUNNING_DEADLINE_S},
+            )
+        stale_queued = list(
+            InferenceJob.objects.select_for_update(skip_locked=True)
+            .filter(status=InferenceJob.Status.QUEUED, updated_at__lt=queued_cutoff)
+            .order_by("id")
+            .values_list("id", flat=True)[:limit]
+        )
+        # Touch them so each is re-sent at most once per deadline, not on every sweep.
+        InferenceJob.objects.filter(id__in=stale_queued).update(updated_at=now)
+        result.resent.extend(stale_queued)
+        for job_id in [*result.requeued, *result.resent]:
+            transaction.on_commit(lambda job_id=job_id: _send_inference(job_id))
+    if result.requeued or result.resent or result.failed:
+        logger.info(
+            "job sweep: %d re-sent, %d requeued, %d failed",
+            len(result.resent),
+            len(result.requeued),
+            len(result.failed),
+        )
+    return result
+
+
+def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | None = None) -> InferenceJob:
+    """Send a failed job through inference again, on the clinician's request.
+
+    Only a failed job. Nothing is deleted: the job goes back to queued with its
+    attempt count reset to 0 (a fresh budget of JOB_MAX_ATTEMPTS), and the previous
+    attempts and error are kept in the audit event."""
+    if not acting_user.has_perm(UPLOAD_PERMISSION):
+        raise PermissionDenied("your role cannot retry analyses")
+    with transaction.atomic():
+        locked = InferenceJob.objects.select_for_update().select_related("scan__case").get(pk=job.pk)
+        if locked.scan.case.created_by_id != acting_user.id:
+            raise PermissionDenied("only the case's creator can retry its analyses")
+        if locked.status != InferenceJob.Status.FAILED:
+            raise ValidationError({"job": f"only a failed analysis can be retried; this one is {locked.status}"})
+        previous = {"attempts": locked.attempts, "error": locked.error}
+        now = timezone.now()
+        locked.status = InferenceJob.Status.QUEUED
+        locked.attempts = 0
+        locked.error = ""
+        locked.started_at = None
+        locked.finished_at = None
+        locked.updated_at = now
+        locked.full_clean()
+        locked.save(update_fields=["status", "attempts", "error", "started_at", "finished_at", "updated_at"])
+        audit_record(
+            actor=acting_user,
+            action="job.retry",
+            obj=locked,
+            data={"scan": str(locked.scan.uuid), "previous": previous},
+            client_address=client_address,
+        )
+        _enqueue_inference(locked)
+    return locked
+
+
+def worker_heartbeat(*, hostname: str, pid: int) -> None:
+    """A worker's sign of life for /health/ (no clinical data, so no audit event)."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname[:255], defaults={"pid": pid, "last_seen": timezone.now()}
+    )
 
 
 # --- review --------------------------------------------------------------------
