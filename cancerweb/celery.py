@@ -31,6 +31,9 @@ app.conf.update(
     # the database; the broker's redelivery of its message is then a quiet no-op.
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
+    # Each pool child loads the model before it takes a task (see _warm_model below);
+    # give it time to do so instead of the default 4 s.
+    worker_proc_alive_timeout=120,
 )
 app.autodiscover_tasks()
 
@@ -55,6 +58,27 @@ def _close_stale_connections(**kwargs: object) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@signals.worker_process_init.connect
+def _warm_model(**kwargs: object) -> None:
+    # Load TensorFlow and the active model when a pool child starts, not inside its
+    # first task: the first task then takes as long as any other, well inside the
+    # time limits and the sweeper's running deadline.
+    from django.db import connections
+
+    try:
+        from diagnostics.inference import runner_for
+        from diagnostics.models import ModelVersion
+
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        if active is not None:
+            runner_for(active)
+    except Exception:  # no database yet, or a bad bundle: the task reports it on the job
+        logger.warning("could not load the active model at worker start", exc_info=True)
+    finally:
+        # Never share a connection opened here with the task code's own.
+        connections.close_all()
 
 
 def _heartbeat_loop(hostname: str, stop: threading.Event) -> None:

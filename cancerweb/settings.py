@@ -198,7 +198,8 @@ if not CELERY_BROKER_URL:
     else:
         raise ImproperlyConfigured("CELERY_BROKER_URL must be set, e.g. redis://127.0.0.1:6379/0")
 CELERY_TASK_HARD_TIME_LIMIT = _env_int("CELERY_TASK_HARD_TIME_LIMIT", 300, minimum=10)
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_HARD_TIME_LIMIT - 30
+# Below the hard limit, so the task can note its failure before it is killed.
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_HARD_TIME_LIMIT - 30, CELERY_TASK_HARD_TIME_LIMIT * 3 // 4)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     # Above the hard limit, so Redis does not hand a running task to a second worker.
     "visibility_timeout": CELERY_TASK_HARD_TIME_LIMIT * 2,
