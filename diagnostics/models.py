@@ -117,6 +117,12 @@ class InferenceJob(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, help_text="Why the last attempt failed; never patient data.")
+    claimed_by = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="host:pid of the worker process that claimed the last attempt.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

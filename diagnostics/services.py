@@ -4,9 +4,11 @@ changes the database in one transaction and records the audit event in it."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -232,14 +234,47 @@ class JobError(Exception):
     """A reason a job cannot succeed, phrased for the job's error field."""
 
 
+def _process_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reclaim_from_dead_process(job_id: int, me: str, now: datetime) -> int:
+    """A redelivered message for a job whose claimer died on this host (a pool child
+    killed mid-inference): take the job over now instead of waiting for the
+    sweeper's running deadline. Only when the claimer is provably gone: same host,
+    its pid no longer exists. Anything less certain is left to the sweeper."""
+    row = InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.RUNNING).values("claimed_by", "attempts")
+    job = row.first()
+    if job is None or job["attempts"] >= settings.JOB_MAX_ATTEMPTS:
+        return 0
+    host, _, pid = job["claimed_by"].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or f"{host}:{pid}" == me or _process_alive(int(pid)):
+        return 0
+    # Conditional on the same dead claimer, so two redeliveries cannot both take it.
+    return InferenceJob.objects.filter(
+        id=job_id, status=InferenceJob.Status.RUNNING, claimed_by=job["claimed_by"]
+    ).update(attempts=F("attempts") + 1, started_at=now, updated_at=now, claimed_by=me)
+
+
 def job_run(*, job_id: int) -> None:
     """Run one inference job. Safe to call twice: only a caller that claims the
     job (queued -> running by a conditional update) does the work."""
     now = timezone.now()
+    me = _process_identity()
     claimed = InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.QUEUED).update(
-        status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
+        status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now, claimed_by=me
     )
-    if not claimed:
+    if not claimed and not _reclaim_from_dead_process(job_id, me, now):
         return
     job = InferenceJob.objects.select_related("scan").get(id=job_id)
     try:

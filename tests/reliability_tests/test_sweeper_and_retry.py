@@ -174,3 +174,44 @@ def test_an_upload_while_the_broker_is_down_is_accepted_quickly_and_stays_queued
     assert elapsed < 15, f"upload took {elapsed:.1f} s with the broker down"
     print(f"upload with the broker down took {elapsed:.2f} s")
     assert len(stored_files()) == 1
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_redelivered_job_whose_claimer_died_on_this_host_is_taken_over_at_once(clinician, active_model):
+    import socket
+
+    job = make_scan(clinician).job
+    InferenceJob.objects.filter(pk=job.pk).update(
+        status="running", attempts=1, claimed_by=f"{socket.gethostname()}:{_dead_pid()}"
+    )
+    services.job_run(job_id=job.id)  # the message Celery gave back when the pool child died
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert Prediction.objects.filter(scan=job.scan).count() == 1
+
+
+@pytest.mark.parametrize("claimer", ["alive", "other-host", "out-of-attempts"])
+def test_a_redelivered_job_whose_claimer_may_be_alive_is_left_alone(clinician, active_model, deadlines, claimer):
+    import os
+    import socket
+
+    job = make_scan(clinician).job
+    claimed_by = {
+        "alive": f"{socket.gethostname()}:{os.getppid()}",
+        "other-host": f"some-other-host:{_dead_pid()}",
+        "out-of-attempts": f"{socket.gethostname()}:{_dead_pid()}",
+    }[claimer]
+    attempts = 2 if claimer == "out-of-attempts" else 1  # JOB_MAX_ATTEMPTS is 2 here
+    InferenceJob.objects.filter(pk=job.pk).update(status="running", attempts=attempts, claimed_by=claimed_by)
+    services.job_run(job_id=job.id)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("running", attempts)  # the sweeper's deadline decides
+    assert not Prediction.objects.filter(scan=job.scan).exists()
