@@ -60,6 +60,20 @@ def _close_stale_connections(**kwargs: object) -> None:
     close_old_connections()
 
 
+@signals.worker_init.connect
+def _import_tensorflow(**kwargs: object) -> None:
+    # In the worker's main process, before it forks its pool: import TensorFlow and
+    # Keras (no model, no TF op: forking after a bare import is safe), so a pool child
+    # that replaces a dead one starts in seconds instead of re-importing them.
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        import diagnostics.ml.runner  # noqa: F401
+    except ImportError:  # a worker without the ML stack serves only the default queue
+        logger.warning("TensorFlow is not importable in this worker")
+
+
 @signals.worker_process_init.connect
 def _warm_model(**kwargs: object) -> None:
     # Load TensorFlow and the active model when a pool child starts, not inside its

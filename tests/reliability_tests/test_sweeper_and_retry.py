@@ -215,3 +215,41 @@ def test_a_redelivered_job_whose_claimer_may_be_alive_is_left_alone(clinician, a
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("running", attempts)  # the sweeper's deadline decides
     assert not Prediction.objects.filter(scan=job.scan).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_attempts_storing_at_the_same_moment_give_one_prediction_and_one_review_item(clinician, active_model):
+    """Two live attempts of one job (a sweeper requeue while a slow worker still ran)
+    finish together: the row lock and the one-to-one constraints let one through."""
+    import threading
+
+    from django.db import connection
+
+    job = make_scan(clinician).job
+    InferenceJob.objects.filter(pk=job.pk).update(status="running", attempts=2)
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def store() -> None:
+        try:
+            barrier.wait(timeout=30)
+            results.append(
+                services.prediction_store(
+                    job_id=job.id, model_version=active_model, probabilities=[0.3, 0.7], inference_ms=1.0
+                )
+            )
+        except Exception as exc:  # recorded, so the assertion below names it
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 4
+    assert sum(isinstance(r, Prediction) for r in results) == 1, results
+    assert sum(r is None for r in results) == 3, results
+    assert Prediction.objects.filter(scan=job.scan).count() == 1
+    assert ReviewItem.objects.filter(prediction__scan=job.scan).count() == 1
