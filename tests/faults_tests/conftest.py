@@ -217,6 +217,10 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
         raise KeyboardInterrupt  # so a SIGTERM to the test run still tears this stack down
 
     previous_handler = signal.signal(signal.SIGTERM, interrupted)
+    # The browser tests' session-wide Playwright (sync API) leaves an event loop set
+    # in this thread, and Django then refuses ORM calls; this code is synchronous.
+    async_unsafe = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
     storages = {
         **settings.STORAGES,
         "scans": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(scan_dir)}},
@@ -249,3 +253,7 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
                 pass
             shutil.rmtree(root, ignore_errors=True)
             signal.signal(signal.SIGTERM, previous_handler)
+            if async_unsafe is None:
+                os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+            else:
+                os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = async_unsafe

@@ -12,7 +12,8 @@ def celery_broker(url: str) -> Iterator[None]:
     Redis server a test started), then back."""
 
     def reset() -> None:
-        app.pool.force_close_all()
+        # Forget the cached pools, without closing them: kombu keeps one pool per
+        # broker URL, and the one for the original URL is used again afterwards.
         app._pool = None
         app.amqp._producer_pool = None
 
