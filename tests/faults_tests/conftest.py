@@ -207,8 +207,13 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
     _as_postgres(str(PG_BIN / "initdb"), "-D", str(s.pg_data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                  "--no-sync", "--no-instructions")  # fmt: skip
     s.pg_start()
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", "postgres", DB_NAME], check=True)
-    s.redis_start()
+    try:
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", "postgres", DB_NAME], check=True)
+        s.redis_start()
+    except BaseException:  # leave no server of ours behind
+        s.pg_stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+        raise
 
     conn = connections["default"]
     saved = dict(conn.settings_dict)
@@ -230,11 +235,11 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
         celery_broker(s.broker_url),
         override_settings(SCAN_STORAGE_DIR=scan_dir, STORAGES=storages),
     ):
-        conn.close()
-        conn.settings_dict.update(
-            {"NAME": DB_NAME, "HOST": "127.0.0.1", "PORT": str(s.pg_port), "USER": "postgres", "PASSWORD": ""}
-        )
         try:
+            conn.close()
+            conn.settings_dict.update(
+                {"NAME": DB_NAME, "HOST": "127.0.0.1", "PORT": str(s.pg_port), "USER": "postgres", "PASSWORD": ""}
+            )
             call_command("migrate", verbosity=0)
             services.model_register(acting_user=None, bundle_dir=ROOT / "models" / "demo-pcam", activate=True)
             s.clinician = UserFactory(username="fault-clinician", role="clinician")
