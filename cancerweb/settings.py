@@ -115,6 +115,7 @@ MIDDLEWARE = [
     "accounts.middleware.SecurityHeadersMiddleware",
     # Last, so it turns a lockout raised by the login view's authenticate() into a response.
     "axes.middleware.AxesMiddleware",
+    "diagnostics.middleware.DatabaseUnavailableMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
@@ -159,6 +160,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo's worker and web server share one SQLite file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    # A request or worker must not hang on an unreachable database: fail fast and
+    # answer 503 (web) or leave the job to the sweeper (worker).
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = _env_int(
+        "CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1
+    )
 
 AUTH_USER_MODEL = "accounts.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -250,14 +257,15 @@ if not CELERY_BROKER_URL:
     else:
         raise ImproperlyConfigured("CELERY_BROKER_URL must be set, e.g. redis://127.0.0.1:6379/0")
 CELERY_TASK_HARD_TIME_LIMIT = _env_int("CELERY_TASK_HARD_TIME_LIMIT", 300, minimum=10)
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_HARD_TIME_LIMIT - 30
+# Below the hard limit, so the task can note its failure before it is killed.
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_HARD_TIME_LIMIT - 30, CELERY_TASK_HARD_TIME_LIMIT * 3 // 4)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     # Above the hard limit, so Redis does not hand a running task to a second worker.
     "visibility_timeout": CELERY_TASK_HARD_TIME_LIMIT * 2,
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         {
@@ -275,6 +283,40 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 INFERENCE_BATCH_SIZE = _env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
 # Threads that decode a batch's images while others are decoded (Pillow releases the GIL).
 INFERENCE_DECODE_THREADS = _env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # An unreachable Redis must fail a publish within seconds, not hang an upload.
+    CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = 2
+# Bounded publish retry (about 1.5 s in all): an upload while Redis is down is still
+# accepted; its job stays queued in the database and the sweeper sends it later.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+# The job row is the truth (issue 5). The sweeper re-sends jobs left queued past
+# JOB_QUEUED_DEADLINE (a lost broker message), puts jobs left running past
+# JOB_RUNNING_DEADLINE back in the queue (a lost worker), and fails a job with a
+# stated reason once it has been claimed JOB_MAX_ATTEMPTS times.
+JOB_QUEUED_DEADLINE_S = _env_int("CANCERWEB_JOB_QUEUED_DEADLINE_S", 300, minimum=1)
+JOB_RUNNING_DEADLINE_S = _env_int("CANCERWEB_JOB_RUNNING_DEADLINE_S", CELERY_TASK_HARD_TIME_LIMIT + 60, minimum=1)
+if JOB_RUNNING_DEADLINE_S <= CELERY_TASK_HARD_TIME_LIMIT:
+    # A deadline under the hard limit would hand a healthy, slow task to a second worker.
+    raise ImproperlyConfigured(
+        f"CANCERWEB_JOB_RUNNING_DEADLINE_S ({JOB_RUNNING_DEADLINE_S}) must exceed "
+        f"CELERY_TASK_HARD_TIME_LIMIT ({CELERY_TASK_HARD_TIME_LIMIT})"
+    )
+JOB_MAX_ATTEMPTS = _env_int("CANCERWEB_JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_SWEEP_INTERVAL_S = _env_int("CANCERWEB_JOB_SWEEP_INTERVAL_S", 60, minimum=1)
+# Each worker writes a heartbeat row this often; /health/ calls workers absent
+# after three missed beats.
+WORKER_HEARTBEAT_S = _env_int("CANCERWEB_WORKER_HEARTBEAT_S", 10, minimum=1)
+# /health/ turns unhealthy when the oldest queued job is older than this.
+HEALTH_MAX_QUEUED_AGE_S = _env_int("CANCERWEB_HEALTH_MAX_QUEUED_AGE_S", 2 * JOB_QUEUED_DEADLINE_S, minimum=1)
+# /health/ and /metrics answer requests from this machine (no proxy header) or
+# carrying "Authorization: Bearer <token>" with this token; nobody else.
+MONITORING_TOKEN = os.environ.get("CANCERWEB_MONITORING_TOKEN", "")
+if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
+    raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
+# Test aid only: sleep this long inside the inference step, so fault-injection
+# tests can kill a worker "mid-inference". Leave at 0 anywhere else.
+TEST_INFERENCE_DELAY_MS = _env_int("CANCERWEB_TEST_INFERENCE_DELAY_MS", 0, minimum=0)
 CELERY_TASK_ALWAYS_EAGER = False
 
 # Notifications (issue 6). A pending review older than this reminds every physician,
@@ -309,6 +351,8 @@ SECURE_SSL_REDIRECT = _secure and _env_bool("CANCERWEB_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = 31536000 if _secure else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _secure
 SECURE_HSTS_PRELOAD = _secure
+# Probes on this machine speak plain HTTP to /health/ and /metrics.
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _secure else None
 SESSION_COOKIE_HTTPONLY = True
 # Absolute limit: a session ends 12 h after login whatever the activity (the cookie

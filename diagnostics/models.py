@@ -173,6 +173,12 @@ class InferenceJob(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, help_text="Why the last attempt failed; never patient data.")
+    claimed_by = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="host:pid of the worker process that claimed the last attempt.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -364,3 +370,15 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"Notification {self.kind} for {self.user_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """The last sign of life of each Celery worker, written by the worker's main
+    process; read by /health/. Holds no clinical data."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    pid = models.PositiveIntegerField()
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.last_seen:%Y-%m-%d %H:%M:%S})"

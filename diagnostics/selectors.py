@@ -98,6 +98,16 @@ def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
         raise Http404("no such review item") from exc
 
 
+def job_get_for_user(*, user: User, job_uuid: UUID) -> InferenceJob:
+    """A job of one of the user's own cases; anyone else's answers 404."""
+    try:
+        return InferenceJob.objects.select_related("scan__case").get(
+            uuid=job_uuid, scan__case__in=cases_for_user(user=user)
+        )
+    except InferenceJob.DoesNotExist as exc:
+        raise Http404("no such analysis") from exc
+
+
 def scan_get_for_image(*, user: User, scan_uuid: UUID) -> Scan:
     """A scan's image may be seen by whoever may see its case (reviewers see the
     cases of their units, so the queue's images follow)."""

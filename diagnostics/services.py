@@ -4,16 +4,18 @@ changes the database in one transaction and records the audit event in it."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
@@ -34,6 +36,7 @@ from diagnostics.models import (
     ReviewerPreference,
     ReviewItem,
     Scan,
+    WorkerHeartbeat,
 )
 from diagnostics.selectors import active_tasks
 from diagnostics.validation import UploadRejected, validate_image
@@ -289,12 +292,47 @@ class JobError(Exception):
     """A reason a job cannot succeed, phrased for the job's error field."""
 
 
+def _process_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reclaim_from_dead_process(job_id: int, me: str, now: datetime) -> int:
+    """A redelivered message for a job whose claimer died on this host (a pool child
+    killed mid-inference): take the job over now instead of waiting for the
+    sweeper's running deadline. Only when the claimer is provably gone: same host,
+    its pid no longer exists. Anything less certain is left to the sweeper."""
+    row = InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.RUNNING).values("claimed_by", "attempts")
+    job = row.first()
+    if job is None or job["attempts"] >= settings.JOB_MAX_ATTEMPTS:
+        return 0
+    host, _, pid = job["claimed_by"].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or f"{host}:{pid}" == me or _process_alive(int(pid)):
+        return 0
+    # Conditional on the same dead claimer, so two redeliveries cannot both take it.
+    return InferenceJob.objects.filter(
+        id=job_id, status=InferenceJob.Status.RUNNING, claimed_by=job["claimed_by"]
+    ).update(attempts=F("attempts") + 1, started_at=now, updated_at=now, claimed_by=me)
+
+
 def job_run(*, job_id: int) -> None:
     """Run an inference job, and with it up to INFERENCE_BATCH_SIZE - 1 other waiting
-    jobs as one batch. Safe to call twice: only a caller that claims a job (queued ->
-    running by a conditional update) works on it, so a duplicate delivery, or the
-    message of a job another worker already took into its batch, is a quiet no-op."""
-    if not _job_claim(job_id):
+    jobs of the same task as one batch. Safe to call twice: only a caller that claims a
+    job (queued -> running by a conditional update) works on it, so a duplicate
+    delivery, or the message of a job another worker already took into its batch, is a
+    quiet no-op. A job whose claimer died on this host is taken over at once."""
+    now = timezone.now()
+    me = _process_identity()
+    if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
         return
     claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
@@ -307,20 +345,28 @@ def job_run(*, job_id: int) -> None:
             .order_by("created_at", "id")
             .values_list("id", flat=True)[: limit - 1]
         )
-        claimed += [other for other in waiting if _job_claim(other)]
+        claimed += [other for other in waiting if _job_claim(other, me)]
     jobs_process(job_ids=claimed)
 
 
-def _job_claim(job_id: int) -> bool:
+def _job_claim(job_id: int, me: str) -> bool:
     now = timezone.now()
     return bool(
         InferenceJob.objects.filter(id=job_id, status=InferenceJob.Status.QUEUED).update(
-            status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
+            status=InferenceJob.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            updated_at=now,
+            claimed_by=me,
         )
     )
 
 
 def _job_fail(job: InferenceJob, exc: Exception) -> None:
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database went away, not the job: it stays running and the sweeper puts
+        # it back in the queue after the running deadline.
+        raise exc
     reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
     logger.warning("inference job %s failed: %s", job.uuid, reason)
     now = timezone.now()
@@ -396,6 +442,8 @@ def jobs_process(*, job_ids: list[int]) -> None:
                 _job_fail(job, exc)
     if not ready:
         return
+    if settings.TEST_INFERENCE_DELAY_MS:  # test aid: lets fault tests kill a worker mid-inference
+        time.sleep(settings.TEST_INFERENCE_DELAY_MS / 1000.0)
     try:
         import numpy as np
 
@@ -536,6 +584,120 @@ def predictions_store(
         if Prediction.objects.filter(job_id__in=list(by_job)).exists():
             return []
         raise
+
+
+@dataclass
+class SweepResult:
+    resent: list[int] = field(default_factory=list)  # queued too long: message sent again
+    requeued: list[int] = field(default_factory=list)  # running too long: back to queued
+    failed: list[int] = field(default_factory=list)  # out of attempts
+
+
+def job_sweep(*, limit: int = 500) -> SweepResult:
+    """The job row is the truth: re-send jobs whose broker message may be lost, put
+    back jobs whose worker was lost, and fail a job after its last attempt.
+
+    Safe to run from several processes at once: rows are locked with SKIP LOCKED,
+    and a job that two sweeps both send is claimed by one worker only."""
+    now = timezone.now()
+    result = SweepResult()
+    running_cutoff = now - timedelta(seconds=settings.JOB_RUNNING_DEADLINE_S)
+    queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_DEADLINE_S)
+    with transaction.atomic():
+        stale_running = (
+            InferenceJob.objects.select_for_update(skip_locked=True)
+            .filter(status=InferenceJob.Status.RUNNING, started_at__lt=running_cutoff)
+            .order_by("id")[:limit]
+        )
+        for job in stale_running:
+            if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+                job.status = InferenceJob.Status.FAILED
+                job.error = (
+                    f"gave up after {job.attempts} attempt(s): none finished within "
+                    f"{settings.JOB_RUNNING_DEADLINE_S} s (worker lost or too slow)"
+                )
+                job.finished_at = now
+                result.failed.append(job.id)
+                action = "job.fail"
+            else:
+                job.status = InferenceJob.Status.QUEUED
+                result.requeued.append(job.id)
+                action = "job.requeue"
+            job.updated_at = now
+            job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+            audit_record(
+                actor=None,
+                action=action,
+                obj=job,
+                data={"attempts": job.attempts, "deadline_s": settings.JOB_RUNNING_DEADLINE_S},
+            )
+        stale_queued = list(
+            InferenceJob.objects.select_for_update(skip_locked=True)
+            .filter(status=InferenceJob.Status.QUEUED, updated_at__lt=queued_cutoff)
+            .order_by("id")
+            .values_list("id", flat=True)[:limit]
+        )
+        # Touch them so each is re-sent at most once per deadline, not on every sweep.
+        InferenceJob.objects.filter(id__in=stale_queued).update(updated_at=now)
+        result.resent.extend(stale_queued)
+        for job_id in [*result.requeued, *result.resent]:
+            transaction.on_commit(lambda job_id=job_id: _send_inference(job_id))
+    if result.requeued or result.resent or result.failed:
+        logger.info(
+            "job sweep: %d re-sent, %d requeued, %d failed",
+            len(result.resent),
+            len(result.requeued),
+            len(result.failed),
+        )
+    return result
+
+
+def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | None = None) -> InferenceJob:
+    """Send a failed job through inference again, on the clinician's request.
+
+    Only a failed job. Nothing is deleted: the job goes back to queued with its
+    attempt count reset to 0 (a fresh budget of JOB_MAX_ATTEMPTS), and the previous
+    attempts and error are kept in the audit event."""
+    if not acting_user.has_perm(UPLOAD_PERMISSION):
+        raise PermissionDenied("your role cannot retry analyses")
+    with transaction.atomic():
+        locked = InferenceJob.objects.select_for_update().select_related("scan__case").get(pk=job.pk)
+        if locked.scan.case.created_by_id != acting_user.id:
+            raise PermissionDenied("only the case's creator can retry its analyses")
+        if locked.status != InferenceJob.Status.FAILED:
+            raise ValidationError(
+                {
+                    "status": ValidationError(
+                        f"only a failed analysis can be retried; this one is {locked.status}", code="job_not_failed"
+                    )
+                }
+            )
+        previous = {"attempts": locked.attempts, "error": locked.error}
+        now = timezone.now()
+        locked.status = InferenceJob.Status.QUEUED
+        locked.attempts = 0
+        locked.error = ""
+        locked.started_at = None
+        locked.finished_at = None
+        locked.updated_at = now
+        locked.full_clean()
+        locked.save(update_fields=["status", "attempts", "error", "started_at", "finished_at", "updated_at"])
+        audit_record(
+            actor=acting_user,
+            action="job.retry",
+            obj=locked,
+            data={"scan": str(locked.scan.uuid), "previous": previous},
+            client_address=client_address,
+        )
+        _enqueue_inference(locked)
+    return locked
+
+
+def worker_heartbeat(*, hostname: str, pid: int) -> None:
+    """A worker's sign of life for /health/ (no clinical data, so no audit event)."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname[:255], defaults={"pid": pid, "last_seen": timezone.now()}
+    )
 
 
 # --- review --------------------------------------------------------------------
@@ -882,40 +1044,6 @@ def notifications_mark_read(*, acting_user: User, notification_uuid: UUID | None
 
 
 # --- added for the REST API (issue 7) -----------------------------------------------
-
-
-def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | None = None) -> InferenceJob:
-    """Put a failed job back in the queue. Only a failed job: a queued or running one
-    is still on its way and a succeeded one already has its prediction."""
-    if not acting_user.has_perm(UPLOAD_PERMISSION):
-        raise PermissionDenied("your role cannot retry inference jobs")
-    with transaction.atomic():
-        locked = InferenceJob.objects.select_for_update().get(pk=job.pk)
-        if locked.status != InferenceJob.Status.FAILED:
-            raise ValidationError(
-                {
-                    "status": ValidationError(
-                        f"only a failed job can be retried; it is {locked.status}", code="job_not_failed"
-                    )
-                }
-            )
-        previous_error = locked.error
-        locked.status = InferenceJob.Status.QUEUED
-        locked.error = ""
-        locked.started_at = None
-        locked.finished_at = None
-        locked.updated_at = timezone.now()
-        locked.full_clean()
-        locked.save(update_fields=["status", "error", "started_at", "finished_at", "updated_at"])
-        audit_record(
-            actor=acting_user,
-            action="job.retry",
-            obj=locked,
-            data={"scan": str(locked.scan.uuid), "previous_error": previous_error, "attempts": locked.attempts},
-            client_address=client_address,
-        )
-        _enqueue_inference(locked)
-    return locked
 
 
 def model_retire(*, acting_user: User | None, model_version: ModelVersion) -> ModelVersion:

@@ -10,6 +10,7 @@ urlpatterns = [
     path("cases/<uuid:case_uuid>/status/", views.case_status_fragment, name="case_status"),
     path("cases/<uuid:case_uuid>/upload/", views.case_upload, name="case_upload"),
     path("cases/<uuid:case_uuid>/upload.json", views.case_upload_file, name="case_upload_file"),
+    path("jobs/<uuid:job_uuid>/retry/", views.job_retry, name="job_retry"),
     path("scans/<uuid:scan_uuid>/image.png", views.scan_image, name="scan_image"),
     path("review/", views.review_queue, name="review_queue"),
     path("review/settings/", views.review_settings, name="review_settings"),

@@ -197,6 +197,22 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
     return render(request, "diagnostics/case_detail.html", _case_context(case, form), status=400)
 
 
+@require_POST
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def job_retry(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
+    """The case page's "Retry" button on a failed scan."""
+    job = selectors.job_get_for_user(user=request.user, job_uuid=job_uuid)
+    case = job.scan.case
+    try:
+        services.job_retry(acting_user=request.user, job=job, client_address=_client_address(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()), status=409)
+    messages.success(request, f"Analysis of {job.scan.original_name or 'the image'} queued again.")
+    return redirect("case_detail", case_uuid=case.uuid)
+
+
 @require_GET
 @login_required
 def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:

@@ -34,7 +34,13 @@ def wait_for(path, done, seconds):
 
 image = sys.argv[1]
 case = call(
-    "POST", "/cases/", json={"patient_ref": os.environ.get("PATIENT_REF", "PSN-API-1"), "body_site": "lymph node"}
+    "POST",
+    "/cases/",
+    json={
+        "patient_ref": os.environ.get("PATIENT_REF", "PSN-API-1"),
+        "body_site": "lymph node",
+        "task": os.environ.get("TASK", "Lymph-node metastasis in H&E patches"),
+    },
 )
 with open(image, "rb") as fh:
     upload = call("POST", f"/cases/{case['id']}/scans/", files=[("files", (os.path.basename(image), fh))])

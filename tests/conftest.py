@@ -143,7 +143,7 @@ def stored_files() -> set[str]:
 def isolated_scan_storage(request: pytest.FixtureRequest, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Each test gets its own scan folder, so content-addressed files never leak
     between tests. Tests with a real worker process share the configured folder."""
-    if request.node.get_closest_marker("worker") or request.node.get_closest_marker("browser"):
+    if any(request.node.get_closest_marker(m) for m in ("worker", "browser", "faults")):
         return
     scans = tmp_path / "scans"
     settings.SCAN_STORAGE_DIR = scans

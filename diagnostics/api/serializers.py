@@ -22,6 +22,14 @@ class CaseCreateIn(serializers.Serializer):
     )
     body_site = serializers.CharField(max_length=100)
     note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    task = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="The clinical question (a task with an active model, see /models/); "
+        "may be left out while only one task has an active model.",
+    )
 
 
 class ScanUploadIn(serializers.Serializer):
@@ -101,7 +109,7 @@ class CaseOut(serializers.ModelSerializer):
 
     class Meta:
         model = Case
-        fields = ["id", "patient_ref", "body_site", "note", "created_at", "scan_count"]
+        fields = ["id", "patient_ref", "body_site", "task", "note", "created_at", "scan_count"]
 
     def get_scan_count(self, obj: Case) -> int:
         return len(obj.scans.all())

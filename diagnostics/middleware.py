@@ -1,0 +1,31 @@
+"""A clear 503 when PostgreSQL is unreachable, instead of a 500 or a hung request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseUnavailableMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        # Only the error type: the message may quote SQL parameters.
+        logger.error("database unavailable (%s) on %s %s", type(exception).__name__, request.method, request.path)
+        # Rendered without the request: context processors would query the database again.
+        # An upload that failed here rolled back and removed the files it had stored.
+        response = HttpResponse(render_to_string("503.html"), status=503)
+        response["Retry-After"] = "30"
+        return response
