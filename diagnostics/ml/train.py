@@ -617,7 +617,7 @@ Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
 - Label order taken from: {d["label_order_source"]}
 - Split: {d["split_method"]}
 - Unreadable images skipped: train {d["unreadable_skipped"]["train"]}, valid \
-{d["unreadable_skipped"]["valid"]}; images per class capped at: {d["limit_per_class"]}
+{d["unreadable_skipped"]["valid"]}; images per class capped at: {d["limit_per_class"] or "no cap"}
 
 | label | train | valid |
 |---|---|---|
@@ -626,8 +626,8 @@ Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
 ## Preprocessing
 
 `{m.preprocessing}`: Pillow decode (JPEG draft mode), convert to RGB, resize to \
-{m.input_size}x{m.input_size} bilinear, uint8 values 0..255. The model rescales to 0..1
-itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
+{m.input_size}x{m.input_size} bilinear, uint8 values 0..255.
+The model rescales to 0..1 itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
 temperature T = {m.temperature:.4f}. Predictions whose top probability is below
 {m.uncertain_below} are reported as uncertain.
 
