@@ -749,8 +749,8 @@ Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
 ## Preprocessing
 
 `{m.preprocessing}`: Pillow decode (JPEG draft mode), convert to RGB, resize to \
-{m.input_size}x{m.input_size} bilinear, uint8 values 0..255. The model rescales to 0..1
-itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
+{m.input_size}x{m.input_size} bilinear, uint8 values 0..255.
+The model rescales to 0..1 itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
 temperature T = {m.temperature:.4f}. Predictions whose top probability is below
 {m.uncertain_below} are reported as uncertain.
 
