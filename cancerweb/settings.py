@@ -103,6 +103,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before anything that reads the database: a clear 503 when PostgreSQL is down.
+    "diagnostics.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -115,7 +117,6 @@ MIDDLEWARE = [
     "accounts.middleware.SecurityHeadersMiddleware",
     # Last, so it turns a lockout raised by the login view's authenticate() into a response.
     "axes.middleware.AxesMiddleware",
-    "diagnostics.middleware.DatabaseUnavailableMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [

@@ -141,9 +141,9 @@ def _second_factor_field(form: forms.Form, otp_required: bool) -> None:
 
 
 class _WorklistFilterForm(forms.Form):
-    """GET filters of a worklist. Invalid values answer 400 with these messages.
-    (Care units arrive with issue 4: a `unit` choice field slots in here.)"""
+    """GET filters of a worklist. Invalid values answer 400 with these messages."""
 
+    unit = forms.ChoiceField(required=False, label="Care unit")
     stage = forms.ChoiceField(required=False, label="Stage")
     date_from = forms.DateField(required=False, label="From (date)", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To (date)", widget=forms.DateInput(attrs={"type": "date"}))
@@ -157,9 +157,15 @@ class _WorklistFilterForm(forms.Form):
     )
     page = forms.IntegerField(required=False, min_value=1, max_value=100000, label="Page")
 
-    def __init__(self, *args: Any, stages: list[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, stages: list[str], units: list[CareUnit] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [("", "Any stage")] + [(s, s) for s in stages]
+        # Only the user's own units can be chosen; with one unit there is nothing to filter.
+        units = units or []
+        if len(units) > 1:
+            self.fields["unit"].choices = [("", "All my units")] + [(str(u.uuid), u.name) for u in units]
+        else:
+            del self.fields["unit"]
         self.fields["page"].widget = forms.HiddenInput()
 
     def clean(self) -> dict[str, Any]:
@@ -182,11 +188,11 @@ class CaseFilterForm(_WorklistFilterForm):
             ("failed", "Failed"),
         ],
     )
-    field_order = ["q", "status", "stage", "date_from", "date_to", "page"]
+    field_order = ["q", "unit", "status", "stage", "date_from", "date_to", "page"]
 
 
 class QueueFilterForm(_WorklistFilterForm):
-    field_order = ["q", "stage", "date_from", "date_to", "page"]
+    field_order = ["q", "unit", "stage", "date_from", "date_to", "page"]
 
 
 class BlindedReadForm(forms.Form):

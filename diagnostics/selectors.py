@@ -98,16 +98,6 @@ def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
         raise Http404("no such review item") from exc
 
 
-def job_get_for_user(*, user: User, job_uuid: UUID) -> InferenceJob:
-    """A job of one of the user's own cases; anyone else's answers 404."""
-    try:
-        return InferenceJob.objects.select_related("scan__case").get(
-            uuid=job_uuid, scan__case__in=cases_for_user(user=user)
-        )
-    except InferenceJob.DoesNotExist as exc:
-        raise Http404("no such analysis") from exc
-
-
 def scan_get_for_image(*, user: User, scan_uuid: UUID) -> Scan:
     """A scan's image may be seen by whoever may see its case (reviewers see the
     cases of their units, so the queue's images follow)."""
@@ -202,6 +192,7 @@ def cases_filtered(
     date_from: date | None = None,
     date_to: date | None = None,
     search: str = "",
+    unit: str = "",
 ) -> QuerySet[Case]:
     """The user's cases narrowed by the worklist's filters. ``status`` matches the case
     summary (a case is as far along as its least advanced scan), so the conditions
@@ -241,6 +232,8 @@ def cases_filtered(
         cases = cases.filter(created_at__date__lte=date_to)
     if search:
         cases = cases.filter(patient_ref__icontains=search)
+    if unit:
+        cases = cases.filter(unit__uuid=unit)
     return cases
 
 
@@ -251,8 +244,11 @@ def review_queue_filtered(
     date_from: date | None = None,
     date_to: date | None = None,
     search: str = "",
+    unit: str = "",
 ) -> QuerySet[ReviewItem]:
     items = review_queue(user=user)
+    if unit:
+        items = items.filter(prediction__scan__case__unit__uuid=unit)
     if stage:
         items = items.filter(prediction__predicted_label=stage)
     if date_from:

@@ -38,7 +38,7 @@ from diagnostics.models import (
     Scan,
     WorkerHeartbeat,
 )
-from diagnostics.selectors import active_tasks
+from diagnostics.selectors import active_tasks, cases_for_user
 from diagnostics.validation import UploadRejected, validate_image
 
 logger = logging.getLogger(__name__)
@@ -662,8 +662,8 @@ def job_retry(*, acting_user: User, job: InferenceJob, client_address: str | Non
         raise PermissionDenied("your role cannot retry analyses")
     with transaction.atomic():
         locked = InferenceJob.objects.select_for_update().select_related("scan__case").get(pk=job.pk)
-        if locked.scan.case.created_by_id != acting_user.id:
-            raise PermissionDenied("only the case's creator can retry its analyses")
+        if not cases_for_user(user=acting_user).filter(pk=locked.scan.case_id).exists():
+            raise PermissionDenied("this analysis belongs to a case outside your care units")
         if locked.status != InferenceJob.Status.FAILED:
             raise ValidationError(
                 {

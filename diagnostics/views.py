@@ -73,7 +73,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_list(request: HttpRequest) -> HttpResponse:
-    form = CaseFilterForm(request.GET, stages=selectors.stage_labels_known())
+    form = CaseFilterForm(request.GET, stages=selectors.stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
     data = form.cleaned_data
@@ -84,6 +84,7 @@ def case_list(request: HttpRequest) -> HttpResponse:
         date_from=data["date_from"],
         date_to=data["date_to"],
         search=data["q"],
+        unit=data.get("unit") or "",
     ).prefetch_related("scans__job")
     page = Paginator(cases, 25).get_page(data["page"] or 1)
     rows = []
@@ -202,7 +203,7 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def job_retry(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
     """The case page's "Retry" button on a failed scan."""
-    job = selectors.job_get_for_user(user=request.user, job_uuid=job_uuid)
+    job = selectors.job_get(user=request.user, job_uuid=job_uuid)
     case = job.scan.case
     try:
         services.job_retry(acting_user=request.user, job=job, client_address=_client_address(request))
@@ -242,7 +243,7 @@ def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
 @never_cache
 @login_required
 def review_queue(request: HttpRequest) -> HttpResponse:
-    form = QueueFilterForm(request.GET, stages=selectors.stage_labels_known())
+    form = QueueFilterForm(request.GET, stages=selectors.stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         selectors.review_queue(user=request.user)  # the wrong role gets 403 before any message
         return render(request, "diagnostics/review_queue.html", {"filter_form": form, "page": None}, status=400)
@@ -253,6 +254,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         date_from=data["date_from"],
         date_to=data["date_to"],
         search=data["q"],
+        unit=data.get("unit") or "",
     )
     page = Paginator(items, 25).get_page(data["page"] or 1)
     template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"

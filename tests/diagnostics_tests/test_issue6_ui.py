@@ -328,9 +328,37 @@ def test_model_card_page(physician, admin_user, clinician, active_model):
     url = reverse("model_card", kwargs={"model_uuid": active_model.uuid})
     page = login(physician).get(url)
     assert page.status_code == 200
-    assert b"<h1>Model card: pcam-small-cnn 1.0.0-smoke</h1>" in page.content
+    assert f"<h1>Model card: {active_model}</h1>".encode() in page.content
     assert b"<strong>Demonstration model." in page.content
     assert login(admin_user).get(url).status_code == 200
     assert login(clinician).get(url).status_code == 403
     missing = reverse("model_card", kwargs={"model_uuid": "00000000-0000-0000-0000-000000000000"})
     assert login(physician).get(missing).status_code == 404
+
+
+def test_worklists_filter_by_care_unit_for_members_of_several_units(clinician, physician, care_unit, other_unit):
+    from accounts import services as account_services
+
+    model = ModelVersion.objects.create(
+        name="units", version="1", task="t", labels=["I", "II"], bundle_path="x", sha256="0" * 64
+    )
+    in_a = make_prediction(clinician, model, [0.3, 0.7], ref="PSN-UA")  # while in one unit only
+    for user in (clinician, physician):
+        account_services.unit_member_add(acting_user=None, unit=other_unit, user=user)
+    in_b = services.case_create(
+        acting_user=clinician,
+        patient_ref="PSN-UB",
+        body_site="breast",
+        unit=other_unit,
+        files=[services.IncomingFile(name="b.png", data=image_bytes(color=(9, 9, 9)))],
+    )
+    client = login(clinician)
+    page = client.get(reverse("case_list"), {"unit": str(other_unit.uuid)}).content.decode()
+    assert "PSN-UB" in page and "PSN-UA" not in page
+    everything = client.get(reverse("case_list")).content.decode()
+    assert "PSN-UB" in everything and "PSN-UA" in everything
+    refused = client.get(reverse("case_list"), {"unit": "not-a-unit"})
+    assert refused.status_code == 400 and "Select a valid choice" in refused.content.decode()
+    queue = login(physician).get(reverse("review_queue"), {"unit": str(care_unit.uuid)}).content.decode()
+    assert "PSN-UA" in queue
+    assert in_b.uuid and in_a.uuid

@@ -68,6 +68,9 @@ OBJECT_KIND = {
     "audit_export": None,
     "case_upload_file": "case",
     "review_heatmap": "item",
+    "job_retry": "job",
+    "health": None,
+    "metrics": None,
     "review_settings": None,
     "review_blinded": "item",
     "model_card": "model",
@@ -76,7 +79,7 @@ OBJECT_KIND = {
     "dashboard": None,
     "dashboard_csv": None,
 }
-POST_ONLY = {"case_upload", "case_upload_file", "review_blinded", "notification_read"}
+POST_ONLY = {"case_upload", "case_upload_file", "review_blinded", "notification_read", "job_retry"}
 
 UNIT_A = {"clinician", "physician"}
 UNIT_B = {"other_unit_clinician", "other_unit_physician"}
@@ -87,6 +90,10 @@ REVIEWERS = {"physician", "other_unit_physician"}
 def expected(name: str, persona: str, obj: str | None) -> int:
     """The status each persona gets: anonymous → login, wrong role → 403, an object
     outside the persona's units or missing → 404."""
+    if name in ("health", "metrics"):
+        # Monitoring answers by address (this machine) or token, not by session: the test
+        # client comes from 127.0.0.1. No worker heartbeat here, so health says 503.
+        return 503 if name == "health" else 200
     if name == "login":
         return 200
     if name == "logout":
@@ -126,6 +133,10 @@ def expected(name: str, persona: str, obj: str | None) -> int:
             return 404
         # An upload without files is refused, naming the problem.
         return 400 if name in ("case_upload", "case_upload_file") else 200
+    if name == "job_retry":
+        if persona not in UPLOADERS:
+            return 403
+        return 409 if visible else 404  # these jobs have not failed: nothing to retry
     if name == "review_heatmap":
         return 403 if persona not in REVIEWERS else 404  # these predictions have no heat map stored
     if name == "review_blinded":
@@ -159,6 +170,7 @@ def world(request, three_label_model):  # type: ignore[no-untyped-def]
             "item": own.review_item.uuid,
             "prediction": own.uuid,
             "model": three_label_model.uuid,
+            "job": own.job.uuid,
         },
         "foreign": {
             "case": foreign.scan.case.uuid,
@@ -166,8 +178,9 @@ def world(request, three_label_model):  # type: ignore[no-untyped-def]
             "item": foreign.review_item.uuid,
             "prediction": foreign.uuid,
             "model": three_label_model.uuid,
+            "job": foreign.job.uuid,
         },
-        "missing": {k: uuid.uuid4() for k in ("case", "scan", "item", "prediction", "model")},
+        "missing": {k: uuid.uuid4() for k in ("case", "scan", "item", "prediction", "model", "job")},
     }
     return users, objects
 

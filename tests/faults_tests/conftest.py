@@ -26,6 +26,7 @@ from django.core.management import call_command
 from django.db import close_old_connections, connections
 from django.test import override_settings
 
+from accounts import services as account_services
 from accounts.models import User
 from diagnostics import services
 from tests.conftest import ROOT
@@ -243,6 +244,11 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
             call_command("migrate", verbosity=0)
             services.model_register(acting_user=None, bundle_dir=ROOT / "models" / "demo-pcam", activate=True)
             s.clinician = UserFactory(username="fault-clinician", role="clinician")
+            account_services.unit_member_add(
+                acting_user=None,
+                unit=account_services.unit_create(acting_user=None, name="Fault unit"),
+                user=s.clinician,
+            )
             s.start_sweeper()
             yield s
         finally:

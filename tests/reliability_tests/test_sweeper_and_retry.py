@@ -133,7 +133,7 @@ def test_job_retry_refuses_a_job_that_is_not_failed_and_other_users(clinician, o
     assert failed.status == "failed"
 
 
-def test_the_retry_button_on_the_case_page(clinician, other_clinician, physician, admin_user, outsider):
+def test_the_retry_button_on_the_case_page(clinician, other_clinician, other_unit_physician, admin_user, outsider):
     job = _failed_job(clinician)
     c = login(clinician)
     page = c.get(reverse("case_detail", args=[job.scan.case.uuid])).content.decode()
@@ -142,7 +142,7 @@ def test_the_retry_button_on_the_case_page(clinician, other_clinician, physician
 
     assert c.get(url).status_code == 405
     assert login(other_clinician).post(url).status_code == 404
-    assert login(physician).post(url).status_code == 404  # may upload, but not this case
+    assert login(other_unit_physician).post(url).status_code == 404  # may upload, but not in this unit
     assert login(admin_user).post(url).status_code == 403
     assert login(outsider).post(url).status_code == 403
     response = c.post(url)
