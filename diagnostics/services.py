@@ -336,11 +336,15 @@ def job_run(*, job_id: int) -> None:
         return
     claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
-    if limit > 1:
+    # A job that was claimed before (its worker died, or the sweeper put it back) runs
+    # alone, and only never-claimed jobs join a batch: if one image crashes the worker,
+    # it cannot take its batch mates' attempts down with it again and again.
+    first_try = InferenceJob.objects.filter(id=job_id, attempts=1).exists()
+    if limit > 1 and first_try:
         # Only jobs of the same task share a batch: they run through the same model.
         task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
         waiting = (
-            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, scan__case__task=task)
+            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0)
             .exclude(id=job_id)
             .order_by("created_at", "id")
             .values_list("id", flat=True)[: limit - 1]

@@ -14,7 +14,7 @@ import pytest
 from diagnostics import services
 from diagnostics.models import Notification, ReviewDecision
 from tests.browser_tests.journeys import login, screen
-from tests.conftest import ROOT, image_bytes
+from tests.conftest import ROOT, image_bytes, otp_code
 from tests.diagnostics_tests.helpers import make_prediction, store_heatmap
 from tests.factories import PASSWORD, UserFactory
 
@@ -175,6 +175,11 @@ def test_physician_reviews_three_items_by_keyboard_alone(live_server, browser, a
     press(item, "c")
     assert page.evaluate("() => document.activeElement.id") == "id_password"
     type_secret(PASSWORD)
+    # The session's first signature also takes the authenticator's code (21 CFR 11.200).
+    assert page.is_visible("#id_otp_token")
+    press(item, "Tab")
+    assert page.evaluate("() => document.activeElement.id") == "id_otp_token"
+    type_secret(otp_code(physician))
     press(item, "Enter")
     page.wait_for_url(lambda url: url != first_url)
     assert "Decision signed." in page.content()

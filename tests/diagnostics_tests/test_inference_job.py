@@ -103,3 +103,16 @@ def test_batch_size_one_takes_only_its_own_job(clinician, active_model, settings
     services.job_run(job_id=first.job.id)
     assert InferenceJob.objects.get(pk=first.job.pk).status == InferenceJob.Status.SUCCEEDED
     assert InferenceJob.objects.get(pk=second.job.pk).status == InferenceJob.Status.QUEUED
+
+
+def test_a_job_claimed_before_runs_alone_and_is_not_batched(clinician, active_model, settings):
+    """After a crash, jobs run one by one: a poison image cannot burn its batch mates' attempts."""
+    settings.INFERENCE_BATCH_SIZE = 8
+    crashed = make_scan(clinician, ref="PSN-C1", color=(5, 90, 30))
+    fresh = make_scan(clinician, ref="PSN-C2", color=(6, 90, 30))
+    InferenceJob.objects.filter(pk=crashed.job.pk).update(attempts=1)  # claimed once by a worker that died
+    services.job_run(job_id=crashed.job.id)
+    assert InferenceJob.objects.get(pk=crashed.job.pk).status == InferenceJob.Status.SUCCEEDED
+    assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.QUEUED
+    services.job_run(job_id=fresh.job.id)
+    assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.SUCCEEDED

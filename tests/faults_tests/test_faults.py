@@ -101,7 +101,10 @@ def _outcome(stack: Stack, scan_ids: list[int]) -> dict[str, int]:
     )
     lost = sum(1 for s in scan_ids if predictions.get(s, 0) == 0 or items.get(s, 0) == 0)
     duplicated = sum(max(0, n - 1) for n in predictions.values()) + sum(max(0, n - 1) for n in items.values())
-    referenced = set(Scan.objects.values_list("storage_name", flat=True))
+    # Stored objects: scans, and the heat maps the worker stores with predictions.
+    referenced = set(Scan.objects.values_list("storage_name", flat=True)) | set(
+        Prediction.objects.exclude(heatmap_storage_name="").values_list("heatmap_storage_name", flat=True)
+    )
     on_disk = {str(p.relative_to(stack.scan_dir)) for p in Path(stack.scan_dir).rglob("*") if p.is_file()}
     return {
         "accepted": len(scan_ids),
@@ -109,6 +112,10 @@ def _outcome(stack: Stack, scan_ids: list[int]) -> dict[str, int]:
         "duplicated": duplicated,
         "orphan_files": len(on_disk - referenced),
         "missing_files": len(referenced - on_disk),
+        # Why jobs failed, if any did (job errors hold no clinical data).
+        "errors": sorted(
+            set(InferenceJob.objects.filter(scan_id__in=scan_ids, status="failed").values_list("error", flat=True))
+        ),
     }
 
 
@@ -121,6 +128,8 @@ def _report(capsys: pytest.CaptureFixture[str], fault: str, runs: int, out: dict
     line += "".join(f" {k}={v}" for k, v in extra.items())
     with capsys.disabled():
         print(f"\n{line}")
+    if out.get("errors"):
+        line += f" errors={out['errors']}"
     assert out == {**out, "lost": 0, "duplicated": 0, "orphan_files": 0, "missing_files": 0}, line
 
 
