@@ -118,6 +118,10 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
     call_command("migrate", verbosity=0)
     user = User.objects.create_user(username="bench", password="bench-password-123456")  # noqa: S106
     user.groups.add(Group.objects.get(name="clinician"))
+    from accounts import services as account_services
+
+    unit = account_services.unit_create(acting_user=None, name="Bench unit")
+    account_services.unit_member_add(acting_user=None, unit=unit, user=user)
     model_version = services.model_register(acting_user=None, bundle_dir=args.bundle, activate=True)
     runner = runner_for(model_version)
     images = _images(args.images)
