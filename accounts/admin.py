@@ -3,6 +3,7 @@ from django.contrib.auth.admin import UserAdmin
 
 from accounts import services
 from accounts.models import AuditEvent, CareUnit, User
+from core.http import client_address
 
 
 @admin.register(User)
@@ -18,7 +19,7 @@ class AuditedUserAdmin(UserAdmin):
             user=user,
             old=old,
             new=sorted(user.groups.values_list("name", flat=True)),
-            client_address=request.META.get("REMOTE_ADDR") or None,
+            client_address=client_address(request),
         )
 
 
@@ -31,9 +32,7 @@ class CareUnitAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        created = services.unit_create(
-            acting_user=request.user, name=obj.name, client_address=request.META.get("REMOTE_ADDR") or None
-        )
+        created = services.unit_create(acting_user=request.user, name=obj.name, client_address=client_address(request))
         obj.pk, obj.group_id, obj.uuid = created.pk, created.group_id, created.uuid
 
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]

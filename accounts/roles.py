@@ -1,5 +1,5 @@
 """The three roles and what each may do. Groups carrying these permissions are
-created by a data migration (accounts/migrations/0002_roles.py)."""
+created by the data migration accounts/migrations/0002_roles.py."""
 
 from __future__ import annotations
 

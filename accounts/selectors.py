@@ -8,10 +8,10 @@ from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, User
+from core.exceptions import NotFound
 
 AUDIT_PERMISSION = "accounts.view_auditevent"
 
@@ -62,7 +62,7 @@ def api_token_get(*, user: User, token_uuid: UUID) -> ApiToken:
     try:
         return api_tokens_for_user(user=user).get(uuid=token_uuid)
     except ApiToken.DoesNotExist as exc:
-        raise Http404("no such token") from exc
+        raise NotFound("no such token") from exc
 
 
 def audit_events_for_user(*, user: User) -> QuerySet[AuditEvent]:
@@ -76,7 +76,7 @@ def audit_event_get(*, user: User, event_uuid: UUID) -> AuditEvent:
     try:
         return audit_events_for_user(user=user).get(uuid=event_uuid)
     except AuditEvent.DoesNotExist as exc:
-        raise Http404("no such audit event") from exc
+        raise NotFound("no such audit event") from exc
 
 
 def user_get_for_admin(*, user: User, user_uuid: UUID) -> User:
@@ -85,4 +85,4 @@ def user_get_for_admin(*, user: User, user_uuid: UUID) -> User:
     try:
         return User.objects.get(uuid=user_uuid)
     except User.DoesNotExist as exc:
-        raise Http404("no such user") from exc
+        raise NotFound("no such user") from exc

@@ -12,12 +12,7 @@ from django.http import HttpRequest
 
 from accounts import services
 from accounts.middleware import SESSION_LAST_SEEN, SESSION_LOGIN_AT
-
-
-def client_address(request: HttpRequest | None) -> str | None:
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
+from core.http import client_address
 
 
 @receiver(user_logged_in, dispatch_uid="cancerweb_audit_login")

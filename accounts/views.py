@@ -20,10 +20,7 @@ from django_otp import login as otp_login
 from accounts import selectors, services
 from accounts.forms import AuditFilterForm, OTPTokenForm
 from accounts.otp import confirmed_device
-
-
-def _client_address(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+from core.http import client_address
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -45,7 +42,7 @@ def otp_setup(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid() and services.otp_device_confirm(
-            user=request.user, device=device, token=form.cleaned_data["token"], client_address=_client_address(request)
+            user=request.user, device=device, token=form.cleaned_data["token"], client_address=client_address(request)
         ):
             otp_login(request, device)
             messages.success(request, "Authenticator enrolled.")
@@ -74,7 +71,7 @@ def otp_verify(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             ok = device.verify_token(form.cleaned_data["token"])
-            services.otp_verify_recorded(user=request.user, ok=ok, client_address=_client_address(request))
+            services.otp_verify_recorded(user=request.user, ok=ok, client_address=client_address(request))
             if ok:
                 otp_login(request, device)
                 return redirect(_next_url(request))
@@ -136,7 +133,7 @@ def audit_export(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         acting_user=request.user,
         filters={k: str(v) for k, v in form.cleaned_data.items() if v} if request.GET else {},
         rows=len(rows),
-        client_address=_client_address(request),
+        client_address=client_address(request),
     )
     writer = csv.writer(_Echo())
 

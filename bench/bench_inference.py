@@ -1,7 +1,7 @@
 """The worker's inference path against a bare compiled model call, in one run.
 
 For each batch size B the same N images go through
-  * the worker path: `services.job_run` on queued jobs, which claims B waiting jobs,
+  * the worker path: `job_run` on queued jobs, which claims B waiting jobs,
     reads their bytes from storage, checks their SHA-256, decodes and preprocesses
     (in a thread pool), predicts WITH the Grad-CAM heat maps in one compiled call,
     encodes and stores the heat maps and stores Prediction + ReviewItem + audit rows
@@ -30,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from diagnostics.services.cases import IncomingFile, case_create, scans_upload
+from diagnostics.services.jobs import job_run
+from diagnostics.services.model_registry import model_register
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -43,7 +47,7 @@ def _configure(db: str, data_dir: Path) -> str:
     # Enqueueing is not what is measured; the in-memory transport accepts and drops.
     os.environ["CELERY_BROKER_URL"] = "memory://"
     os.environ.pop("CANCERWEB_DEMO", None)
-    from diagnostics.encryption import generate_key_entry
+    from cancerweb.env import generate_key_entry
 
     os.environ["CANCERWEB_ENCRYPTION_KEYS"] = generate_key_entry("bench")
     if db == "postgres":
@@ -111,7 +115,6 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
     from django.core.management import call_command
 
     from accounts.models import User
-    from diagnostics import services
     from diagnostics.inference import runner_for
     from diagnostics.models import InferenceJob
 
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
 
     unit = account_services.unit_create(acting_user=None, name="Bench unit")
     account_services.unit_member_add(acting_user=None, unit=unit, user=user)
-    model_version = services.model_register(acting_user=None, bundle_dir=args.bundle, activate=True)
+    model_version = model_register(acting_user=None, bundle_dir=args.bundle, activate=True)
     runner = runner_for(model_version)
     images = _images(args.images)
     arrays = np.stack([runner.preprocess(data) for _, data in images])
@@ -142,13 +145,13 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
         settings.INFERENCE_BATCH_SIZE = batch
         worker_rates, bare_rates, predict_rates = [], [], []
         for round_no in range(args.rounds + 1):  # round 0 warms up (tracing this batch shape)
-            files = [services.IncomingFile(name=name, data=data) for name, data in images]
+            files = [IncomingFile(name=name, data=data) for name, data in images]
             cap = settings.UPLOAD_MAX_FILES  # one upload takes at most this many files
-            case = services.case_create(
+            case = case_create(
                 acting_user=user, patient_ref=f"BENCH-{batch}-{round_no}", body_site="lymph node", files=files[:cap]
             )
             for start in range(cap, len(files), cap):
-                services.scans_upload(acting_user=user, case=case, files=files[start : start + cap])
+                scans_upload(acting_user=user, case=case, files=files[start : start + cap])
             job_ids = list(
                 InferenceJob.objects.filter(scan__case=case).order_by("created_at", "id").values_list("id", flat=True)
             )
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
                 profiler.enable()
             t0 = time.perf_counter()
             for start in range(0, len(job_ids), batch):
-                services.job_run(job_id=job_ids[start])
+                job_run(job_id=job_ids[start])
             worker_s = time.perf_counter() - t0
             if profiler is not None:
                 import pstats

@@ -16,43 +16,13 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from cancerweb.env import env_bool, env_int, env_list, env_rate, generate_key_entry, parse_key_entries
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
-
-
-def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
 # The demo runs everything embedded (SQLite, filesystem broker, local files).
-DEMO = _env_bool("CANCERWEB_DEMO", False)
+DEMO = env_bool("CANCERWEB_DEMO", False)
 DATA_DIR = Path(os.environ.get("CANCERWEB_DATA_DIR") or BASE_DIR / "var" / "demo").resolve()
 
 
@@ -75,11 +45,11 @@ if not SECRET_KEY:
 if len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters long")
 
-DEBUG = _env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEMO else [])
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEMO else [])
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list the host names this site answers to")
-CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -92,6 +62,7 @@ INSTALLED_APPS = [
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "core",
     "accounts",
     "diagnostics",
     "rest_framework",
@@ -104,7 +75,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before anything that reads the database: a clear 503 when PostgreSQL is down.
-    "diagnostics.middleware.DatabaseUnavailableMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,6 +85,7 @@ MIDDLEWARE = [
     "accounts.middleware.SessionTimeoutMiddleware",
     "accounts.middleware.OTPRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.NotFoundMiddleware",
     "accounts.middleware.SecurityHeadersMiddleware",
     # Last, so it turns a lockout raised by the login view's authenticate() into a response.
     "axes.middleware.AxesMiddleware",
@@ -164,7 +136,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # A request or worker must not hang on an unreachable database: fail fast and
     # answer 503 (web) or leave the job to the sweeper (worker).
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = _env_int(
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
         "CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1
     )
 
@@ -206,8 +178,6 @@ MEDIA_ROOT = DATA_DIR / "media"
 
 def _demo_encryption_keys() -> str:
     # Like the demo's secret key: generated once, kept beside the data it protects.
-    from diagnostics.encryption import generate_key_entry
-
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     key_file = DATA_DIR / "encryption_keys"
     if not key_file.exists():
@@ -219,8 +189,6 @@ def _demo_encryption_keys() -> str:
 def _encryption_keys() -> list[tuple[str, bytes]]:
     """CANCERWEB_ENCRYPTION_KEYS: comma-separated ``id:base64key`` (32-byte AES-256 keys),
     the first encrypts new objects, all of them decrypt (rotation)."""
-    from diagnostics.encryption import parse_keyring
-
     raw = os.environ.get("CANCERWEB_ENCRYPTION_KEYS", "")
     if not raw.strip():
         if DEMO:
@@ -230,7 +198,7 @@ def _encryption_keys() -> list[tuple[str, bytes]]:
                 "CANCERWEB_ENCRYPTION_KEYS must be set (id:base64 of 32 random bytes, comma-separated, current first)"
             )
     try:
-        return list(parse_keyring(raw).keys)
+        return list(parse_key_entries(raw))
     except ValueError as exc:
         raise ImproperlyConfigured(f"CANCERWEB_ENCRYPTION_KEYS is malformed: {exc}") from exc
 
@@ -240,15 +208,16 @@ ENCRYPTION_KEYS = _encryption_keys()
 
 # Upload limits. A 4k x 4k slide photograph is 16 MP; a 60 MP cap leaves room for
 # large scanner exports while keeping the worker's decode under a few hundred MB.
-UPLOAD_MAX_BYTES = _env_int("CANCERWEB_UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
-UPLOAD_MAX_PIXELS = _env_int("CANCERWEB_UPLOAD_MAX_PIXELS", 60_000_000, minimum=1)
-UPLOAD_MAX_FILES = _env_int("CANCERWEB_UPLOAD_MAX_FILES", 50, minimum=1)
+UPLOAD_MAX_BYTES = env_int("CANCERWEB_UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
+UPLOAD_MAX_PIXELS = env_int("CANCERWEB_UPLOAD_MAX_PIXELS", 60_000_000, minimum=1)
+UPLOAD_MAX_FILES = env_int("CANCERWEB_UPLOAD_MAX_FILES", 50, minimum=1)
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_PERMISSIONS = 0o600
 
-# Model bundles: the registry stores paths relative to this folder when they are inside it.
-MODEL_DIR = BASE_DIR / "models"
+# Model bundles: only folders inside this one can be registered; the registry stores the
+# folder's name relative to it (so every host finds the bundle in its own model folder).
+MODEL_DIR = Path(os.environ.get("CANCERWEB_MODEL_DIR") or BASE_DIR / "models").resolve()
 
 # Celery. The job row in the database is the source of truth; the broker only carries ids.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -257,7 +226,7 @@ if not CELERY_BROKER_URL:
         CELERY_BROKER_URL = "filesystem://"
     else:
         raise ImproperlyConfigured("CELERY_BROKER_URL must be set, e.g. redis://127.0.0.1:6379/0")
-CELERY_TASK_HARD_TIME_LIMIT = _env_int("CELERY_TASK_HARD_TIME_LIMIT", 300, minimum=10)
+CELERY_TASK_HARD_TIME_LIMIT = env_int("CELERY_TASK_HARD_TIME_LIMIT", 300, minimum=10)
 # Below the hard limit, so the task can note its failure before it is killed.
 CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_HARD_TIME_LIMIT - 30, CELERY_TASK_HARD_TIME_LIMIT * 3 // 4)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
@@ -281,9 +250,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A worker takes up to this many waiting jobs into one compiled model call
 # (MEASURED.md: batch 8 gives about twice the images per second of batch 1 on CPU).
-INFERENCE_BATCH_SIZE = _env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
+INFERENCE_BATCH_SIZE = env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
 # Threads that decode a batch's images while others are decoded (Pillow releases the GIL).
-INFERENCE_DECODE_THREADS = _env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
+INFERENCE_DECODE_THREADS = env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # An unreachable Redis must fail a publish within seconds, not hang an upload.
     CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = 2
@@ -295,36 +264,36 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "in
 # JOB_QUEUED_DEADLINE (a lost broker message), puts jobs left running past
 # JOB_RUNNING_DEADLINE back in the queue (a lost worker), and fails a job with a
 # stated reason once it has been claimed JOB_MAX_ATTEMPTS times.
-JOB_QUEUED_DEADLINE_S = _env_int("CANCERWEB_JOB_QUEUED_DEADLINE_S", 300, minimum=1)
-JOB_RUNNING_DEADLINE_S = _env_int("CANCERWEB_JOB_RUNNING_DEADLINE_S", CELERY_TASK_HARD_TIME_LIMIT + 60, minimum=1)
+JOB_QUEUED_DEADLINE_S = env_int("CANCERWEB_JOB_QUEUED_DEADLINE_S", 300, minimum=1)
+JOB_RUNNING_DEADLINE_S = env_int("CANCERWEB_JOB_RUNNING_DEADLINE_S", CELERY_TASK_HARD_TIME_LIMIT + 60, minimum=1)
 if JOB_RUNNING_DEADLINE_S <= CELERY_TASK_HARD_TIME_LIMIT:
     # A deadline under the hard limit would hand a healthy, slow task to a second worker.
     raise ImproperlyConfigured(
         f"CANCERWEB_JOB_RUNNING_DEADLINE_S ({JOB_RUNNING_DEADLINE_S}) must exceed "
         f"CELERY_TASK_HARD_TIME_LIMIT ({CELERY_TASK_HARD_TIME_LIMIT})"
     )
-JOB_MAX_ATTEMPTS = _env_int("CANCERWEB_JOB_MAX_ATTEMPTS", 3, minimum=1)
-JOB_SWEEP_INTERVAL_S = _env_int("CANCERWEB_JOB_SWEEP_INTERVAL_S", 60, minimum=1)
+JOB_MAX_ATTEMPTS = env_int("CANCERWEB_JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_SWEEP_INTERVAL_S = env_int("CANCERWEB_JOB_SWEEP_INTERVAL_S", 60, minimum=1)
 # Each worker writes a heartbeat row this often; /health/ calls workers absent
 # after three missed beats.
-WORKER_HEARTBEAT_S = _env_int("CANCERWEB_WORKER_HEARTBEAT_S", 10, minimum=1)
+WORKER_HEARTBEAT_S = env_int("CANCERWEB_WORKER_HEARTBEAT_S", 10, minimum=1)
 # /health/ turns unhealthy when the oldest queued job is older than this.
-HEALTH_MAX_QUEUED_AGE_S = _env_int("CANCERWEB_HEALTH_MAX_QUEUED_AGE_S", 2 * JOB_QUEUED_DEADLINE_S, minimum=1)
+HEALTH_MAX_QUEUED_AGE_S = env_int("CANCERWEB_HEALTH_MAX_QUEUED_AGE_S", 2 * JOB_QUEUED_DEADLINE_S, minimum=1)
 # /health/ and /metrics answer requests from this machine (no proxy header) or
 # carrying "Authorization: Bearer <token>" with this token; nobody else.
 MONITORING_TOKEN = os.environ.get("CANCERWEB_MONITORING_TOKEN", "")
 if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
     raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
-# Test aid only: sleep this long inside the inference step, so fault-injection
-# tests can kill a worker "mid-inference". Leave at 0 anywhere else.
-TEST_INFERENCE_DELAY_MS = _env_int("CANCERWEB_TEST_INFERENCE_DELAY_MS", 0, minimum=0)
 CELERY_TASK_ALWAYS_EAGER = False
 
 # Notifications (issue 6). A pending review older than this reminds every physician,
 # checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
-REVIEW_OVERDUE_MINUTES = _env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimum=1)
+REVIEW_OVERDUE_MINUTES = env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimum=1)
+# `celery beat` (or `worker -B`, as bin/demo runs it) sends these; `manage.py sweep_jobs
+# --loop` is the sweeper's alternative where beat is not run.
 CELERY_BEAT_SCHEDULE = {
     "notify-overdue-reviews": {"task": "diagnostics.notify_overdue_reviews", "schedule": 300.0},
+    "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(JOB_SWEEP_INTERVAL_S)},
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")
@@ -333,7 +302,7 @@ EMAIL_BACKEND = os.environ.get(
     "django.core.mail.backends.console.EmailBackend" if DEMO else "django.core.mail.backends.smtp.EmailBackend",
 )
 EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "localhost")
-EMAIL_PORT = _env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
+EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "cancerweb@localhost")
 
 LOGGING = {
@@ -345,10 +314,10 @@ LOGGING = {
 }
 
 # Security headers and cookies. TLS is terminated in front of the app outside the demo.
-_secure = not DEMO and not DEBUG and _env_bool("CANCERWEB_HTTPS", True)
+_secure = not DEMO and not DEBUG and env_bool("CANCERWEB_HTTPS", True)
 SESSION_COOKIE_SECURE = _secure
 CSRF_COOKIE_SECURE = _secure
-SECURE_SSL_REDIRECT = _secure and _env_bool("CANCERWEB_SSL_REDIRECT", True)
+SECURE_SSL_REDIRECT = _secure and env_bool("CANCERWEB_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = 31536000 if _secure else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _secure
 SECURE_HSTS_PRELOAD = _secure
@@ -360,7 +329,7 @@ SESSION_COOKIE_HTTPONLY = True
 # age and accounts.middleware.SessionTimeoutMiddleware); idle limit 30 min.
 SESSION_COOKIE_AGE = 12 * 60 * 60
 SESSION_ABSOLUTE_TIMEOUT_SECONDS = 12 * 60 * 60
-SESSION_IDLE_TIMEOUT_SECONDS = _env_int("CANCERWEB_IDLE_TIMEOUT_SECONDS", 30 * 60, minimum=60)
+SESSION_IDLE_TIMEOUT_SECONDS = env_int("CANCERWEB_IDLE_TIMEOUT_SECONDS", 30 * 60, minimum=60)
 # Content Security Policy: everything from this site, no inline script, no framing.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -384,7 +353,7 @@ GUARDIAN_RAISE_403 = False
 # Second factor (django-otp TOTP) for physicians and admins. The demo users may skip
 # it in the demo only (CANCERWEB_DEMO=1 and CANCERWEB_DEMO_OTP_EXEMPT, default on).
 OTP_TOTP_ISSUER = "CancerWeb"
-OTP_DEMO_EXEMPT = DEMO and _env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
+OTP_DEMO_EXEMPT = DEMO and env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -410,16 +379,8 @@ else:
     raise ImproperlyConfigured("CANCERWEB_CACHE_URL must be redis://host:port/db or locmem://")
 
 
-def _env_rate(name: str, default: str) -> str:
-    value = os.environ.get(name) or default
-    count, _, period = value.partition("/")
-    if not count.isdigit() or int(count) < 1 or period not in {"second", "minute", "hour", "day"}:
-        raise ImproperlyConfigured(f"{name} must look like 120/minute (per second, minute, hour or day), got {value!r}")
-    return value
-
-
 # API tokens for machines expire: none may live longer than this many days.
-API_TOKEN_MAX_DAYS = _env_int("CANCERWEB_API_TOKEN_MAX_DAYS", 90, minimum=1)
+API_TOKEN_MAX_DAYS = env_int("CANCERWEB_API_TOKEN_MAX_DAYS", 90, minimum=1)
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes a missing login a 401, not a 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -428,21 +389,21 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": [
-        "cancerweb.api.throttling.AnonymousRateThrottle",
-        "cancerweb.api.throttling.PerUserRateThrottle",
-        "cancerweb.api.throttling.PerTokenRateThrottle",
+        "accounts.api.throttling.AnonymousRateThrottle",
+        "accounts.api.throttling.PerUserRateThrottle",
+        "accounts.api.throttling.PerTokenRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
-        "anon": _env_rate("CANCERWEB_API_RATE_ANON", "60/minute"),
-        "user": _env_rate("CANCERWEB_API_RATE_USER", "600/minute"),
-        "token": _env_rate("CANCERWEB_API_RATE_TOKEN", "300/minute"),
+        "anon": env_rate("CANCERWEB_API_RATE_ANON", "60/minute"),
+        "user": env_rate("CANCERWEB_API_RATE_USER", "600/minute"),
+        "token": env_rate("CANCERWEB_API_RATE_TOKEN", "300/minute"),
     },
-    "DEFAULT_PAGINATION_CLASS": "cancerweb.api.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.Pagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "cancerweb.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "CancerWeb API",
@@ -459,7 +420,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "cancerweb.api.schema.add_error_responses",
+        "core.api.schema.add_error_responses",
     ],
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "diagnostics.models.InferenceJob.Status",

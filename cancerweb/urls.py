@@ -1,19 +1,39 @@
+"""The URL map: pages, the versioned REST API with its schema and docs, the admin, and
+the operators' health and metrics endpoints."""
+
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
-from diagnostics import monitoring
+from diagnostics.views.monitoring import health, metrics
+
+api_urlpatterns = [
+    path("", include("diagnostics.api.urls")),
+    path("", include("accounts.api.urls")),
+    # The schema and the docs hold no data; integrators read them before they have a token.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api_schema"),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(url_name="api_schema", permission_classes=[AllowAny]),
+        name="api_docs",
+    ),
+    path(
+        "redoc/", SpectacularRedocView.as_view(url_name="api_schema", permission_classes=[AllowAny]), name="api_redoc"
+    ),
+]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("health/", monitoring.health, name="health"),
-    path("metrics", monitoring.metrics, name="metrics"),
+    path("health/", health, name="health"),
+    path("metrics", metrics, name="metrics"),
     path("accounts/", include("accounts.urls")),
-    path("api/v1/", include("cancerweb.api.urls")),
+    path("api/v1/", include(api_urlpatterns)),
     path("", include("diagnostics.urls")),
 ]
 
 # JSON errors under /api/, the usual pages elsewhere.
-handler400 = "cancerweb.api.errors.handler400"
-handler403 = "cancerweb.api.errors.handler403"
-handler404 = "cancerweb.api.errors.handler404"
-handler500 = "cancerweb.api.errors.handler500"
+handler400 = "core.api.errors.handler400"
+handler403 = "core.api.errors.handler403"
+handler404 = "core.api.errors.handler404"
+handler500 = "core.api.errors.handler500"

@@ -4,11 +4,9 @@ audited services; versions are never edited or deleted here."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
@@ -16,8 +14,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from diagnostics import services
 from diagnostics.models import ModelVersion
+from diagnostics.services.model_registry import model_activate, model_register, model_retire
 
 
 class RegisterBundleForm(forms.Form):
@@ -32,18 +30,6 @@ class RegisterBundleForm(forms.Form):
     force_labels = forms.BooleanField(
         required=False, label="Activate even if the labels differ from the task's active version"
     )
-
-    def clean_bundle(self) -> Path:
-        raw = self.cleaned_data["bundle"].strip()
-        root = Path(settings.MODEL_DIR).resolve()
-        candidate = (root / raw).resolve()
-        # Only folders inside the model directory: the form must not become a way to
-        # read arbitrary server paths.
-        if candidate != root and root not in candidate.parents:
-            raise ValidationError(f"the bundle must be a folder inside the model directory {root}")
-        if not candidate.is_dir():
-            raise ValidationError(f"no folder named '{raw}' in the model directory")
-        return candidate
 
 
 @admin.register(ModelVersion)
@@ -73,18 +59,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
         status = 200
         if request.method == "POST":
             if form.is_valid():
-                from diagnostics.ml.bundle import BundleError
-
                 try:
-                    mv = services.model_register(
+                    mv = model_register(
                         acting_user=request.user,  # type: ignore[arg-type]
-                        bundle_dir=form.cleaned_data["bundle"],
+                        bundle_dir=form.cleaned_data["bundle"].strip(),
                         activate=form.cleaned_data["activate"],
                         task=form.cleaned_data["task"] or None,
                         force_labels=form.cleaned_data["force_labels"],
                     )
-                except BundleError as exc:
-                    form.add_error("bundle", str(exc))
                 except ValidationError as exc:
                     form.add_error(None, exc)
                 else:
@@ -100,7 +82,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
         try:
-            mv = services.model_activate(acting_user=request.user, model_version=queryset.get())  # type: ignore[arg-type]
+            mv = model_activate(acting_user=request.user, model_version=queryset.get())  # type: ignore[arg-type]
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return
@@ -109,5 +91,5 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Retire the selected versions")
     def retire_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         for mv in queryset:
-            services.model_retire(acting_user=request.user, model_version=mv)  # type: ignore[arg-type]
+            model_retire(acting_user=request.user, model_version=mv)  # type: ignore[arg-type]
         self.message_user(request, f"Retired {queryset.count()} version(s).")

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class DiagnosticsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "diagnostics"
+
+    def ready(self) -> None:
+        from diagnostics import worker
+
+        worker.connect()

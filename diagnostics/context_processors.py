@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from diagnostics import selectors
+from diagnostics.selectors.notifications import notifications_for_user
 
 
 def notifications(request: HttpRequest) -> dict[str, int]:
@@ -10,4 +10,4 @@ def notifications(request: HttpRequest) -> dict[str, int]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"unread_notifications": 0}
-    return {"unread_notifications": selectors.notifications_for_user(user=user).filter(read_at__isnull=True).count()}
+    return {"unread_notifications": notifications_for_user(user=user).filter(read_at__isnull=True).count()}

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 
 from accounts.models import CareUnit
+from diagnostics.intake.validation import accepted_extensions
 from diagnostics.models import PATIENT_REF_VALIDATOR, ReviewDecision
-from diagnostics.validation import accepted_extensions
 
 
 class MultipleFileInput(forms.ClearableFileInput):

@@ -21,8 +21,8 @@ _cached: dict[str, InferenceRunner] = {}
 
 
 def bundle_dir_for(model_version: ModelVersion) -> Path:
-    path = Path(model_version.bundle_path)
-    return path if path.is_absolute() else Path(settings.BASE_DIR) / path
+    """Registered bundles lie in MODEL_DIR; the registry keeps their folder's name there."""
+    return Path(settings.MODEL_DIR) / model_version.bundle_path
 
 
 def runner_for(model_version: ModelVersion) -> InferenceRunner:

@@ -9,8 +9,6 @@ scan, one active model, a decision that is superseded at most once.
 from __future__ import annotations
 
 import uuid
-from functools import cached_property
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -18,9 +16,6 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
-
-if TYPE_CHECKING:
-    from diagnostics.signatures import SignatureCheck
 
 PATIENT_REF_VALIDATOR = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
@@ -296,13 +291,6 @@ class ReviewDecision(models.Model):
         if self.supersedes_id is not None:
             return "corrected"
         return self.outcome
-
-    @cached_property
-    def signature(self) -> SignatureCheck:
-        """Whether the stored decision still matches what was signed (for display)."""
-        from diagnostics.signatures import signature_check
-
-        return signature_check(self)
 
 
 class ReviewerPreference(models.Model):

@@ -3,26 +3,17 @@ Redis configured by bin/test (DATABASE_URL, CELERY_BROKER_URL)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.test import Client
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.oath import TOTP, hotp
-from django_otp.plugins.otp_totp.models import TOTPDevice
-from PIL import Image
 
 from accounts import services as account_services
 from accounts.models import CareUnit, User
-from accounts.otp import confirmed_device, requires_otp
-from diagnostics import services
 from diagnostics.models import ModelVersion
-from tests.factories import PASSWORD, UserFactory
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
+from diagnostics.services.model_registry import model_register
+from tests.factories import UserFactory
+from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -80,63 +71,9 @@ def outsider(db: None) -> User:
     return UserFactory(username="outsider")
 
 
-def otp_device(user: User) -> TOTPDevice:
-    device = confirmed_device(user)
-    if device is None:
-        device = TOTPDevice.objects.create(user=user, name="test authenticator", confirmed=True)
-    return device
-
-
-def otp_code(user: User) -> str:
-    """A code the user's authenticator would show now, or for the next step when the
-    current one was used already (TOTP refuses a replayed step)."""
-    device = otp_device(user)
-    device.refresh_from_db()
-    now_step = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift).t()
-    step = max(now_step, device.last_t + 1)
-    return str(hotp(device.bin_key, step, digits=device.digits)).zfill(device.digits)
-
-
-def login(user: User) -> Client:
-    """A client logged in as the user, past the second factor where their role needs
-    one (as if they had typed the code). The login form itself, lockout and the code
-    check are tested in tests/accounts_tests through the real pages."""
-    assert user.check_password(PASSWORD)
-    client = Client()
-    client.force_login(user)
-    if requires_otp(user):
-        session = client.session
-        session[DEVICE_ID_SESSION_KEY] = otp_device(user).persistent_id
-        session.save()
-    return client
-
-
 @pytest.fixture
 def active_model(db: None) -> ModelVersion:
-    return services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
-
-
-def image_bytes(
-    fmt: str = "PNG", size: tuple[int, int] = (96, 96), color: tuple[int, int, int] = (200, 80, 120)
-) -> bytes:
-    img = Image.new("RGB", size, color)
-    # A little structure so encoders do not collapse it to nothing.
-    for x in range(0, size[0], 7):
-        img.putpixel((x, x % size[1]), (10, 200, 30))
-    out = io.BytesIO()
-    img.save(out, format=fmt)
-    return out.getvalue()
-
-
-def sample_bytes(name: str = "pcam-metastasis-1.jpg") -> bytes:
-    return (SAMPLES / name).read_bytes()
-
-
-def stored_files() -> set[str]:
-    root = Path(settings.SCAN_STORAGE_DIR)
-    if not root.exists():
-        return set()
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    return model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
 
 
 @pytest.fixture(autouse=True)

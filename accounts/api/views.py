@@ -15,12 +15,9 @@ from rest_framework.response import Response
 from accounts import selectors, services
 from accounts.api.serializers import AuditEventOut, TokenCreatedOut, TokenCreateIn, TokenOut
 from accounts.models import ApiToken, AuditEvent
-from cancerweb.api.errors import ApiError
-from cancerweb.api.permissions import has_perm
-
-
-def client_address(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+from core.api.errors import ApiError
+from core.api.permissions import has_perm
+from core.http import client_address
 
 
 class TokenListCreate(generics.ListAPIView):

@@ -3,8 +3,9 @@
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
+# Frozen copy of accounts.roles.ROLE_PERMISSIONS (migrations must not import code that
+# changes later).
 ROLE_PERMISSIONS = {
-    # Frozen copy of accounts.roles.ROLE_PERMISSIONS at the time of this migration.
     "clinician": ["diagnostics.add_case", "diagnostics.add_scan"],
     "physician": ["diagnostics.add_case", "diagnostics.add_scan", "diagnostics.review_prediction"],
     "admin": [
@@ -12,6 +13,9 @@ ROLE_PERMISSIONS = {
         "accounts.change_user",
         "accounts.view_user",
         "accounts.view_auditevent",
+        "accounts.add_careunit",
+        "accounts.change_careunit",
+        "accounts.view_careunit",
         "diagnostics.add_modelversion",
         "diagnostics.change_modelversion",
         "diagnostics.view_modelversion",

@@ -8,8 +8,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from diagnostics import selectors
 from diagnostics.models import PATIENT_REF_VALIDATOR, Case, InferenceJob, ModelVersion, ReviewDecision, ReviewItem, Scan
+from diagnostics.selectors.cases import ScanStatus, current_decision, scan_status
 
 SCAN_STATUS_CODES = ["queued", "running", "awaiting_review", "signed", "failed"]
 
@@ -78,10 +78,10 @@ class ScanOut(serializers.ModelSerializer):
             "result",
         ]
 
-    def _status(self, obj: Scan) -> selectors.ScanStatus:
+    def _status(self, obj: Scan) -> ScanStatus:
         cache = self.context.setdefault("_scan_status", {})
         if obj.pk not in cache:
-            cache[obj.pk] = selectors.scan_status(obj)
+            cache[obj.pk] = scan_status(obj)
         return cache[obj.pk]
 
     @extend_schema_field(serializers.UUIDField(allow_null=True))
@@ -203,7 +203,7 @@ class ReviewItemDetailOut(ReviewItemOut):
 
     @extend_schema_field(serializers.UUIDField(allow_null=True))
     def get_current_decision(self, obj: ReviewItem) -> str | None:
-        current = selectors.current_decision(obj)
+        current = current_decision(obj)
         return str(current.uuid) if current is not None else None
 
 

@@ -18,9 +18,8 @@ from django.utils import timezone
 
 from accounts.audit import GENESIS, audit_record, event_hash, verify_chain
 from accounts.models import AuditEvent
-from diagnostics import services
-from tests.conftest import image_bytes, login
-from tests.factories import PASSWORD
+from diagnostics.services.cases import IncomingFile, case_create
+from tests.helpers import PASSWORD, image_bytes, login
 
 pytestmark = pytest.mark.django_db
 
@@ -185,11 +184,11 @@ def test_login_failed_login_and_record_views_are_audited(clinician):
     assert "wrong-password" not in json.dumps(failed.data)
     client.post(reverse("login"), {"username": "clinician", "password": PASSWORD})
     assert AuditEvent.objects.filter(action="auth.login", actor=clinician).exists()
-    case = services.case_create(
+    case = case_create(
         acting_user=clinician,
         patient_ref="PSN-AUD",
         body_site="skin",
-        files=[services.IncomingFile(name="a.png", data=image_bytes())],
+        files=[IncomingFile(name="a.png", data=image_bytes())],
     )
     scan = case.scans.get()
     assert client.get(reverse("case_detail", args=[case.uuid])).status_code == 200

@@ -15,8 +15,8 @@ from django_otp.oath import totp
 
 from accounts.middleware import SESSION_LAST_SEEN, SESSION_LOGIN_AT
 from accounts.models import AuditEvent
-from tests.conftest import login, otp_code, otp_device
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import UserFactory
+from tests.helpers import PASSWORD, login, otp_code, otp_device
 
 pytestmark = pytest.mark.django_db
 

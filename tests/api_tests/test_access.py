@@ -12,9 +12,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts import services as account_services
-from tests.api_tests.conftest import api, make_case
-from tests.conftest import image_bytes, login
-from tests.diagnostics_tests.helpers import make_prediction
+from tests.factories import make_case, make_prediction
+from tests.helpers import api, image_bytes, login
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from cancerweb.api.compat import breaking_changes
-from diagnostics.management.commands.openapi_check import DEFAULT_FILE, current_schema
+from core.api.compat import breaking_changes
+from core.management.commands.openapi_check import DEFAULT_FILE, current_schema
 
 
 def _committed() -> dict:  # type: ignore[type-arg]

@@ -12,8 +12,7 @@ import pytest
 
 from accounts import services as account_services
 from accounts.models import AuditEvent
-from tests.api_tests.conftest import make_case
-from tests.diagnostics_tests.helpers import make_prediction
+from tests.factories import make_case, make_prediction
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

@@ -10,12 +10,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent
-from diagnostics import services
 from diagnostics.models import InferenceJob, ModelVersion, ReviewDecision, Scan
-from tests.api_tests.conftest import api, ids, make_case
-from tests.conftest import image_bytes, stored_files
-from tests.diagnostics_tests.helpers import make_prediction
-from tests.factories import PASSWORD
+from diagnostics.services import jobs
+from diagnostics.services.reviews import review_sign
+from tests.factories import make_case, make_prediction
+from tests.helpers import PASSWORD, api, ids, image_bytes, stored_files
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +55,7 @@ def test_review_queue_lists_exactly_pending_items_in_queue_order(clinician, phys
     high_unsure = make_prediction(clinician, active_model, [0.4, 0.6], ref="PSN-HU", color=(2, 2, 2))
     high_sure = make_prediction(clinician, active_model, [0.05, 0.95], ref="PSN-HS", color=(3, 3, 3))
     signed = make_prediction(clinician, active_model, [0.2, 0.8], ref="PSN-SIGNED", color=(4, 4, 4))
-    services.review_sign(
+    review_sign(
         acting_user=physician,
         review_item=signed.review_item,
         outcome="confirmed",
@@ -219,7 +218,7 @@ def test_retry_only_a_failed_job_and_it_is_queued_again_after_commit(
     job.status, job.error = "failed", "inference failed: OSError"
     job.save()
     sent: list[int] = []
-    monkeypatch.setattr(services, "_send_inference", sent.append)
+    monkeypatch.setattr(jobs, "job_send", sent.append)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/api/v1/jobs/{job.uuid}/retry/")
     assert response.status_code == 200
@@ -271,7 +270,7 @@ def test_expired_and_revoked_tokens_answer_401_with_their_code(clinician):
 
 
 def test_tokens_are_made_in_a_browser_session_not_with_a_token(clinician, admin_user):
-    from tests.conftest import login
+    from tests.helpers import login
 
     session = login(clinician)
     made = session.post(

@@ -37,7 +37,7 @@ def login(page: Any, base: str, username: str, password: str) -> None:
     code on the second-factor page, as they would."""
     from accounts.models import User
     from accounts.otp import requires_otp
-    from tests.conftest import otp_code, otp_device
+    from tests.helpers import otp_code, otp_device
 
     user = User.objects.get(username=username)
     if requires_otp(user):

@@ -11,12 +11,11 @@ import re
 
 import pytest
 
-from diagnostics import services
 from diagnostics.models import Notification, ReviewDecision
+from diagnostics.services.reviews import review_sign, reviewer_preference_set
 from tests.browser_tests.journeys import login, screen
-from tests.conftest import ROOT, image_bytes, otp_code
-from tests.diagnostics_tests.helpers import make_prediction, store_heatmap
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import UserFactory, make_prediction, store_heatmap
+from tests.helpers import PASSWORD, ROOT, image_bytes, otp_code
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -256,7 +255,7 @@ def test_physician_blinded_first_records_a_stage_before_the_reveal(live_server, 
     clinician = UserFactory(username="clara", role="clinician")
     join_physicians_unit(clinician, physician)
     prediction = make_prediction(clinician, active_model, [0.3, 0.7], ref="PSN-BL1")
-    services.reviewer_preference_set(acting_user=physician, blinded_first=True)
+    reviewer_preference_set(acting_user=physician, blinded_first=True)
     context = browser.new_context(bypass_csp=True, viewport=DESKTOP)
     page = context.new_page()
     login(page, live_server.url, "physician", PASSWORD)
@@ -285,7 +284,7 @@ def test_admin_reads_the_dashboard_and_exports_csv(live_server, browser, active_
     plan = [([0.1, 0.9], None), ([0.2, 0.8], None), ([0.3, 0.7], "no-metastasis"), ([0.6, 0.4], None)]
     for n, (probs, rejected_as) in enumerate(plan):
         p = make_prediction(clinician, active_model, probs, ref=f"PSN-D{n}", color=(n * 50, 10, 10))
-        services.review_sign(
+        review_sign(
             acting_user=physician,
             review_item=p.review_item,
             outcome="rejected" if rejected_as else "confirmed",

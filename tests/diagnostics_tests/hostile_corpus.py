@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from tests.conftest import image_bytes
 from tests.diagnostics_tests.dicom_factory import dicom_bytes
+from tests.helpers import image_bytes
 
 Entry = tuple[str, str, bytes]
 EXPLICIT_LE = b"1.2.840.10008.1.2.1\x00"

@@ -31,7 +31,7 @@ def _vm_bytes() -> int:
 
 
 def _decide(data: bytes, filename: str, max_bytes: int, max_pixels: int, cap: int, out: int) -> None:
-    from diagnostics.validation import UploadRejected, validate_image
+    from diagnostics.intake.validation import UploadRejected, validate_image
 
     limit = _vm_bytes() + cap
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -49,8 +49,8 @@ def _decide(data: bytes, filename: str, max_bytes: int, max_pixels: int, cap: in
 def main() -> None:
     manifest_path, max_bytes, max_pixels, cap_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     # Import everything a decision needs before forking, so children only decide.
-    import diagnostics.dicom  # noqa: F401
-    import diagnostics.validation  # noqa: F401
+    import diagnostics.intake.dicom  # noqa: F401
+    import diagnostics.intake.validation  # noqa: F401
 
     cap = cap_mib * 1024 * 1024
     # VmRSS, not ru_maxrss: Linux carries the maximum across exec, so it would report the parent test process.

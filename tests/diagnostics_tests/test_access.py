@@ -8,19 +8,19 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from diagnostics import services
-from tests.conftest import image_bytes, login
+from diagnostics.services.cases import IncomingFile, case_create
+from tests.helpers import image_bytes, login
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def case(clinician):  # type: ignore[no-untyped-def]
-    return services.case_create(
+    return case_create(
         acting_user=clinician,
         patient_ref="PSN-42",
         body_site="lymph node",
-        files=[services.IncomingFile(name="a.png", data=image_bytes())],
+        files=[IncomingFile(name="a.png", data=image_bytes())],
     )
 
 
@@ -64,7 +64,7 @@ def test_missing_case_is_404(clinician):
 
 
 def test_case_list_shows_exactly_the_users_own_cases(case, clinician, other_clinician):
-    services.case_create(acting_user=other_clinician, patient_ref="PSN-OTHER", body_site="breast")
+    case_create(acting_user=other_clinician, patient_ref="PSN-OTHER", body_site="breast")
     body = login(clinician).get(reverse("case_list")).content.decode()
     assert "PSN-42" in body
     assert "PSN-OTHER" not in body

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from accounts import services as account_services
 from diagnostics.models import Case
-from tests.conftest import image_bytes, login
+from tests.helpers import image_bytes, login
 
 pytestmark = pytest.mark.django_db
 

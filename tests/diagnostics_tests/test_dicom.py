@@ -26,11 +26,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from diagnostics import dicom, imaging, services, storage
+from diagnostics.intake import dicom, imaging, storage
+from diagnostics.intake.validation import UploadRejected, validate_image
 from diagnostics.models import Case, InferenceJob, Prediction, Scan
-from diagnostics.validation import UploadRejected, validate_image
-from tests.conftest import login, stored_files
+from diagnostics.services.jobs import job_run
 from tests.diagnostics_tests.dicom_factory import IDENTIFYING, ct_pixels, dicom_bytes
+from tests.helpers import login, stored_files
 
 pytestmark = pytest.mark.django_db
 
@@ -257,7 +258,7 @@ def test_burned_in_annotation_is_flagged_and_warned_on_the_review_page(clinician
     assert _post_case(login(clinician), "us.dcm", data).status_code == 302
     scan = Scan.objects.get()
     assert scan.burned_in_annotation is True
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     item = Prediction.objects.get(scan=scan).review_item
     page = login(physician).get(reverse("review_detail", args=[item.uuid]))
     assert page.status_code == 200
@@ -268,7 +269,7 @@ def test_review_page_has_no_warning_without_burned_in_annotation(clinician, phys
     assert _post_case(login(clinician), "ct.dcm", dicom_bytes()).status_code == 302
     scan = Scan.objects.get()
     assert scan.burned_in_annotation is False
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     item = Prediction.objects.get(scan=scan).review_item
     page = login(physician).get(reverse("review_detail", args=[item.uuid]))
     assert "Burned-in annotation" not in page.content.decode()
@@ -278,7 +279,7 @@ def test_worker_service_predicts_on_dicom_and_the_page_shows_it_as_png(clinician
     client = login(clinician)
     assert _post_case(client, "ct.dcm", dicom_bytes()).status_code == 302
     scan = Scan.objects.get()
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.SUCCEEDED, job.error
     prediction = Prediction.objects.get(scan=scan)

@@ -11,17 +11,17 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from diagnostics import services
 from diagnostics.models import InferenceJob, Prediction, Scan
-from tests.conftest import login
+from diagnostics.services.model_registry import model_register
 from tests.diagnostics_tests.dicom_factory import dicom_bytes
 from tests.diagnostics_tests.hostile_corpus import build_corpus
+from tests.helpers import login
 
 pytestmark = [pytest.mark.worker]
 
 
 def test_worker_survives_the_corpus_and_predicts_on_dicom(celery_worker_process, clinician):
-    services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
+    model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
     client = login(clinician)
     for _label, name, data in build_corpus(max_bytes=settings.UPLOAD_MAX_BYTES):
         response = client.post(

@@ -13,12 +13,15 @@ import pytest
 from django.core.management import call_command
 from PIL import Image, UnidentifiedImageError
 
-from diagnostics import services, storage
-from diagnostics.encryption import MAGIC, EncryptionError, generate_key_entry, parse_keyring
+from cancerweb.env import generate_key_entry
+from diagnostics.intake import storage
+from diagnostics.intake.encryption import MAGIC, EncryptionError, parse_keyring
 from diagnostics.models import InferenceJob
-from tests.conftest import image_bytes, stored_files
+from diagnostics.services.cases import IncomingFile, case_create
+from diagnostics.services.jobs import job_run
 from tests.diagnostics_tests.dicom_factory import dicom_bytes
-from tests.diagnostics_tests.helpers import make_scan
+from tests.factories import make_scan
+from tests.helpers import image_bytes, stored_files
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +49,11 @@ def test_stored_scan_is_ciphertext_that_pillow_cannot_open(clinician):
 
 
 def test_stored_dicom_is_ciphertext_too(clinician):
-    case = services.case_create(
+    case = case_create(
         acting_user=clinician,
         patient_ref="PSN-9",
         body_site="chest",
-        files=[services.IncomingFile(name="ct.dcm", data=dicom_bytes())],
+        files=[IncomingFile(name="ct.dcm", data=dicom_bytes())],
     )
     raw = _raw_path(case.scans.get().storage_name).read_bytes()
     assert b"DICM" not in raw and b"PSN-9" not in raw
@@ -60,7 +63,7 @@ def test_each_blob_carries_the_current_key_id_and_a_fresh_nonce(clinician, setti
     first = make_scan(clinician, ref="PSN-1")
     _add_key(settings, "k2")
     second = make_scan(clinician, color=(1, 2, 3), ref="PSN-2")
-    from diagnostics.encryption import blob_key_id
+    from diagnostics.intake.encryption import blob_key_id
 
     assert blob_key_id(_raw_path(first.storage_name).read_bytes()) == "test1"
     assert blob_key_id(_raw_path(second.storage_name).read_bytes()) == "k2"
@@ -74,19 +77,19 @@ def test_altered_blob_fails_the_job_with_a_stated_reason(clinician, active_model
     raw = bytearray(path.read_bytes())
     raw[-20] ^= 0x01
     path.write_bytes(bytes(raw))
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
     assert "failed decryption" in job.error and "altered" in job.error
 
 
 def test_validly_encrypted_wrong_content_fails_the_hash_check_after_decryption(clinician, active_model):
-    from diagnostics.encryption import encrypt
+    from diagnostics.intake.encryption import encrypt
 
     scan = make_scan(clinician)
     other = image_bytes(color=(9, 9, 9))
     _raw_path(scan.storage_name).write_bytes(encrypt(other, keyring=storage.keyring(), name=scan.storage_name))
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
     assert job.error == "stored scan bytes do not match their SHA-256"
@@ -115,7 +118,7 @@ def test_rotation_re_encrypts_everything_and_is_idempotent(clinician, settings):
     out = io.StringIO()
     call_command("rotate_encryption_key", stdout=out)
     assert "3 re-encrypted, 0 already current" in out.getvalue()
-    from diagnostics.encryption import blob_key_id
+    from diagnostics.intake.encryption import blob_key_id
 
     for name, data in plain.items():
         assert blob_key_id(_raw_path(name).read_bytes()) == "k2"

@@ -18,10 +18,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from diagnostics import services
 from diagnostics.models import Case, InferenceJob, Scan
-from tests.conftest import login, stored_files
+from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create
 from tests.diagnostics_tests.hostile_corpus import build_corpus
+from tests.helpers import login, stored_files
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,13 +98,13 @@ def test_every_hostile_file_is_refused_by_the_service(clinician, corpus):
     failures = []
     for label, name, data in corpus:
         try:
-            services.case_create(
+            case_create(
                 acting_user=clinician,
                 patient_ref="PSN-0666",
                 body_site="chest",
-                files=[services.IncomingFile(name=name, data=data)],
+                files=[IncomingFile(name=name, data=data)],
             )
-        except services.UploadBatchRejected as exc:
+        except UploadBatchRejected as exc:
             [(_, error)] = exc.errors
             if error.code not in CODES or not error.message:
                 failures.append((label, error.code))
@@ -174,10 +174,10 @@ def test_seeded_mutation_fuzz_never_escapes_the_validator(capsys):
 
     from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
-    from diagnostics import dicom, imaging
-    from diagnostics.validation import UploadRejected, validate_image
-    from tests.conftest import image_bytes
+    from diagnostics.intake import dicom, imaging
+    from diagnostics.intake.validation import UploadRejected, validate_image
     from tests.diagnostics_tests.dicom_factory import dicom_bytes
+    from tests.helpers import image_bytes
 
     bases = [
         ("a.png", image_bytes("PNG", size=(40, 40))),

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from diagnostics import services
 from diagnostics.models import InferenceJob, Prediction, ReviewItem
-from tests.diagnostics_tests.helpers import make_scan
+from diagnostics.services.jobs import job_run, prediction_store
+from tests.factories import make_scan
 
 pytestmark = pytest.mark.django_db
 
 
 def test_job_runs_twice_acts_once(clinician, active_model):
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
-    services.job_run(job_id=scan.job.id)  # a duplicate delivery
+    job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)  # a duplicate delivery
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.SUCCEEDED
     assert job.attempts == 1
@@ -24,7 +24,7 @@ def test_job_runs_twice_acts_once(clinician, active_model):
 
 def test_prediction_records_labels_probabilities_version_hash_and_time(clinician, active_model):
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     pred = Prediction.objects.get(scan=scan)
     assert pred.labels == active_model.labels == ["no-metastasis", "metastasis"]
     assert len(pred.probabilities) == 2
@@ -38,18 +38,16 @@ def test_prediction_records_labels_probabilities_version_hash_and_time(clinician
 
 def test_a_second_store_for_the_same_job_is_a_quiet_no_op(clinician, active_model):
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     InferenceJob.objects.filter(pk=scan.job.pk).update(status="running")  # as if redelivered mid-flight
-    again = services.prediction_store(
-        job_id=scan.job.id, model_version=active_model, probabilities=[0.5, 0.5], inference_ms=1.0
-    )
+    again = prediction_store(job_id=scan.job.id, model_version=active_model, probabilities=[0.5, 0.5], inference_ms=1.0)
     assert again is None
     assert Prediction.objects.filter(scan=scan).count() == 1
 
 
 def test_without_an_active_model_the_job_fails_with_a_stated_reason(clinician):
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
     assert job.error == "no active model is registered"
@@ -57,13 +55,13 @@ def test_without_an_active_model_the_job_fails_with_a_stated_reason(clinician):
 
 
 def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
-    from diagnostics.storage import scan_storage
+    from diagnostics.intake.storage import scan_storage
 
     scan = make_scan(clinician)
     path = scan_storage().path(scan.storage_name)
     with open(path, "ab") as fh:
         fh.write(b"tamper")
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
     # Stored bytes are encrypted (AES-GCM): any change fails authentication first.
@@ -73,9 +71,9 @@ def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
 def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_ops(clinician, active_model, settings):
     settings.INFERENCE_BATCH_SIZE = 8
     scans = [make_scan(clinician, ref=f"PSN-B{i}", color=(i * 40, 90, 30)) for i in range(3)]
-    services.job_run(job_id=scans[0].job.id)
+    job_run(job_id=scans[0].job.id)
     for scan in scans:  # each job's own message arrives later
-        services.job_run(job_id=scan.job.id)
+        job_run(job_id=scan.job.id)
     jobs = InferenceJob.objects.filter(scan__in=scans)
     assert {j.status for j in jobs} == {InferenceJob.Status.SUCCEEDED}
     assert [j.attempts for j in jobs] == [1, 1, 1]
@@ -84,14 +82,14 @@ def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_
 
 
 def test_a_bad_job_in_a_batch_fails_alone(clinician, active_model, settings):
-    from diagnostics.storage import scan_storage
+    from diagnostics.intake.storage import scan_storage
 
     settings.INFERENCE_BATCH_SIZE = 8
     good = make_scan(clinician, ref="PSN-G", color=(10, 90, 30))
     bad = make_scan(clinician, ref="PSN-X", color=(99, 9, 30))
     with open(scan_storage().path(bad.storage_name), "ab") as fh:
         fh.write(b"tamper")
-    services.job_run(job_id=good.job.id)
+    job_run(job_id=good.job.id)
     assert InferenceJob.objects.get(pk=good.job.pk).status == InferenceJob.Status.SUCCEEDED
     assert InferenceJob.objects.get(pk=bad.job.pk).status == InferenceJob.Status.FAILED
 
@@ -100,7 +98,7 @@ def test_batch_size_one_takes_only_its_own_job(clinician, active_model, settings
     settings.INFERENCE_BATCH_SIZE = 1
     first = make_scan(clinician, ref="PSN-1A", color=(1, 90, 30))
     second = make_scan(clinician, ref="PSN-1B", color=(2, 90, 30))
-    services.job_run(job_id=first.job.id)
+    job_run(job_id=first.job.id)
     assert InferenceJob.objects.get(pk=first.job.pk).status == InferenceJob.Status.SUCCEEDED
     assert InferenceJob.objects.get(pk=second.job.pk).status == InferenceJob.Status.QUEUED
 
@@ -111,8 +109,8 @@ def test_a_job_claimed_before_runs_alone_and_is_not_batched(clinician, active_mo
     crashed = make_scan(clinician, ref="PSN-C1", color=(5, 90, 30))
     fresh = make_scan(clinician, ref="PSN-C2", color=(6, 90, 30))
     InferenceJob.objects.filter(pk=crashed.job.pk).update(attempts=1)  # claimed once by a worker that died
-    services.job_run(job_id=crashed.job.id)
+    job_run(job_id=crashed.job.id)
     assert InferenceJob.objects.get(pk=crashed.job.pk).status == InferenceJob.Status.SUCCEEDED
     assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.QUEUED
-    services.job_run(job_id=fresh.job.id)
+    job_run(job_id=fresh.job.id)
     assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.SUCCEEDED

@@ -11,16 +11,15 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from diagnostics import services
 from diagnostics.models import InferenceJob, Prediction
-from tests.conftest import login, otp_code, sample_bytes
-from tests.factories import PASSWORD
+from diagnostics.services.model_registry import model_register
+from tests.helpers import PASSWORD, login, otp_code, sample_bytes
 
 pytestmark = [pytest.mark.worker]
 
 
 def test_upload_infer_review_sign_journey(celery_worker_process, clinician, physician):
-    services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
+    model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
 
     # Clinician creates a case with two real patches.
     c = login(clinician)

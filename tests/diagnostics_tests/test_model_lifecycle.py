@@ -14,20 +14,36 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from diagnostics import inference, selectors, services, storage
-from diagnostics.ml.bundle import BundleError
+from diagnostics import inference
+from diagnostics.intake import storage
 from diagnostics.models import Case, ModelVersion, Prediction
-from tests.conftest import login, sample_bytes
-from tests.diagnostics_tests.helpers import make_prediction, make_scan
+from diagnostics.selectors.model_registry import active_tasks
+from diagnostics.selectors.reviews import review_queue
+from diagnostics.services.cases import IncomingFile, case_create
+from diagnostics.services.jobs import job_run
+from diagnostics.services.model_registry import model_activate, model_register
+from tests.factories import make_prediction, make_scan
+from tests.helpers import SAMPLES, login, sample_bytes
 
 pytestmark = pytest.mark.django_db
-DEMO = settings.MODEL_DIR / "demo-pcam"
+REPO_DEMO = settings.MODEL_DIR / "demo-pcam"
+DEMO = "demo-pcam"  # registered by its name in the (per-test) model folder
+
+
+@pytest.fixture(autouse=True)
+def model_dir(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Bundles can be registered only from the model folder: each test gets its own."""
+    settings.MODEL_DIR = tmp_path / "models"
+    shutil.copytree(REPO_DEMO, settings.MODEL_DIR / DEMO)
+    return settings.MODEL_DIR
 
 
 def copy_bundle(tmp_path: Path, **changes: object) -> Path:
-    """The demo bundle under another name/version/task/labels (same 2-output network)."""
-    out = tmp_path / f"bundle-{changes.get('version', 'x')}-{len(list(tmp_path.iterdir()))}"
-    shutil.copytree(DEMO, out)
+    """The demo bundle under another name/version/task/labels (same 2-output network),
+    in the model folder."""
+    root = Path(settings.MODEL_DIR)
+    out = root / f"bundle-{changes.get('version', 'x')}-{len(list(root.iterdir()))}"
+    shutil.copytree(REPO_DEMO, out)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.update(changes)
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -35,15 +51,15 @@ def copy_bundle(tmp_path: Path, **changes: object) -> Path:
 
 
 def test_one_active_model_per_task_side_by_side(tmp_path):
-    pcam = services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    pcam = model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     other = copy_bundle(tmp_path, name="us", version="1", task="ultrasound", labels=["benign", "malignant"])
-    us = services.model_register(acting_user=None, bundle_dir=other, activate=True)
+    us = model_register(acting_user=None, bundle_dir=other, activate=True)
     assert set(ModelVersion.objects.filter(status="active")) == {pcam, us}
-    assert selectors.active_tasks() == sorted([pcam.task, "ultrasound"])
+    assert active_tasks() == sorted([pcam.task, "ultrasound"])
 
     # A new version of the same task retires the old one of that task only.
     newer = copy_bundle(tmp_path, version="2.0", task=pcam.task)
-    v2 = services.model_register(acting_user=None, bundle_dir=newer, activate=True)
+    v2 = model_register(acting_user=None, bundle_dir=newer, activate=True)
     pcam.refresh_from_db()
     us.refresh_from_db()
     assert (pcam.status, v2.status, us.status) == ("retired", "active", "active")
@@ -52,16 +68,16 @@ def test_one_active_model_per_task_side_by_side(tmp_path):
 
 
 def test_activating_different_labels_is_refused_unless_forced(tmp_path):
-    pcam = services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    pcam = model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     renamed = copy_bundle(tmp_path, version="2.0", labels=["N0", "N1"])
-    mv = services.model_register(acting_user=None, bundle_dir=renamed)
+    mv = model_register(acting_user=None, bundle_dir=renamed)
     with pytest.raises(ValidationError, match="would change the task's stages"):
-        services.model_activate(acting_user=None, model_version=mv)
+        model_activate(acting_user=None, model_version=mv)
     mv.refresh_from_db()
     pcam.refresh_from_db()
     assert (mv.status, pcam.status) == ("draft", "active")  # nothing changed
 
-    services.model_activate(acting_user=None, model_version=mv, force_labels=True)
+    model_activate(acting_user=None, model_version=mv, force_labels=True)
     assert ModelVersion.objects.get(status="active", task=pcam.task) == mv
     event = AuditEvent.objects.filter(action="model.activate", object_id=str(mv.uuid)).get()
     assert event.data["labels_changed_forced"] is True
@@ -71,29 +87,29 @@ def test_hash_mismatch_is_refused_on_register_and_on_load(tmp_path, clinician):
     bad = copy_bundle(tmp_path, version="tampered")
     with (bad / "model.keras").open("ab") as fh:
         fh.write(b"x")
-    with pytest.raises(BundleError, match="does not match the manifest"):
-        services.model_register(acting_user=None, bundle_dir=bad)
+    with pytest.raises(ValidationError, match="does not match the manifest"):
+        model_register(acting_user=None, bundle_dir=bad)
     assert not ModelVersion.objects.filter(version="tampered").exists()
 
     good = copy_bundle(tmp_path, version="later-tampered")
-    mv = services.model_register(acting_user=None, bundle_dir=good, activate=True)
+    mv = model_register(acting_user=None, bundle_dir=good, activate=True)
     with (good / "model.keras").open("ab") as fh:
         fh.write(b"x")
     # A fresh worker process: a model already in memory was verified when it was loaded.
     inference._cached.clear()
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     scan.job.refresh_from_db()
     assert scan.job.status == "failed"
     assert not Prediction.objects.filter(model_version=mv).exists()
 
 
 def test_activating_a_new_version_never_changes_past_predictions(tmp_path, clinician):
-    v1 = services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    v1 = model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     before = Prediction.objects.get(scan=scan)
-    v2 = services.model_register(acting_user=None, bundle_dir=copy_bundle(tmp_path, version="2.0"), activate=True)
+    v2 = model_register(acting_user=None, bundle_dir=copy_bundle(tmp_path, version="2.0"), activate=True)
     after = Prediction.objects.get(scan=scan)
     assert after.model_version == v1 != v2
     assert (after.probabilities, after.predicted_label, after.labels) == (
@@ -104,38 +120,36 @@ def test_activating_a_new_version_never_changes_past_predictions(tmp_path, clini
 
 
 def test_cases_choose_a_task_and_the_worker_uses_its_model(tmp_path, clinician):
-    pcam = services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
-    us = services.model_register(
+    pcam = model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    us = model_register(
         acting_user=None,
         bundle_dir=copy_bundle(tmp_path, name="us", version="1", task="ultrasound", labels=["benign", "malignant"]),
         activate=True,
     )
-    file = services.IncomingFile(name="a.jpg", data=sample_bytes())
+    file = IncomingFile(name="a.jpg", data=sample_bytes())
     with pytest.raises(ValidationError, match="choose the task"):
-        services.case_create(acting_user=clinician, patient_ref="P-1", body_site="breast", files=[file])
+        case_create(acting_user=clinician, patient_ref="P-1", body_site="breast", files=[file])
     with pytest.raises(ValidationError, match="no active model answers"):
-        services.case_create(acting_user=clinician, patient_ref="P-1", body_site="b", task="x", files=[file])
+        case_create(acting_user=clinician, patient_ref="P-1", body_site="b", task="x", files=[file])
     assert not Case.objects.exists()  # nothing half-written
 
-    case = services.case_create(
-        acting_user=clinician, patient_ref="P-1", body_site="breast", task="ultrasound", files=[file]
-    )
+    case = case_create(acting_user=clinician, patient_ref="P-1", body_site="breast", task="ultrasound", files=[file])
     scan = case.scans.get()
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     pred = Prediction.objects.get(scan=scan)
     assert pred.model_version == us != pcam
     assert pred.labels == ["benign", "malignant"]
 
 
 def test_new_case_form_lists_tasks_with_an_active_model_and_rejects_others(tmp_path, clinician):
-    services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
-    services.model_register(
+    model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    model_register(
         acting_user=None, bundle_dir=copy_bundle(tmp_path, name="us", version="1", task="ultrasound"), activate=True
     )
     client = login(clinician)
     page = client.get(reverse("case_new")).content.decode()
     assert 'value="ultrasound"' in page and "Lymph-node" in page
-    with open(DEMO.parent.parent / "samples" / "pcam-metastasis-1.jpg", "rb") as fh:
+    with open(SAMPLES / "pcam-metastasis-1.jpg", "rb") as fh:
         bad = client.post(
             reverse("case_new"), {"patient_ref": "P-2", "body_site": "b", "task": "retired-task", "files": fh}
         )
@@ -159,7 +173,7 @@ def test_calibration_temperature_is_applied_and_low_confidence_is_flagged_uncert
     z = logits / 4.0
     assert np.allclose(cooler.predict_arrays(x)[0], np.exp(z - z.max()) / np.exp(z - z.max()).sum(), atol=1e-6)
 
-    mv = services.model_register(acting_user=None, bundle_dir=hot, activate=True)
+    mv = model_register(acting_user=None, bundle_dir=hot, activate=True)
     assert (mv.temperature, mv.uncertain_below) == (1.0, 0.99)
     sure = make_prediction(clinician, mv, [0.995, 0.005], ref="P-sure")
     unsure = make_prediction(clinician, mv, [0.9, 0.1], ref="P-unsure", color=(10, 10, 10))
@@ -167,13 +181,13 @@ def test_calibration_temperature_is_applied_and_low_confidence_is_flagged_uncert
 
 
 def test_uncertain_items_come_first_in_the_queue_and_are_marked(tmp_path, clinician, physician):
-    mv = services.model_register(
+    mv = model_register(
         acting_user=None, bundle_dir=copy_bundle(tmp_path, version="u", uncertain_below=0.7), activate=True
     )
     confident_advanced = make_prediction(clinician, mv, [0.05, 0.95], ref="P-a")
     uncertain_early = make_prediction(clinician, mv, [0.6, 0.4], ref="P-b", color=(1, 2, 3))
     confident_early = make_prediction(clinician, mv, [0.9, 0.1], ref="P-c", color=(4, 5, 6))
-    queue = [i.prediction for i in selectors.review_queue(user=physician)]
+    queue = [i.prediction for i in review_queue(user=physician)]
     assert queue == [uncertain_early, confident_advanced, confident_early]
     client = login(physician)
     page = client.get(reverse("review_queue")).content.decode()
@@ -183,9 +197,9 @@ def test_uncertain_items_come_first_in_the_queue_and_are_marked(tmp_path, clinic
 
 
 def test_worker_stores_a_heat_map_served_only_to_reviewers(clinician, other_clinician, physician, outsider):
-    services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     scan = make_scan(clinician)
-    services.job_run(job_id=scan.job.id)
+    job_run(job_id=scan.job.id)
     pred = Prediction.objects.get(scan=scan)
     assert pred.heatmap_storage_name
     png = storage.read_bytes(pred.heatmap_storage_name)
@@ -202,22 +216,22 @@ def test_worker_stores_a_heat_map_served_only_to_reviewers(clinician, other_clin
 
 
 def test_a_prediction_without_heat_map_gives_404(clinician, physician):
-    mv = services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    mv = model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     pred = make_prediction(clinician, mv, [0.3, 0.7])
     assert login(physician).get(reverse("review_heatmap", args=[pred.review_item.uuid])).status_code == 404
 
 
 def test_a_batch_is_stored_in_one_go_with_one_audit_event_each(clinician, settings):
     settings.INFERENCE_BATCH_SIZE = 8
-    services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     scans = [make_scan(clinician, ref=f"P-{i}", color=(i * 20, 80, 120)) for i in range(4)]
-    services.job_run(job_id=scans[0].job.id)
+    job_run(job_id=scans[0].job.id)
     preds = Prediction.objects.filter(scan__in=scans)
     assert preds.count() == 4
     assert all(p.review_item.status == "pending" and p.heatmap_storage_name for p in preds)
     assert AuditEvent.objects.filter(action="prediction.create").count() == 4
     for scan in scans:  # duplicate deliveries of every message: quiet no-ops
-        services.job_run(job_id=scan.job.id)
+        job_run(job_id=scan.job.id)
     assert Prediction.objects.count() == 4 and AuditEvent.objects.filter(action="prediction.create").count() == 4
 
 
@@ -225,7 +239,7 @@ def test_a_batch_is_stored_in_one_go_with_one_audit_event_each(clinician, settin
 
 
 def test_register_model_command_reports_label_mismatch(tmp_path):
-    call_command("register_model", str(DEMO), "--activate")
+    call_command("register_model", DEMO, "--activate")
     other = copy_bundle(tmp_path, version="9", labels=["a", "b"])
     with pytest.raises(CommandError, match="would change the task's stages"):
         call_command("register_model", str(other), "--activate")
@@ -237,30 +251,30 @@ def test_predict_command_prints_top_stages_and_names_bad_files(tmp_path, capsys)
     good = settings.BASE_DIR / "samples" / "pcam-metastasis-1.jpg"
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    call_command("predict", str(good), "--bundle", str(DEMO), "--json")
+    call_command("predict", str(good), "--bundle", str(REPO_DEMO), "--json")
     out = json.loads(capsys.readouterr().out)
     top = out["results"][0]["top"]
     assert [t["stage"] for t in top] in (["metastasis", "no-metastasis"], ["no-metastasis", "metastasis"])
     assert abs(sum(t["probability"] for t in top) - 1.0) < 1e-4
     with pytest.raises(CommandError, match="1 of 2 image"):
-        call_command("predict", str(good), str(bad), "--bundle", str(DEMO))
+        call_command("predict", str(good), str(bad), "--bundle", str(REPO_DEMO))
     captured = capsys.readouterr()
     assert "%" in captured.out and "broken.png: cannot read this image" in captured.err
     with pytest.raises(CommandError, match="no active model"):
         call_command("predict", str(good))
-    services.model_register(acting_user=None, bundle_dir=DEMO, activate=True)
+    model_register(acting_user=None, bundle_dir=DEMO, activate=True)
     call_command("predict", str(good))
     assert "pcam-metastasis-1.jpg:" in capsys.readouterr().out
 
 
 def test_admin_registers_a_bundle_folder_from_the_model_directory(admin_user, clinician, tmp_path, settings):
-    settings.MODEL_DIR = tmp_path / "models"
-    shutil.copytree(DEMO, settings.MODEL_DIR / "pcam")
-    outside = copy_bundle(tmp_path, version="outside")
+    shutil.copytree(REPO_DEMO, settings.MODEL_DIR / "pcam")
+    outside = tmp_path / "outside"
+    shutil.copytree(REPO_DEMO, outside)
     url = reverse("admin:diagnostics_modelversion_register")
     client = login(admin_user)
     refused = client.post(url, {"bundle": str(outside)})
-    assert refused.status_code == 400 and "inside the model directory" in refused.content.decode()
+    assert refused.status_code == 400 and "in the model folder" in refused.content.decode()
     refused = client.post(url, {"bundle": "../" + outside.name})
     assert refused.status_code == 400
     assert login(clinician).post(url, {"bundle": "pcam"}).status_code in (302, 403)  # not staff: admin login

@@ -18,10 +18,11 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from accounts.models import User
-from diagnostics import selectors
 from diagnostics.models import ModelVersion
-from tests.conftest import login
-from tests.diagnostics_tests.helpers import make_prediction
+from diagnostics.selectors.cases import cases_for_user
+from diagnostics.selectors.reviews import review_queue
+from tests.factories import make_prediction
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 
@@ -113,10 +114,13 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         return 200
     if name == "notification_read":
         return 302
-    if name in ("dashboard", "dashboard_csv", "model_card"):
+    if name == "model_card":
+        # The registry's metadata, for every signed-in user (same rule as /api/v1/models/).
+        return 404 if obj == "missing" else 200
+    if name in ("dashboard", "dashboard_csv"):
         if persona not in REVIEWERS and persona != "admin_user":
             return 403
-        return 404 if obj == "missing" else 200  # model versions are not clinical records
+        return 200
     if name == "review_settings":
         return 200 if persona in REVIEWERS else 403
     if name in ("audit_list", "audit_export"):
@@ -253,15 +257,15 @@ def test_global_permissions_and_superuser_do_not_leak_into_lists(world):  # type
     admin.save()
     admin = User.objects.get(pk=admin.pk)
     assert admin.has_perm("diagnostics.view_case")  # globally, yes ...
-    assert list(selectors.cases_for_user(user=admin)) == []  # ... but no case is listed
-    assert list(selectors.review_queue(user=admin)) == []
+    assert list(cases_for_user(user=admin)) == []  # ... but no case is listed
+    assert list(review_queue(user=admin)) == []
 
 
 def test_case_list_is_one_query(world, django_assert_num_queries):  # type: ignore[no-untyped-def]
     users, objects = world
     clinician = User.objects.get(pk=users["clinician"].pk)
     with django_assert_num_queries(1):
-        assert [c.uuid for c in selectors.cases_for_user(user=clinician)] == [objects["own"]["case"]]
+        assert [c.uuid for c in cases_for_user(user=clinician)] == [objects["own"]["case"]]
 
 
 def test_joining_a_unit_shows_its_cases_and_leaving_hides_them(world, care_unit):  # type: ignore[no-untyped-def]
@@ -271,9 +275,9 @@ def test_joining_a_unit_shows_its_cases_and_leaving_hides_them(world, care_unit)
     users, objects = world
     other = users["other_unit_clinician"]
     account_services.unit_member_add(acting_user=users["admin_user"], unit=care_unit, user=other)
-    assert objects["own"]["case"] in {c.uuid for c in selectors.cases_for_user(user=User.objects.get(pk=other.pk))}
+    assert objects["own"]["case"] in {c.uuid for c in cases_for_user(user=User.objects.get(pk=other.pk))}
     account_services.unit_member_remove(acting_user=users["admin_user"], unit=care_unit, user=other)
-    assert objects["own"]["case"] not in {c.uuid for c in selectors.cases_for_user(user=User.objects.get(pk=other.pk))}
+    assert objects["own"]["case"] not in {c.uuid for c in cases_for_user(user=User.objects.get(pk=other.pk))}
     changes = AuditEvent.objects.filter(action__startswith="permission.unit_member", object_id=str(other.uuid))
     assert [e.action for e in changes.order_by("id")][-2:] == [
         "permission.unit_member_add",

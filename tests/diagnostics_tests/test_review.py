@@ -8,11 +8,10 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from accounts.models import AuditEvent, User
-from diagnostics import services
 from diagnostics.models import ModelVersion, ReviewDecision, ReviewItem
-from tests.conftest import login, otp_code
-from tests.diagnostics_tests.helpers import make_prediction
-from tests.factories import PASSWORD
+from diagnostics.services.reviews import review_sign
+from tests.factories import make_prediction
+from tests.helpers import PASSWORD, login, otp_code
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +36,7 @@ def test_queue_orders_most_advanced_then_least_confident_then_oldest(clinician, 
     mid_old = make_prediction(clinician, m, [0.1, 0.8, 0.1], ref="D", color=(4, 4, 4))
     mid_new = make_prediction(clinician, m, [0.1, 0.8, 0.1], ref="E", color=(5, 5, 5))
     expected = [high_unsure, high_sure, mid_old, mid_new, low_stage]
-    from diagnostics.selectors import review_queue
+    from diagnostics.selectors.reviews import review_queue
 
     assert [i.prediction for i in review_queue(user=physician)] == expected
     body = login(physician).get(reverse("review_queue")).content.decode()
@@ -103,11 +102,11 @@ def test_confirm_takes_the_predicted_stage(clinician, physician, three_stage_mod
 
 def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(clinician, physician, three_stage_model):
     item = make_prediction(clinician, three_stage_model, [0.2, 0.7, 0.1]).review_item
-    first = services.review_sign(
+    first = review_sign(
         acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="", password=PASSWORD
     )
     with pytest.raises(ValidationError):
-        services.review_sign(
+        review_sign(
             acting_user=physician, review_item=item, outcome="rejected", stage="Stage I", reason="x", password=PASSWORD
         )
     # The page offers a correction, which is a new signed record.
@@ -123,7 +122,7 @@ def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(c
     assert (first.outcome, first.stage) == ("confirmed", "Stage II")  # unchanged
     # Only the current decision can be corrected.
     with pytest.raises(ValidationError):
-        services.review_sign(
+        review_sign(
             acting_user=physician,
             review_item=item,
             outcome="rejected",
@@ -138,7 +137,7 @@ def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(c
 def test_rejection_with_a_stage_the_model_does_not_know_is_refused(clinician, physician, three_stage_model):
     item = make_prediction(clinician, three_stage_model, [0.2, 0.7, 0.1]).review_item
     with pytest.raises(ValidationError, match="choose one of the model's stages"):
-        services.review_sign(
+        review_sign(
             acting_user=physician, review_item=item, outcome="rejected", stage="Stage IV", reason="x", password=PASSWORD
         )
 
@@ -152,7 +151,7 @@ def test_clinician_sees_status_then_signed_stage_name_and_time_but_not_the_ai_an
     body = client.get(case_url).content.decode()
     assert "Awaiting review" in body
     assert "Stage III" not in body  # the AI's answer is for the physician
-    decision = services.review_sign(
+    decision = review_sign(
         acting_user=physician,
         review_item=pred.review_item,
         outcome="rejected",

@@ -8,12 +8,12 @@ from django.db import connection
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from diagnostics import services
 from diagnostics.models import ModelVersion, ReviewDecision
-from diagnostics.signatures import content_sha256, signature_check
-from tests.conftest import login, otp_code, otp_device
-from tests.diagnostics_tests.helpers import make_prediction
-from tests.factories import PASSWORD
+from diagnostics.selectors.signatures import signature_check
+from diagnostics.services.reviews import SignatureError, review_sign
+from diagnostics.signatures import content_sha256
+from tests.factories import make_prediction
+from tests.helpers import PASSWORD, login, otp_code, otp_device
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +28,7 @@ def model(db) -> ModelVersion:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def signed(clinician, physician, model) -> ReviewDecision:  # type: ignore[no-untyped-def]
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
-    return services.review_sign(
+    return review_sign(
         acting_user=physician,
         review_item=item,
         outcome="rejected",
@@ -41,8 +41,8 @@ def signed(clinician, physician, model) -> ReviewDecision:  # type: ignore[no-un
 def test_signing_without_the_password_fails_and_stores_nothing(clinician, physician, model):
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
     for password in ("", "wrong-password"):
-        with pytest.raises(services.SignatureError, match="password is not correct"):
-            services.review_sign(
+        with pytest.raises(SignatureError, match="password is not correct"):
+            review_sign(
                 acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="", password=password
             )
     assert not ReviewDecision.objects.exists()
@@ -75,8 +75,8 @@ def test_enrolled_physician_needs_the_code_on_the_first_signing_of_the_session(c
 def test_service_refuses_a_wrong_code_for_an_enrolled_physician(clinician, physician, model):
     otp_device(physician)
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
-    with pytest.raises(services.SignatureError, match="authenticator code"):
-        services.review_sign(
+    with pytest.raises(SignatureError, match="authenticator code"):
+        review_sign(
             acting_user=physician,
             review_item=item,
             outcome="confirmed",

@@ -11,7 +11,7 @@ from PIL import Image
 
 from accounts.models import AuditEvent
 from diagnostics.models import Case, InferenceJob, Scan
-from tests.conftest import image_bytes, login, sample_bytes, stored_files
+from tests.helpers import image_bytes, login, sample_bytes, stored_files
 
 pytestmark = pytest.mark.django_db
 

@@ -28,13 +28,19 @@ from django.test import override_settings
 
 from accounts import services as account_services
 from accounts.models import User
-from diagnostics import services
-from tests.conftest import ROOT
+from diagnostics.models import ModelVersion
+from diagnostics.services.model_registry import model_activate, model_register
 from tests.factories import UserFactory
-from tests.reliability_tests.helpers import celery_broker, free_port
+from tests.faults_tests.slow_bundle import make_slow_bundle
+from tests.helpers import ROOT, celery_broker, free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB_NAME = "cancerweb_faults"
+
+# Seconds per image of the slow bundle the kill tests run (see Stack.use_model).
+# One image alone must outlast the tests' 0.5 s wait for a running job; a batch of four
+# must stay well inside the 15 s hard limit on a busy machine.
+SLOW_SECONDS_PER_IMAGE = 0.8
 
 # Short deadlines so a lost message or worker is recovered in seconds, not minutes.
 WORKER_ENV = {
@@ -44,6 +50,7 @@ WORKER_ENV = {
     "CANCERWEB_JOB_SWEEP_INTERVAL_S": "1",
     "CANCERWEB_JOB_MAX_ATTEMPTS": "5",
     "CANCERWEB_WORKER_HEARTBEAT_S": "2",
+    "CANCERWEB_INFERENCE_BATCH_SIZE": "4",
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
@@ -85,6 +92,11 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sweeper: subprocess.Popen[bytes] | None = None
     clinician: User | None = None
+    models: dict[str, ModelVersion] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "models"
 
     # --- PostgreSQL ------------------------------------------------------------
     @property
@@ -137,15 +149,23 @@ class Stack:
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{self.pg_port}/{DB_NAME}",
             "CELERY_BROKER_URL": self.broker_url,
             "CANCERWEB_SCAN_DIR": str(self.scan_dir),
+            "CANCERWEB_MODEL_DIR": str(self.model_dir),
             **extra,
         }
 
-    def start_worker(self, *, delay_ms: int, name: str, wait_ready: bool = True) -> subprocess.Popen[bytes]:
+    def use_model(self, which: str) -> None:
+        """Make the demo model ("demo") or the deliberately slow one ("slow") the active
+        model of the task, before starting workers: the kill tests need inference that
+        lasts long enough to be interrupted."""
+        with override_settings(MODEL_DIR=self.model_dir):
+            model_activate(acting_user=None, model_version=self.models[which])
+
+    def start_worker(self, *, name: str, wait_ready: bool = True) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "cancerweb", "worker", "-Q", "inference,default", "-c", "1",
              "--loglevel=INFO", "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env(CANCERWEB_TEST_INFERENCE_DELAY_MS=str(delay_ms)),
+            cwd=ROOT, env=self.env(),
             stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.workers.append(proc)
@@ -242,7 +262,14 @@ def stack(django_db_blocker: Any) -> Iterator[Stack]:
                 {"NAME": DB_NAME, "HOST": "127.0.0.1", "PORT": str(s.pg_port), "USER": "postgres", "PASSWORD": ""}
             )
             call_command("migrate", verbosity=0)
-            services.model_register(acting_user=None, bundle_dir=ROOT / "models" / "demo-pcam", activate=True)
+            shutil.copytree(ROOT / "models" / "demo-pcam", s.model_dir / "demo-pcam")
+            # About as slow as a large network on this CPU: a batch of 8 takes seconds.
+            make_slow_bundle(s.model_dir / "fault-slow", seconds_per_image=SLOW_SECONDS_PER_IMAGE)
+            with override_settings(MODEL_DIR=s.model_dir):
+                s.models = {
+                    "slow": model_register(acting_user=None, bundle_dir="fault-slow"),
+                    "demo": model_register(acting_user=None, bundle_dir="demo-pcam", activate=True),
+                }
             s.clinician = UserFactory(username="fault-clinician", role="clinician")
             account_services.unit_member_add(
                 acting_user=None,

@@ -18,11 +18,11 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Count
 from django.utils import timezone
 
-from diagnostics import services
 from diagnostics.models import Case, InferenceJob, Prediction, ReviewItem, Scan
+from diagnostics.services.cases import IncomingFile, case_create, scans_upload
 from diagnostics.tasks import run_inference_task
-from tests.conftest import image_bytes
 from tests.faults_tests.conftest import Stack
+from tests.helpers import image_bytes
 
 pytestmark = [pytest.mark.faults]
 
@@ -31,7 +31,7 @@ _colors = itertools.count(1)
 
 def _new_case(stack: Stack, ref: str) -> Case:
     assert stack.clinician is not None
-    return services.case_create(acting_user=stack.clinician, patient_ref=ref, body_site="lymph node")
+    return case_create(acting_user=stack.clinician, patient_ref=ref, body_site="lymph node")
 
 
 def _upload(stack: Stack, case: Case, n: int) -> list[int]:
@@ -41,9 +41,7 @@ def _upload(stack: Stack, case: Case, n: int) -> list[int]:
     for _ in range(n):
         i = next(_colors)
         data = image_bytes(color=(i % 251, (i // 251) % 251, 90))
-        result = services.scans_upload(
-            acting_user=stack.clinician, case=case, files=[services.IncomingFile(name=f"s{i}.png", data=data)]
-        )
+        result = scans_upload(acting_user=stack.clinician, case=case, files=[IncomingFile(name=f"s{i}.png", data=data)])
         assert len(result.created) == 1
         ids.append(result.created[0].id)
     return ids
@@ -140,7 +138,8 @@ def _recovery(kills: dict[int, datetime]) -> float:
 
 def test_sigkill_the_pool_child_mid_inference_20_times(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     runs = 20
-    worker = stack.start_worker(delay_ms=1500, name="pool")
+    stack.use_model("slow")
+    worker = stack.start_worker(name="pool")
     back_in_service = 0.0
     try:
         case = _new_case(stack, "PSN-F-POOL")
@@ -175,6 +174,7 @@ def test_sigkill_the_pool_child_mid_inference_20_times(stack: Stack, capsys: pyt
 
 def test_sigkill_the_whole_worker_mid_inference_10_times(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     runs = 10
+    stack.use_model("slow")
     try:
         case = _new_case(stack, "PSN-F-WORKER")
         ids = _upload(stack, case, 1)
@@ -182,11 +182,11 @@ def test_sigkill_the_whole_worker_mid_inference_10_times(stack: Stack, capsys: p
         for i in range(runs):
             if i:
                 ids.extend(_upload(stack, case, 1))  # a steady stream, one scan per worker life
-            worker = stack.start_worker(delay_ms=1500, name=f"whole{i}")
+            worker = stack.start_worker(name=f"whole{i}")
             job = _wait_for(lambda: _running_job(ids, set(kills), min_age_s=0.5), timeout=300, what="a running job")
             stack.kill_worker(worker, signal.SIGKILL)  # main process and pool child together
             kills[job.id] = timezone.now()
-        stack.start_worker(delay_ms=1500, name="whole-last")
+        stack.start_worker(name="whole-last")
         _wait_done(ids, timeout=600)
         out = _outcome(stack, ids)
         recover = _recovery(kills) if out["lost"] == 0 else float("nan")
@@ -199,7 +199,8 @@ def test_restart_redis_under_a_stream_of_uploads_10_times(stack: Stack, capsys: 
     runs = 10
     slowest_upload = 0.0
     longest = 0.0
-    stack.start_worker(delay_ms=200, name="redis")
+    stack.use_model("demo")
+    stack.start_worker(name="redis")
     try:
         case = _new_case(stack, "PSN-F-REDIS")
         ids: list[int] = []
@@ -227,7 +228,8 @@ def test_restart_postgresql_under_load_3_times(stack: Stack, capsys: pytest.Capt
     runs = 3
     refused = 0
     longest = 0.0
-    stack.start_worker(delay_ms=200, name="pg")
+    stack.use_model("slow")  # keeps work in flight across the restart
+    stack.start_worker(name="pg")
     try:
         case = _new_case(stack, "PSN-F-PG")
         ids: list[int] = []
@@ -269,8 +271,9 @@ def test_restart_postgresql_under_load_3_times(stack: Stack, capsys: pytest.Capt
 
 def test_duplicated_messages_on_two_workers_give_one_outcome(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     copies = 4
-    stack.start_worker(delay_ms=300, name="dup1", wait_ready=False)
-    stack.start_worker(delay_ms=300, name="dup2")
+    stack.use_model("demo")
+    stack.start_worker(name="dup1", wait_ready=False)
+    stack.start_worker(name="dup2")
     try:
         ids = _upload(stack, _new_case(stack, "PSN-F-DUP"), 8)
         started = time.monotonic()

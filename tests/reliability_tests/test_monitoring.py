@@ -11,11 +11,11 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from diagnostics import services
 from diagnostics.models import InferenceJob
-from tests.conftest import image_bytes, login, stored_files
-from tests.diagnostics_tests.helpers import make_scan
-from tests.reliability_tests.helpers import free_port
+from diagnostics.services.cases import case_create
+from diagnostics.services.jobs import job_run, worker_heartbeat
+from tests.factories import make_scan
+from tests.helpers import free_port, image_bytes, login, stored_files
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ TOKEN = "monitoring-token-for-tests-0123456789"
 
 def test_health_is_200_with_every_check_when_all_is_well(clinician):
     make_scan(clinician, ref="PSN-SECRET-REF")
-    services.worker_heartbeat(hostname="w1@host", pid=123)
+    worker_heartbeat(hostname="w1@host", pid=123)
     response = Client().get(reverse("health"))
     assert response.status_code == 200, response.content
     body = response.json()
@@ -44,7 +44,7 @@ def test_health_is_503_without_a_worker_heartbeat_or_with_an_old_queue(clinician
         "error": "TimeoutError",
         "ms": pytest.approx(0, abs=1e3),
     }
-    services.worker_heartbeat(hostname="w1@host", pid=123)
+    worker_heartbeat(hostname="w1@host", pid=123)
     job = make_scan(clinician).job
     InferenceJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=2))
     settings.HEALTH_MAX_QUEUED_AGE_S = 600
@@ -54,9 +54,9 @@ def test_health_is_503_without_a_worker_heartbeat_or_with_an_old_queue(clinician
 
 
 def test_health_is_503_when_the_broker_is_unreachable(settings):
-    from tests.reliability_tests.helpers import celery_broker
+    from tests.helpers import celery_broker
 
-    services.worker_heartbeat(hostname="w1@host", pid=123)
+    worker_heartbeat(hostname="w1@host", pid=123)
     with celery_broker(f"redis://127.0.0.1:{free_port()}/0"):
         response = Client().get(reverse("health"))
     assert response.status_code == 503
@@ -77,7 +77,7 @@ def test_monitoring_refuses_other_machines_and_proxied_requests_without_the_toke
 
 def test_metrics_count_jobs_by_status_and_the_latency_histogram(clinician, active_model):
     done = make_scan(clinician, color=(1, 2, 3)).job
-    services.job_run(job_id=done.id)
+    job_run(job_id=done.id)
     make_scan(clinician, color=(4, 5, 6), ref="PSN-2")
     text = Client().get(reverse("metrics")).content.decode()
     assert 'cancerweb_inference_jobs{status="queued"} 1.0' in text
@@ -90,7 +90,7 @@ def test_metrics_count_jobs_by_status_and_the_latency_histogram(clinician, activ
 
 @pytest.mark.django_db(transaction=True)
 def test_an_upload_while_postgresql_is_unreachable_gets_a_clear_503_and_stores_nothing(clinician):
-    case = services.case_create(acting_user=clinician, patient_ref="PSN-9", body_site="skin")
+    case = case_create(acting_user=clinician, patient_ref="PSN-9", body_site="skin")
     client = login(clinician)
     real_port = connection.settings_dict["PORT"]
     connection.close()

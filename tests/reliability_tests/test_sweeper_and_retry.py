@@ -14,11 +14,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from diagnostics import services
 from diagnostics.models import InferenceJob, Prediction, ReviewItem
-from tests.conftest import image_bytes, login, stored_files
-from tests.diagnostics_tests.helpers import make_scan
-from tests.reliability_tests.helpers import celery_broker, free_port
+from diagnostics.services.cases import IncomingFile, case_create
+from diagnostics.services.jobs import job_retry, job_run, job_sweep, prediction_store
+from diagnostics.services.model_registry import model_register
+from tests.factories import make_scan
+from tests.helpers import celery_broker, free_port, image_bytes, login, stored_files
 
 pytestmark = pytest.mark.django_db
 
@@ -48,18 +49,18 @@ def test_a_job_running_past_its_deadline_is_requeued_sent_again_and_then_succeed
     job = make_scan(clinician).job
     _claim(job)
     _age(job, seconds=300)
-    assert services.job_sweep().requeued == []  # a slow worker under the deadline keeps its job
+    assert job_sweep().requeued == []  # a slow worker under the deadline keeps its job
 
     _age(job, seconds=401)
     with django_capture_on_commit_callbacks() as callbacks:
-        result = services.job_sweep()
+        result = job_sweep()
     assert result.requeued == [job.id]
     assert len(callbacks) == 1  # one message sent again, after commit
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("queued", 1)
     assert AuditEvent.objects.filter(action="job.requeue", object_id=str(job.uuid)).count() == 1
 
-    services.job_run(job_id=job.id)
+    job_run(job_id=job.id)
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert Prediction.objects.filter(job=job).count() == 1
@@ -70,7 +71,7 @@ def test_after_the_last_attempt_the_sweeper_fails_the_job_with_a_stated_reason(c
     _claim(job)
     _claim(job)  # attempts == JOB_MAX_ATTEMPTS
     _age(job, seconds=401)
-    assert services.job_sweep().failed == [job.id]
+    assert job_sweep().failed == [job.id]
     job.refresh_from_db()
     assert job.status == "failed"
     assert job.error == "gave up after 2 attempt(s): none finished within 400 s (worker lost or too slow)"
@@ -81,12 +82,12 @@ def test_a_job_queued_past_its_deadline_is_sent_again_once_per_deadline(
     clinician, deadlines, django_capture_on_commit_callbacks
 ):
     job = make_scan(clinician).job
-    assert services.job_sweep().resent == []  # fresh: its message is presumably on its way
+    assert job_sweep().resent == []  # fresh: its message is presumably on its way
     _age(job, seconds=61)
     with django_capture_on_commit_callbacks() as callbacks:
-        assert services.job_sweep().resent == [job.id]
+        assert job_sweep().resent == [job.id]
     assert len(callbacks) == 1
-    assert services.job_sweep().resent == []  # touched: not again until the next deadline
+    assert job_sweep().resent == []  # touched: not again until the next deadline
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("queued", 0)
 
@@ -100,7 +101,7 @@ def test_the_sweep_command_runs_once(clinician, deadlines, capsys):
 
 def _failed_job(user) -> InferenceJob:  # type: ignore[no-untyped-def]
     job = make_scan(user).job
-    services.job_run(job_id=job.id)  # no active model: fails with a stated reason
+    job_run(job_id=job.id)  # no active model: fails with a stated reason
     job.refresh_from_db()
     assert job.status == "failed"
     return job
@@ -111,7 +112,7 @@ def test_job_retry_puts_a_failed_job_back_in_the_queue_audited_and_sent_on_commi
 ):
     job = _failed_job(clinician)
     with django_capture_on_commit_callbacks() as callbacks:
-        retried = services.job_retry(acting_user=clinician, job=job, client_address="10.1.2.3")
+        retried = job_retry(acting_user=clinician, job=job, client_address="10.1.2.3")
     assert len(callbacks) == 1
     assert (retried.status, retried.attempts, retried.error) == ("queued", 0, "")
     event = AuditEvent.objects.get(action="job.retry", object_id=str(job.uuid))
@@ -123,12 +124,12 @@ def test_job_retry_puts_a_failed_job_back_in_the_queue_audited_and_sent_on_commi
 def test_job_retry_refuses_a_job_that_is_not_failed_and_other_users(clinician, other_clinician, physician):
     job = make_scan(clinician).job
     with pytest.raises(ValidationError, match="only a failed analysis can be retried; this one is queued"):
-        services.job_retry(acting_user=clinician, job=job)
+        job_retry(acting_user=clinician, job=job)
     failed = _failed_job(other_clinician)
     with pytest.raises(PermissionDenied):
-        services.job_retry(acting_user=clinician, job=failed)
+        job_retry(acting_user=clinician, job=failed)
     with pytest.raises(PermissionDenied):
-        services.job_retry(acting_user=physician, job=failed)
+        job_retry(acting_user=physician, job=failed)
     failed.refresh_from_db()
     assert failed.status == "failed"
 
@@ -153,19 +154,19 @@ def test_the_retry_button_on_the_case_page(clinician, other_clinician, other_uni
     assert again.status_code == 409
     assert "only a failed analysis can be retried" in again.content.decode()
 
-    services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
-    services.job_run(job_id=job.id)  # the cause is fixed: the retry succeeds
+    model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "demo-pcam", activate=True)
+    job_run(job_id=job.id)  # the cause is fixed: the retry succeeds
     assert ReviewItem.objects.filter(prediction__scan=job.scan).count() == 1
 
 
 def test_an_upload_while_the_broker_is_down_is_accepted_quickly_and_stays_queued(clinician):
     started = time.monotonic()
     with celery_broker(f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
-        case = services.case_create(
+        case = case_create(
             acting_user=clinician,
             patient_ref="PSN-7",
             body_site="skin",
-            files=[services.IncomingFile(name="a.png", data=image_bytes())],
+            files=[IncomingFile(name="a.png", data=image_bytes())],
         )
     elapsed = time.monotonic() - started
     job = case.scans.get().job
@@ -192,7 +193,7 @@ def test_a_redelivered_job_whose_claimer_died_on_this_host_is_taken_over_at_once
     InferenceJob.objects.filter(pk=job.pk).update(
         status="running", attempts=1, claimed_by=f"{socket.gethostname()}:{_dead_pid()}"
     )
-    services.job_run(job_id=job.id)  # the message Celery gave back when the pool child died
+    job_run(job_id=job.id)  # the message Celery gave back when the pool child died
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert Prediction.objects.filter(scan=job.scan).count() == 1
@@ -211,7 +212,7 @@ def test_a_redelivered_job_whose_claimer_may_be_alive_is_left_alone(clinician, a
     }[claimer]
     attempts = 2 if claimer == "out-of-attempts" else 1  # JOB_MAX_ATTEMPTS is 2 here
     InferenceJob.objects.filter(pk=job.pk).update(status="running", attempts=attempts, claimed_by=claimed_by)
-    services.job_run(job_id=job.id)
+    job_run(job_id=job.id)
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("running", attempts)  # the sweeper's deadline decides
     assert not Prediction.objects.filter(scan=job.scan).exists()
@@ -234,9 +235,7 @@ def test_two_attempts_storing_at_the_same_moment_give_one_prediction_and_one_rev
         try:
             barrier.wait(timeout=30)
             results.append(
-                services.prediction_store(
-                    job_id=job.id, model_version=active_model, probabilities=[0.3, 0.7], inference_ms=1.0
-                )
+                prediction_store(job_id=job.id, model_version=active_model, probabilities=[0.3, 0.7], inference_ms=1.0)
             )
         except Exception as exc:  # recorded, so the assertion below names it
             results.append(exc)

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts import services as account_services
 from accounts.models import CareUnit, User
-from diagnostics import services
+from diagnostics.services.model_registry import model_register
 
 DEMO_UNIT = "Demo pathology unit"
 
@@ -56,7 +56,7 @@ class Command(BaseCommand):
             if role != "admin" and not member:
                 account_services.unit_member_add(acting_user=None, unit=unit, user=user)
         for bundle in DEMO_BUNDLES:
-            services.model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / bundle, activate=True)
+            model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / bundle, activate=True)
         self.stdout.write("demo users and models ready")
 
 

@@ -1,19 +1,19 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from diagnostics import services
-from diagnostics.ml.bundle import BundleError
+from diagnostics.services.model_registry import model_register
 
 
 class Command(BaseCommand):
     help = "Register a model bundle (folder with manifest.json and the .keras file); --activate makes it active."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("bundle")
+        parser.add_argument("bundle", help="the bundle folder: a path, or a name in the model folder (MODEL_DIR)")
         parser.add_argument("--activate", action="store_true")
         parser.add_argument("--task", help="register under this task instead of the manifest's")
         parser.add_argument(
@@ -24,14 +24,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            mv = services.model_register(
+            mv = model_register(
                 acting_user=None,
-                bundle_dir=options["bundle"],
+                # A path the operator typed is relative to the working directory; the
+                # service still refuses anything outside the model folder.
+                bundle_dir=Path(options["bundle"]).resolve() if Path(options["bundle"]).exists() else options["bundle"],
                 activate=options["activate"],
                 task=options["task"],
                 force_labels=options["force_labels"],
             )
-        except (BundleError, ValidationError) as exc:
-            msg = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-            raise CommandError(msg) from exc
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
         self.stdout.write(f"registered {mv} for task '{mv.task}' ({mv.status}), sha256 {mv.sha256}")

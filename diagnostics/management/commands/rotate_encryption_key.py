@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnostics import storage
-from diagnostics.encryption import EncryptionError
+from diagnostics.intake import storage
+from diagnostics.intake.encryption import EncryptionError
 
 
 class Command(BaseCommand):

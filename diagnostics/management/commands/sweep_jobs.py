@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connections
 
-from diagnostics import services
+from diagnostics.services.jobs import job_sweep
 
 
 class Command(BaseCommand):
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             try:
                 if options["loop"]:  # (never inside a test's transaction)
                     close_old_connections()
-                result = services.job_sweep()
+                result = job_sweep()
                 if options["verbosity"] > 1 or not options["loop"]:
                     self.stdout.write(
                         f"re-sent {len(result.resent)}, requeued {len(result.requeued)}, failed {len(result.failed)}"

@@ -1,0 +1,60 @@
+"""A clear 503 when PostgreSQL is unreachable, instead of a 500 or a hung request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.db import InterfaceError, OperationalError, connection
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+from core.exceptions import NotFound
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseUnavailableMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # First in the chain (after static files): sessions, authentication and the
+        # second-factor checks all read the database, and Django turns their errors into
+        # 500s before a later middleware could see them. A persistent connection makes
+        # this a no-op while the database is up.
+        try:
+            connection.ensure_connection()
+        except (OperationalError, InterfaceError) as exc:
+            return self._unavailable(request, exc)
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        return self._unavailable(request, exception)
+
+    def _unavailable(self, request: HttpRequest, exception: Exception) -> HttpResponse:
+        # Only the error type: the message may quote SQL parameters.
+        logger.error("database unavailable (%s) on %s %s", type(exception).__name__, request.method, request.path)
+        # Rendered without the request: context processors would query the database again.
+        # An upload that failed here rolled back and removed the files it had stored.
+        response = HttpResponse(render_to_string("503.html"), status=503)
+        response["Retry-After"] = "30"
+        return response
+
+
+class NotFoundMiddleware:
+    """A selector's NotFound answers 404 on pages, like Http404 (the API's exception
+    handler does the same for its views)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, NotFound):
+            raise Http404(str(exception)) from exception
+        return None

@@ -1,0 +1,196 @@
+"""Reads of cases, scans and jobs, always scoped to the user asking: `cases_for_user` is
+the one place that decides which cases a user sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from uuid import UUID
+
+from django.db.models import Exists, OuterRef, QuerySet
+from guardian.shortcuts import get_objects_for_user
+
+from accounts.models import User
+from core.exceptions import NotFound
+from diagnostics.models import (
+    Case,
+    InferenceJob,
+    ReviewDecision,
+    ReviewItem,
+    Scan,
+)
+from diagnostics.selectors.signatures import signature_check
+from diagnostics.signatures import SignatureCheck
+
+VIEW_CASE = "diagnostics.view_case"
+
+
+def cases_for_user(*, user: User) -> QuerySet[Case]:
+    """Cases the user may see, decided here for every page and the API.
+
+    Only object permissions count: those granted to the user's care-unit groups when
+    the case was created, and any granted to the user for a single case. A global
+    `view_case` permission (or superuser status) never widens the list, so an admin
+    sees no clinical data unless granted. One query: guardian filters by a join on
+    the direct object-permission tables.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return Case.objects.none()
+    return get_objects_for_user(user, VIEW_CASE, klass=Case, accept_global_perms=False, with_superuser=False).order_by(
+        "-created_at"
+    )
+
+
+def case_get(*, user: User, case_uuid: UUID) -> Case:
+    try:
+        return cases_for_user(user=user).get(uuid=case_uuid)
+    except Case.DoesNotExist as exc:
+        raise NotFound("no such case") from exc
+
+
+@dataclass(frozen=True)
+class ScanStatus:
+    code: str  # queued | running | awaiting_review | signed | failed
+    label: str
+    decision: ReviewDecision | None = None
+    signature: SignatureCheck | None = None  # of the decision, when there is one
+    error: str = ""
+
+
+def current_decision(item: ReviewItem) -> ReviewDecision | None:
+    decisions = [d for d in item.decisions.all() if not _is_superseded(d)]
+    return decisions[-1] if decisions else None
+
+
+def _is_superseded(decision: ReviewDecision) -> bool:
+    try:
+        decision.superseded_by  # noqa: B018 - reverse one-to-one raises when absent
+    except ReviewDecision.DoesNotExist:
+        return False
+    return True
+
+
+def scan_status(scan: Scan) -> ScanStatus:
+    """What the clinician sees: the job's progress, then the review, never the AI's answer."""
+    job: InferenceJob | None = getattr(scan, "job", None)
+    if job is None or job.status == InferenceJob.Status.QUEUED:
+        return ScanStatus("queued", "Queued")
+    if job.status == InferenceJob.Status.RUNNING:
+        return ScanStatus("running", "Running")
+    if job.status == InferenceJob.Status.FAILED:
+        return ScanStatus("failed", "Failed", error=job.error)
+    item = scan.prediction.review_item
+    decision = current_decision(item)
+    if decision is None:
+        return ScanStatus("awaiting_review", "Awaiting review")
+    return ScanStatus("signed", "Signed", decision=decision, signature=signature_check(decision))
+
+
+def case_scans_with_status(*, case: Case) -> list[tuple[Scan, ScanStatus]]:
+    scans = case.scans.select_related("job", "prediction", "prediction__review_item").prefetch_related(
+        "prediction__review_item__decisions", "prediction__review_item__decisions__superseded_by"
+    )
+    return [(scan, scan_status(scan)) for scan in scans]
+
+
+def case_status_summary(statuses: list[ScanStatus]) -> str:
+    """A case is only as far along as its least advanced scan."""
+    order = ["failed", "queued", "running", "awaiting_review", "signed"]
+    if not statuses:
+        return "No images"
+    code = min((s.code for s in statuses), key=order.index)
+    return {
+        "failed": "Failed",
+        "queued": "Queued",
+        "running": "Running",
+        "awaiting_review": "Awaiting review",
+        "signed": "Signed",
+    }[code]
+
+
+CASE_STATUS_CODES = ["failed", "queued", "running", "awaiting_review", "signed"]
+
+
+def _scans_where(**lookups: object) -> Exists:
+    return Exists(Scan.objects.filter(case=OuterRef("pk"), **lookups))
+
+
+def cases_filtered(
+    *,
+    user: User,
+    status: str = "",
+    stage: str = "",
+    date_from: date | None = None,
+    date_to: date | None = None,
+    search: str = "",
+    unit: str = "",
+) -> QuerySet[Case]:
+    """The user's cases narrowed by the worklist's filters. ``status`` matches the case
+    summary (a case is as far along as its least advanced scan), so the conditions
+    exclude every less advanced state. ``stage`` is the physician's signed stage."""
+    cases = cases_for_user(user=user)
+    failed = _scans_where(job__status=InferenceJob.Status.FAILED)
+    queued = _scans_where(job__isnull=True) | _scans_where(job__status=InferenceJob.Status.QUEUED)
+    running = _scans_where(job__status=InferenceJob.Status.RUNNING)
+    pending = _scans_where(prediction__review_item__status=ReviewItem.Status.PENDING)
+    if status == "failed":
+        cases = cases.filter(failed)
+    elif status == "queued":
+        cases = cases.filter(queued).exclude(failed)
+    elif status == "running":
+        cases = cases.filter(running).exclude(failed).exclude(queued)
+    elif status == "awaiting_review":
+        cases = cases.filter(pending).exclude(failed).exclude(queued).exclude(running)
+    elif status == "signed":
+        cases = (
+            cases.filter(_scans_where())
+            .exclude(failed)
+            .exclude(queued)
+            .exclude(running)
+            .exclude(pending)
+            .exclude(_scans_where(prediction__isnull=True))
+        )
+    elif status:
+        raise ValueError(f"unknown status {status!r}")
+    if stage:
+        current = ReviewDecision.objects.filter(
+            review_item__prediction__scan__case=OuterRef("pk"), stage=stage, superseded_by__isnull=True
+        )
+        cases = cases.filter(Exists(current))
+    if date_from:
+        cases = cases.filter(created_at__date__gte=date_from)
+    if date_to:
+        cases = cases.filter(created_at__date__lte=date_to)
+    if search:
+        cases = cases.filter(patient_ref__icontains=search)
+    if unit:
+        cases = cases.filter(unit__uuid=unit)
+    return cases
+
+
+def scans_for_user(*, user: User) -> QuerySet[Scan]:
+    """Scans of the cases the user may see."""
+    return Scan.objects.filter(case__in=cases_for_user(user=user)).select_related("case", "job")
+
+
+def scan_get(*, user: User, scan_uuid: UUID) -> Scan:
+    try:
+        return scans_for_user(user=user).get(uuid=scan_uuid)
+    except Scan.DoesNotExist as exc:
+        raise NotFound("no such scan") from exc
+
+
+def jobs_for_user(*, user: User) -> QuerySet[InferenceJob]:
+    """Inference jobs of the scans of the cases the user may see."""
+    return (
+        InferenceJob.objects.filter(scan__case__in=cases_for_user(user=user))
+        .select_related("scan", "scan__case")
+        .order_by("-created_at", "-id")
+    )
+
+
+def job_get(*, user: User, job_uuid: UUID) -> InferenceJob:
+    try:
+        return jobs_for_user(user=user).get(uuid=job_uuid)
+    except InferenceJob.DoesNotExist as exc:
+        raise NotFound("no such job") from exc

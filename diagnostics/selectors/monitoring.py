@@ -1,0 +1,26 @@
+"""Aggregates for /health/ and /metrics: job counts, queue age, worker heartbeats. No
+clinical data, so not scoped to a user."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from diagnostics.models import InferenceJob, WorkerHeartbeat
+
+
+def job_counts() -> dict[str, int]:
+    counts = dict.fromkeys(InferenceJob.Status.values, 0)
+    for row in InferenceJob.objects.values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def oldest_queued_age_s() -> float:
+    oldest = InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED).aggregate(t=Min("created_at"))["t"]
+    return max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0
+
+
+def latest_heartbeat_age_s() -> float | None:
+    latest = WorkerHeartbeat.objects.order_by("-last_seen").values_list("last_seen", flat=True).first()
+    return max(0.0, (timezone.now() - latest).total_seconds()) if latest else None

@@ -1,0 +1,170 @@
+"""The physician's review: blinded-first reads, review settings, and the signed decision
+(confirm, reject, correct) with its electronic signature."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.audit import audit_record
+from accounts.models import User
+from accounts.otp import confirmed_device
+from accounts.roles import REVIEW_PERMISSION
+from core.exceptions import ApplicationError
+from diagnostics import signatures
+from diagnostics.models import (
+    BlindedRead,
+    Case,
+    ReviewDecision,
+    ReviewerPreference,
+    ReviewItem,
+    Scan,
+)
+from diagnostics.services.notifications import notify_case_signed
+
+
+class SignatureError(ApplicationError):
+    """The decision was not signed: a wrong password or authenticator code."""
+
+
+def review_sign(
+    *,
+    acting_user: User,
+    review_item: ReviewItem,
+    outcome: str,
+    stage: str,
+    reason: str,
+    password: str,
+    supersedes: ReviewDecision | None = None,
+    client_address: str | None = None,
+    otp_token: str = "",
+    otp_signed_in_session: bool = False,
+) -> ReviewDecision:
+    """A physician confirms or rejects a prediction, or corrects a signed decision,
+    and signs it by re-entering the password and, where an authenticator is
+    enrolled, a code from it. Signed decisions are never edited.
+
+    21 CFR 11.200(a)(1)(i): within one continuous session (ours ends after 30 idle
+    minutes) the first signing uses both components and later ones at least one;
+    `otp_signed_in_session` says the session's first signing presented the code.
+    The password is asked every time."""
+    if not acting_user.has_perm(REVIEW_PERMISSION):
+        raise PermissionDenied("only physicians can sign review decisions")
+    if not password or not acting_user.check_password(password):
+        raise SignatureError("signature_failed", "the password is not correct; the decision was not signed")
+    device = confirmed_device(acting_user)
+    needs_code = device is not None and not otp_signed_in_session
+    if needs_code and not device.verify_token((otp_token or "").strip()):  # type: ignore[union-attr]
+        raise SignatureError(
+            "second_factor_failed", "the authenticator code is not correct; the decision was not signed"
+        )
+    labels = list(review_item.prediction.labels)
+    reason = reason.strip()
+    if outcome == ReviewDecision.Outcome.CONFIRMED:
+        if supersedes is not None:
+            raise ValidationError({"outcome": "a correction must state a stage and a reason"})
+        stage = review_item.prediction.predicted_label
+    elif outcome == ReviewDecision.Outcome.REJECTED:
+        if stage not in labels:
+            raise ValidationError({"stage": f"choose one of the model's stages: {', '.join(labels)}"})
+        if not reason:
+            raise ValidationError({"reason": "a rejection or correction needs a reason"})
+    else:
+        raise ValidationError({"outcome": "choose confirm or reject"})
+
+    with transaction.atomic():
+        item = ReviewItem.objects.select_for_update().get(pk=review_item.pk)
+        current = item.decisions.filter(superseded_by__isnull=True).first()
+        if supersedes is None and current is not None:
+            raise ValidationError({"outcome": "this item is already signed; record a correction instead"})
+        if supersedes is not None and (current is None or supersedes.pk != current.pk):
+            raise ValidationError({"supersedes": "only the current signed decision can be corrected"})
+        decision = ReviewDecision(
+            review_item=item,
+            outcome=outcome,
+            stage=stage,
+            reason=reason,
+            physician=acting_user,
+            signer_name=acting_user.display_name,
+            signed_at=timezone.now(),
+            supersedes=supersedes,
+        )
+        decision.content_sha256 = signatures.content_sha256(decision)
+        decision.full_clean()
+        decision.save()
+        if item.status != ReviewItem.Status.SIGNED:
+            item.status = ReviewItem.Status.SIGNED
+            item.save(update_fields=["status"])
+        audit_record(
+            actor=acting_user,
+            action="review.correct" if supersedes else "review.sign",
+            obj=decision,
+            data={
+                "review_item": str(item.uuid),
+                "outcome": outcome,
+                "stage": stage,
+                "predicted": item.prediction.predicted_label,
+                "supersedes": str(supersedes.uuid) if supersedes else None,
+                "meaning": decision.meaning,
+                "signer_name": decision.signer_name,
+                "signed_at": decision.signed_at.isoformat(),
+                "content_sha256": decision.content_sha256,
+            },
+            client_address=client_address,
+        )
+        notify_case_signed(decision=decision)
+    return decision
+
+
+def record_view(*, acting_user: User, obj: Case | Scan | ReviewItem, client_address: str | None = None) -> None:
+    """Every opening of a clinical record is audited (HIPAA access logging)."""
+    audit_record(actor=acting_user, action="view", obj=obj, data={}, client_address=client_address)
+
+
+def reviewer_preference_set(
+    *, acting_user: User, blinded_first: bool, client_address: str | None = None
+) -> ReviewerPreference:
+    if not acting_user.has_perm(REVIEW_PERMISSION):
+        raise PermissionDenied("review settings are for physicians")
+    with transaction.atomic():
+        pref, _ = ReviewerPreference.objects.select_for_update().get_or_create(user=acting_user)
+        old = pref.blinded_first
+        pref.blinded_first = blinded_first
+        pref.full_clean()
+        pref.save()
+        audit_record(
+            actor=acting_user,
+            action="reviewer_preference.set",
+            obj=acting_user,
+            data={"blinded_first": {"old": old, "new": blinded_first}},
+            client_address=client_address,
+        )
+    return pref
+
+
+def blinded_read_record(
+    *, acting_user: User, review_item: ReviewItem, stage: str, client_address: str | None = None
+) -> BlindedRead:
+    """Keep the stage a physician chose before the AI's answer was shown. Recorded once:
+    after the reveal a second blind read would not be blind."""
+    if not acting_user.has_perm(REVIEW_PERMISSION):
+        raise PermissionDenied("only physicians record reads")
+    labels = list(review_item.prediction.labels)
+    if stage not in labels:
+        raise ValidationError({"stage": f"choose one of the model's stages: {', '.join(labels)}"})
+    with transaction.atomic():
+        item = ReviewItem.objects.select_for_update().get(pk=review_item.pk)
+        if item.blinded_reads.filter(physician=acting_user).exists():
+            raise ValidationError({"stage": "your blinded stage for this item is already recorded"})
+        read = BlindedRead(review_item=item, physician=acting_user, stage=stage)
+        read.full_clean()
+        read.save()
+        audit_record(
+            actor=acting_user,
+            action="review.blinded_read",
+            obj=read,
+            data={"review_item": str(item.uuid), "stage": stage},
+            client_address=client_address,
+        )
+    return read

@@ -1,0 +1,1 @@
+"""Pages, by the same split as the services and selectors."""

@@ -1,0 +1,247 @@
+"""Pages for clinicians: worklist, new case, case page with uploads and live status,
+retry, scan images. Thin: a form or selector in, a service call, a template out."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
+from accounts.services import user_units
+from core.http import client_address, worklist_queries
+from diagnostics.forms import (
+    CaseCreateForm,
+    CaseFilterForm,
+    ScanUploadForm,
+)
+from diagnostics.intake import imaging, storage
+from diagnostics.intake.validation import accepted_extensions
+from diagnostics.selectors.cases import (
+    case_get,
+    case_scans_with_status,
+    case_status_summary,
+    cases_filtered,
+    job_get,
+    scan_get,
+)
+from diagnostics.selectors.model_registry import active_tasks, stage_labels_known
+from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
+from diagnostics.services.jobs import job_retry
+from diagnostics.services.reviews import record_view
+
+
+def _incoming(files: list[UploadedFile]) -> list[IncomingFile]:
+    # Read at most one byte past the cap: enough to know a file is too large
+    # without holding an arbitrarily large upload in memory.
+    limit = settings.UPLOAD_MAX_BYTES + 1
+    return [IncomingFile(name=f.name or "", data=f.read(limit)) for f in files]
+
+
+def _add_upload_errors(form: Any, exc: UploadBatchRejected) -> None:
+    for name, err in exc.errors:
+        form.add_error("files", f"{name}: {err.message} [{err.code}]")
+    form.add_error("files", "Nothing was stored. Fix or remove the files above and upload again.")
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    if request.user.has_perm(REVIEW_PERMISSION):
+        return redirect("review_queue")
+    if request.user.has_perm(UPLOAD_PERMISSION):
+        return redirect("case_list")
+    if request.user.is_staff:
+        return redirect("admin:index")
+    return render(request, "diagnostics/no_role.html", status=403)
+
+
+@require_GET
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_list(request: HttpRequest) -> HttpResponse:
+    form = CaseFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
+    if not form.is_valid():
+        return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
+    data = form.cleaned_data
+    cases = cases_filtered(
+        user=request.user,
+        status=data["status"],
+        stage=data["stage"],
+        date_from=data["date_from"],
+        date_to=data["date_to"],
+        search=data["q"],
+        unit=data.get("unit") or "",
+    ).prefetch_related("scans__job")
+    page = Paginator(cases, 25).get_page(data["page"] or 1)
+    rows = []
+    for case in page:
+        statuses = [status for _, status in case_scans_with_status(case=case)]
+        rows.append((case, case_status_summary(statuses), len(statuses)))
+    context = {"page": page, "rows": rows, "filter_form": form, **worklist_queries(request)}
+    template = "diagnostics/_case_rows.html" if request.GET.get("fragment") else "diagnostics/case_list.html"
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_new(request: HttpRequest) -> HttpResponse:
+    form = CaseCreateForm(
+        request.POST or None, request.FILES or None, units=user_units(user=request.user), tasks=active_tasks()
+    )
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                case = case_create(
+                    acting_user=request.user,
+                    patient_ref=form.cleaned_data["patient_ref"],
+                    body_site=form.cleaned_data["body_site"],
+                    note=form.cleaned_data["note"],
+                    task=form.cleaned_data["task"],
+                    files=_incoming(form.cleaned_data["files"]),
+                    client_address=client_address(request),
+                    unit=form.cleaned_data.get("unit"),
+                )
+            except UploadBatchRejected as exc:
+                _add_upload_errors(form, exc)
+            except ValidationError as exc:
+                form.add_error(None, exc.messages)
+            else:
+                messages.success(request, f"Case created with {case.scans.count()} image(s); analysis is queued.")
+                return redirect("case_detail", case_uuid=case.uuid)
+        status = 400
+    return render(request, "diagnostics/case_new.html", {"form": form}, status=status)
+
+
+@require_GET
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_detail(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+    case = case_get(user=request.user, case_uuid=case_uuid)
+    record_view(acting_user=request.user, obj=case, client_address=client_address(request))
+    return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
+
+
+def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
+    scans = case_scans_with_status(case=case)
+    return {
+        "case": case,
+        "scans": scans,
+        "summary": case_status_summary([s for _, s in scans]),
+        "all_done": all(s.code in ("signed", "failed") for _, s in scans),
+        "form": form,
+        # The upload page's client-side pre-checks; the server stays the authority.
+        "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
+        "upload_max_files": settings.UPLOAD_MAX_FILES,
+        "upload_extensions": ",".join(accepted_extensions()),
+    }
+
+
+@require_GET
+@never_cache
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_status_fragment(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+    """The status table alone, polled by the case page so it updates without a reload."""
+    case = case_get(user=request.user, case_uuid=case_uuid)
+    return render(request, "diagnostics/_case_status.html", _case_context(case, ScanUploadForm()))
+
+
+@require_POST
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+    case = case_get(user=request.user, case_uuid=case_uuid)
+    form = ScanUploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        try:
+            result = scans_upload(
+                acting_user=request.user,
+                case=case,
+                files=_incoming(form.cleaned_data["files"]),
+                client_address=client_address(request),
+            )
+        except UploadBatchRejected as exc:
+            _add_upload_errors(form, exc)
+        else:
+            text = f"{len(result.created)} image(s) uploaded; analysis is queued."
+            if result.repeated:
+                text += f" {len(result.repeated)} already uploaded to this case, not added again."
+            messages.success(request, text)
+            return redirect("case_detail", case_uuid=case.uuid)
+    return render(request, "diagnostics/case_detail.html", _case_context(case, form), status=400)
+
+
+@require_POST
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def job_retry_page(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
+    """The case page's "Retry" button on a failed scan."""
+    job = job_get(user=request.user, job_uuid=job_uuid)
+    case = job.scan.case
+    try:
+        job_retry(acting_user=request.user, job=job, client_address=client_address(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()), status=409)
+    messages.success(request, f"Analysis of {job.scan.original_name or 'the image'} queued again.")
+    return redirect("case_detail", case_uuid=case.uuid)
+
+
+@require_GET
+@login_required
+def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
+    """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
+    scan = scan_get(user=request.user, scan_uuid=scan_uuid)
+    record_view(acting_user=request.user, obj=scan, client_address=client_address(request))
+    data = storage.read_bytes(scan.storage_name)
+    rendered = imaging.to_rgb_image(data, max_side=1024)
+    out = io.BytesIO()
+    rendered.save(out, format="PNG")
+    response = HttpResponse(out.getvalue(), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_POST
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_upload_file(request: HttpRequest, case_uuid: UUID) -> JsonResponse:
+    """The upload page's endpoint: one request per file (so the browser can show each
+    file's progress), answered in JSON. The server's validation is the authority."""
+    case = case_get(user=request.user, case_uuid=case_uuid)
+    files = request.FILES.getlist("files")
+    if len(files) != 1:
+        return JsonResponse(
+            {"errors": [{"file": "", "code": "one_file", "message": "send exactly one file in the field 'files'"}]},
+            status=400,
+        )
+    try:
+        result = scans_upload(
+            acting_user=request.user,
+            case=case,
+            files=_incoming(files),
+            client_address=client_address(request),
+        )
+    except UploadBatchRejected as exc:
+        errors = [{"file": name, "code": err.code, "message": err.message} for name, err in exc.errors]
+        return JsonResponse({"errors": errors}, status=400)
+    return JsonResponse(
+        {
+            "created": [{"uuid": str(s.uuid), "name": s.original_name} for s in result.created],
+            "repeated": [{"uuid": str(s.uuid), "name": s.original_name} for s in result.repeated],
+        },
+        status=201 if result.created else 200,
+    )

@@ -1,0 +1,214 @@
+"""Pages for physicians: the review queue, the review screen with its viewer, blinded
+reads, review settings, heat maps."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.otp import confirmed_device
+from accounts.roles import REVIEW_PERMISSION
+from accounts.services import user_units
+from core.http import client_address, worklist_queries
+from diagnostics.forms import (
+    BlindedReadForm,
+    CorrectionForm,
+    QueueFilterForm,
+    ReviewerPreferenceForm,
+    SignForm,
+)
+from diagnostics.intake import storage
+from diagnostics.models import ReviewDecision
+from diagnostics.selectors.model_registry import stage_labels_known
+from diagnostics.selectors.reviews import (
+    blinded_read_get,
+    decisions_with_signatures,
+    heatmap_get,
+    review_item_decisions,
+    review_item_get,
+    review_queue,
+    review_queue_filtered,
+    review_queue_neighbours,
+    reviewer_blinded_first,
+)
+from diagnostics.services.reviews import (
+    SignatureError,
+    blinded_read_record,
+    record_view,
+    review_sign,
+    reviewer_preference_set,
+)
+
+# Set after the session's first signing with the authenticator code (see review_sign).
+SESSION_OTP_SIGNED = "cw_otp_signed"
+
+
+@require_GET
+@login_required
+def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
+    """The Grad-CAM overlay (RGBA PNG) of a review item, only for its reviewers."""
+    name = heatmap_get(user=request.user, item_uuid=item_uuid)
+    response = HttpResponse(storage.read_bytes(name), content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+@never_cache
+@login_required
+def review_queue_page(request: HttpRequest) -> HttpResponse:
+    form = QueueFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
+    if not form.is_valid():
+        review_queue(user=request.user)  # the wrong role gets 403 before any message
+        return render(request, "diagnostics/review_queue.html", {"filter_form": form, "page": None}, status=400)
+    data = form.cleaned_data
+    items = review_queue_filtered(
+        user=request.user,
+        stage=data["stage"],
+        date_from=data["date_from"],
+        date_to=data["date_to"],
+        search=data["q"],
+        unit=data.get("unit") or "",
+    )
+    page = Paginator(items, 25).get_page(data["page"] or 1)
+    template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"
+    return render(request, template, {"page": page, "filter_form": form, **worklist_queries(request)})
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
+    item = review_item_get(user=request.user, item_uuid=item_uuid)
+    labels = list(item.prediction.labels)
+    decisions = review_item_decisions(item=item)
+    current = decisions[-1] if decisions else None
+    otp_required = confirmed_device(request.user) is not None and not request.session.get(SESSION_OTP_SIGNED)
+    sign_form = SignForm(request.POST or None, labels=labels, otp_required=otp_required) if current is None else None
+    correct_form = (
+        CorrectionForm(request.POST or None, labels=labels, otp_required=otp_required) if current is not None else None
+    )
+    blinded_read = blinded_read_get(user=request.user, item=item)
+    # Blinded-first: the AI's answer stays hidden, and signing is refused, until the
+    # physician has recorded a stage of their own.
+    blinded = current is None and blinded_read is None and reviewer_blinded_first(user=request.user)
+    status = 200
+    if request.method == "GET":
+        record_view(acting_user=request.user, obj=item, client_address=client_address(request))
+    if request.method == "POST" and blinded:
+        messages.error(request, "Record your own stage first; the AI's answer is shown after that.")
+        status = 400
+    elif request.method == "POST":
+        form = sign_form or correct_form
+        assert form is not None
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                review_sign(
+                    acting_user=request.user,
+                    review_item=item,
+                    outcome=data.get("outcome", ReviewDecision.Outcome.REJECTED),
+                    stage=data.get("stage") or "",
+                    reason=data.get("reason") or "",
+                    password=data["password"],
+                    supersedes=current,
+                    client_address=client_address(request),
+                    otp_token=data.get("otp_token") or "",
+                    otp_signed_in_session=not otp_required,
+                )
+            except SignatureError as exc:
+                form.add_error("otp_token" if exc.code == "second_factor_failed" else "password", exc.message)
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                if otp_required:
+                    request.session[SESSION_OTP_SIGNED] = True
+                messages.success(request, "Decision signed.")
+                next_item = review_queue(user=request.user).first()
+                if next_item is not None and current is None:
+                    return redirect("review_detail", item_uuid=next_item.uuid)
+                return redirect("review_queue")
+        status = 400
+    context = {
+        "item": item,
+        "prediction": item.prediction,
+        "case": item.prediction.scan.case,
+        "decisions": decisions_with_signatures(decisions),
+        "current": current,
+        "sign_form": sign_form,
+        "correct_form": correct_form,
+        **_review_viewer_context(request, item, labels, blinded, blinded_read),
+    }
+    return render(request, "diagnostics/review_detail.html", context, status=status)
+
+
+def _heatmap_url(prediction: Any) -> str | None:
+    # The viewer's heat-map layer exists only when the worker stored a Grad-CAM map.
+    if prediction.heatmap_storage_name:
+        return reverse("review_heatmap", kwargs={"item_uuid": prediction.review_item.uuid})
+    return None
+
+
+def _review_viewer_context(
+    request: HttpRequest, item: Any, labels: list[str], blinded: bool, blinded_read: Any
+) -> dict[str, Any]:
+    previous_item, next_item = review_queue_neighbours(user=request.user, item=item)
+    prediction = item.prediction
+    return {
+        "blinded": blinded,
+        "blinded_read": blinded_read,
+        "blinded_form": BlindedReadForm(labels=labels) if blinded else None,
+        "previous_item": previous_item,
+        "next_item": next_item,
+        "heatmap_url": None if blinded else _heatmap_url(prediction),
+        "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
+        "predicted_number": prediction.predicted_index + 1,
+    }
+
+
+@require_POST
+@login_required
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def review_blinded(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
+    item = review_item_get(user=request.user, item_uuid=item_uuid)
+    form = BlindedReadForm(request.POST, labels=list(item.prediction.labels))
+    if form.is_valid():
+        try:
+            blinded_read_record(
+                acting_user=request.user,
+                review_item=item,
+                stage=form.cleaned_data["stage"],
+                client_address=client_address(request),
+            )
+        except ValidationError as exc:
+            return HttpResponse("; ".join(exc.messages), status=400, content_type="text/plain")
+        messages.success(request, "Your stage is recorded. The AI's answer is shown below.")
+        return redirect("review_detail", item_uuid=item.uuid)
+    errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    return HttpResponse(f"Not recorded. {errors}", status=400, content_type="text/plain")
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def review_settings(request: HttpRequest) -> HttpResponse:
+    initial = {"blinded_first": reviewer_blinded_first(user=request.user)}
+    form = ReviewerPreferenceForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        reviewer_preference_set(
+            acting_user=request.user,
+            blinded_first=form.cleaned_data["blinded_first"],
+            client_address=client_address(request),
+        )
+        messages.success(request, "Review settings saved.")
+        return redirect("review_settings")
+    return render(request, "diagnostics/review_settings.html", {"form": form})

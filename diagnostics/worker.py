@@ -1,0 +1,88 @@
+"""Celery worker signal handlers: what a worker process does around its tasks (a fresh
+database connection per task, TensorFlow imported before the pool forks, the active
+models loaded when a pool child starts, a heartbeat for /health/). Connected from
+DiagnosticsConfig.ready(), which Celery's Django fixup runs before the worker starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import signals
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+logger = logging.getLogger(__name__)
+
+_heartbeat_stop = threading.Event()
+
+
+def close_stale_connections(**kwargs: Any) -> None:
+    # A worker outlives database restarts: drop connections that went stale or broke,
+    # so the task opens a fresh one instead of failing on a dead socket.
+    close_old_connections()
+
+
+def import_ml_stack(**kwargs: Any) -> None:
+    # In the worker's main process, before it forks its pool: import TensorFlow and
+    # Keras (no model, no TF op: forking after a bare import is safe), so a pool child
+    # that replaces a dead one starts in seconds instead of re-importing them.
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        import diagnostics.ml.runner  # noqa: F401
+    except ImportError:  # a worker without the ML stack serves only the default queue
+        logger.warning("TensorFlow is not importable in this worker")
+
+
+def warm_models(**kwargs: Any) -> None:
+    # Load the active models when a pool child starts, not inside its first task: the
+    # first task then takes as long as any other, well inside the time limits and the
+    # sweeper's running deadline.
+    from diagnostics.inference import runner_for
+    from diagnostics.models import ModelVersion
+
+    try:
+        for active in ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).order_by("task"):
+            runner_for(active)
+    except Exception:  # no database yet, or a bad bundle: the task reports it on the job
+        logger.warning("could not load the active models at worker start", exc_info=True)
+    finally:
+        # Never share a connection opened here with the task code's own.
+        connections.close_all()
+
+
+def _heartbeat_loop(hostname: str, stop: threading.Event) -> None:
+    from diagnostics.services.jobs import worker_heartbeat
+
+    while True:
+        try:
+            worker_heartbeat(hostname=hostname, pid=os.getpid())
+        except Exception:  # the database may be restarting; beat again next time
+            logger.warning("worker heartbeat could not be written", exc_info=True)
+            close_old_connections()
+        if stop.wait(settings.WORKER_HEARTBEAT_S):
+            return
+
+
+def start_heartbeat(sender: Any = None, **kwargs: Any) -> None:
+    # In the worker's main process: it lives as long as the worker does, whatever
+    # happens to the pool children.
+    hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
+    threading.Thread(target=_heartbeat_loop, args=(hostname, _heartbeat_stop), daemon=True, name="heartbeat").start()
+
+
+def stop_heartbeat(**kwargs: Any) -> None:
+    _heartbeat_stop.set()
+
+
+def connect() -> None:
+    """Connect the handlers once per process (dispatch_uid makes a second call a no-op)."""
+    signals.task_prerun.connect(close_stale_connections, dispatch_uid="cancerweb_close_stale_connections")
+    signals.worker_init.connect(import_ml_stack, dispatch_uid="cancerweb_import_ml_stack")
+    signals.worker_process_init.connect(warm_models, dispatch_uid="cancerweb_warm_models")
+    signals.worker_ready.connect(start_heartbeat, dispatch_uid="cancerweb_start_heartbeat")
+    signals.worker_shutdown.connect(stop_heartbeat, dispatch_uid="cancerweb_stop_heartbeat")
