@@ -92,6 +92,12 @@ def audit_record(
     return event
 
 
+def record_view(*, actor: User, obj: Any, client_address: str | None = None) -> AuditEvent:
+    """Every opening of a clinical record is audited (HIPAA access logging), whichever
+    door it came through."""
+    return audit_record(actor=actor, action="view", obj=obj, data={}, client_address=client_address)
+
+
 @dataclass(frozen=True)
 class ChainBreak:
     event_id: int | None

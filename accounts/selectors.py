@@ -77,12 +77,3 @@ def audit_event_get(*, user: User, event_uuid: UUID) -> AuditEvent:
         return audit_events_for_user(user=user).get(uuid=event_uuid)
     except AuditEvent.DoesNotExist as exc:
         raise NotFound("no such audit event") from exc
-
-
-def user_get_for_admin(*, user: User, user_uuid: UUID) -> User:
-    if not user.has_perm("accounts.change_user"):
-        raise PermissionDenied("only admins can act for other users")
-    try:
-        return User.objects.get(uuid=user_uuid)
-    except User.DoesNotExist as exc:
-        raise NotFound("no such user") from exc

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -73,19 +74,96 @@ def unit_member_remove(
     )
 
 
-def user_groups_changed(
-    *, acting_user: User | None, user: User, old: list[str], new: list[str], client_address: str | None = None
-) -> None:
-    """Record a change of roles or unit memberships made in the user administration."""
-    if sorted(old) == sorted(new):
-        return
-    audit_record(
-        actor=acting_user,
-        action="permission.groups_change",
-        obj=user,
-        data={"old": {"groups": sorted(old)}, "new": {"groups": sorted(new)}},
-        client_address=client_address,
-    )
+@dataclass(frozen=True)
+class UserAccess:
+    """What a user may do: account state, roles and unit memberships (groups), staff and
+    superuser status, and permissions granted to the user directly."""
+
+    is_active: bool
+    is_staff: bool
+    is_superuser: bool
+    groups: frozenset[str]
+    permissions: frozenset[str]  # app_label.codename
+
+    @classmethod
+    def of(cls, user: User) -> UserAccess:
+        stored = User.objects.get(pk=user.pk)
+        return cls(
+            is_active=stored.is_active,
+            is_staff=stored.is_staff,
+            is_superuser=stored.is_superuser,
+            groups=frozenset(stored.groups.values_list("name", flat=True)),
+            permissions=frozenset(
+                f"{app}.{code}"
+                for app, code in stored.user_permissions.values_list("content_type__app_label", "codename")
+            ),
+        )
+
+
+@transaction.atomic
+def user_access_set(
+    *, acting_user: User, user: User, access: UserAccess, client_address: str | None = None
+) -> UserAccess:
+    """The one way a user's access changes from the administration: each changed part is
+    a `permission.*` audit event in the same transaction.
+
+    Only a superuser may grant or withdraw staff or superuser status, change a
+    superuser's access, or grant permissions directly (others manage roles and units,
+    which are groups); nobody changes their own access (a second admin must)."""
+    old = UserAccess.of(user)
+    if old == access:
+        return old
+    if acting_user.pk == user.pk:
+        raise PermissionDenied("you cannot change your own access; ask another admin")
+    if not acting_user.is_superuser:
+        if old.is_superuser:
+            raise PermissionDenied("only a superuser may change a superuser's access")
+        if (old.is_staff, old.is_superuser) != (access.is_staff, access.is_superuser):
+            raise PermissionDenied("only a superuser may grant or withdraw staff or superuser status")
+        if old.permissions != access.permissions:
+            raise PermissionDenied("only a superuser may grant permissions directly; give a role instead")
+    flags = ("is_active", "is_staff", "is_superuser")
+    changed_flags = [f for f in flags if getattr(old, f) != getattr(access, f)]
+    if changed_flags:
+        User.objects.filter(pk=user.pk).update(**{f: getattr(access, f) for f in flags})
+        audit_record(
+            actor=acting_user,
+            action="permission.flags_change",
+            obj=user,
+            data={
+                "old": {f: getattr(old, f) for f in changed_flags},
+                "new": {f: getattr(access, f) for f in changed_flags},
+            },
+            client_address=client_address,
+        )
+    if old.groups != access.groups:
+        groups = list(Group.objects.filter(name__in=access.groups))
+        if len(groups) != len(access.groups):
+            raise ValidationError({"groups": "no such group"})
+        user.groups.set(groups)
+        audit_record(
+            actor=acting_user,
+            action="permission.groups_change",
+            obj=user,
+            data={"old": {"groups": sorted(old.groups)}, "new": {"groups": sorted(access.groups)}},
+            client_address=client_address,
+        )
+    if old.permissions != access.permissions:
+        perms = [
+            Permission.objects.get(content_type__app_label=app, codename=code)
+            for app, code in (p.split(".", 1) for p in access.permissions)
+        ]
+        user.user_permissions.set(perms)
+        audit_record(
+            actor=acting_user,
+            action="permission.user_permissions_change",
+            obj=user,
+            data={"old": {"permissions": sorted(old.permissions)}, "new": {"permissions": sorted(access.permissions)}},
+            client_address=client_address,
+        )
+    for attr in flags:
+        setattr(user, attr, getattr(access, attr))
+    return access
 
 
 # --- second factor ---------------------------------------------------------------
@@ -183,7 +261,8 @@ def hash_token_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _may_manage_tokens_of(acting_user: User, user: User) -> bool:
+def _may_revoke_tokens_of(acting_user: User, user: User) -> bool:
+    # Admins may revoke anybody's token (a leaked token must be stoppable), never mint one.
     return acting_user.pk == user.pk or acting_user.has_perm("accounts.change_user")
 
 
@@ -197,9 +276,11 @@ def api_token_create(
     client_address: str | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token for ``user``; returns the row and the secret, which is shown
-    once and never stored. ``acting_user`` None means an operator on the command line."""
-    if acting_user is not None and not _may_manage_tokens_of(acting_user, user):
-        raise PermissionDenied("only admins can create tokens for other users")
+    once and never stored. A token is minted only by its own user: a token made by
+    somebody else would act, and be audited, under a name that did not make it.
+    ``acting_user`` None means an operator on the server's command line."""
+    if acting_user is not None and acting_user.pk != user.pk:
+        raise PermissionDenied("a token is minted only for oneself")
     if not user.is_active:
         raise ValidationError({"user": ValidationError("the user is inactive", code="user_inactive")})
     if not 1 <= expires_in_days <= settings.API_TOKEN_MAX_DAYS:
@@ -236,7 +317,7 @@ def api_token_create(
 @transaction.atomic
 def api_token_revoke(*, acting_user: User, token: ApiToken, client_address: str | None = None) -> ApiToken:
     """Revoke a token now. Revoking twice is a no-op that keeps the first time."""
-    if not _may_manage_tokens_of(acting_user, token.user):
+    if not _may_revoke_tokens_of(acting_user, token.user):
         raise PermissionDenied("only admins can revoke other users' tokens")
     token = ApiToken.objects.select_for_update().get(pk=token.pk)
     if token.revoked_at is None:

@@ -198,6 +198,7 @@ class ReviewDecisionFactory(factory.django.DjangoModelFactory):
         item: ReviewItem = kwargs["review_item"]
         physician = kwargs["physician"] or UserFactory(role="physician", units=[item.prediction.scan.case.unit])
         return review_sign(
+            signing_session=None,
             acting_user=physician,
             review_item=item,
             outcome=kwargs["outcome"],

@@ -12,7 +12,10 @@ class TokenCreateIn(serializers.Serializer):
     expires_in_days = serializers.IntegerField(
         min_value=1, max_value=settings.API_TOKEN_MAX_DAYS, default=DEFAULT_TOKEN_DAYS, required=False
     )
-    user = serializers.UUIDField(required=False, help_text="Admins only: create the token for this user.")
+    user = serializers.UUIDField(
+        required=False,
+        help_text="Your own id, if given: a token is minted only for oneself (anybody else's answers 403).",
+    )
 
 
 class TokenOut(serializers.ModelSerializer):

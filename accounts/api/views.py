@@ -39,12 +39,17 @@ class TokenListCreate(generics.ListAPIView):
             )
         data = TokenCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
-        owner = request.user
-        if data.validated_data.get("user") is not None:
-            owner = selectors.user_get_for_admin(user=request.user, user_uuid=data.validated_data["user"])
+        wanted = data.validated_data.get("user")
+        if wanted is not None and wanted != request.user.uuid:
+            # A token acts, and is audited, under its user's name: only that user mints it.
+            raise ApiError(
+                code="permission_denied",
+                message="A token is minted only for oneself; the user must create their own.",
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
         token, key = services.api_token_create(
             acting_user=request.user,
-            user=owner,
+            user=request.user,
             name=data.validated_data["name"],
             expires_in_days=data.validated_data.get("expires_in_days", services.DEFAULT_TOKEN_DAYS),
             client_address=client_address(request),

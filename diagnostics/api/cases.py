@@ -20,8 +20,15 @@ from core.api.permissions import has_perm
 from core.http import client_address
 from diagnostics.api import serializers as s
 from diagnostics.models import Case, InferenceJob, Scan
-from diagnostics.selectors.cases import case_get, cases_for_user, job_get, jobs_for_user, scan_get, scans_for_user
-from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
+from diagnostics.selectors.cases import case_get, cases_for_user, job_get, jobs_for_user, scans_for_user
+from diagnostics.services.cases import (
+    IncomingFile,
+    UploadBatchRejected,
+    case_create,
+    case_open,
+    scan_open,
+    scans_upload,
+)
 from diagnostics.services.jobs import job_retry
 
 Uploader = has_perm(UPLOAD_PERMISSION, message="Your role cannot work with cases and scans.")
@@ -70,7 +77,11 @@ class CaseDetail(generics.RetrieveAPIView):
     permission_classes = [Uploader]
 
     def get_object(self) -> Case:
-        return case_get(user=self.request.user, case_uuid=self.kwargs["case_uuid"])
+        return case_open(
+            acting_user=self.request.user,
+            case_uuid=self.kwargs["case_uuid"],
+            client_address=client_address(self.request),
+        )
 
 
 class CaseScans(generics.ListAPIView):
@@ -115,7 +126,11 @@ class ScanDetail(generics.RetrieveAPIView):
     permission_classes = [Uploader]
 
     def get_object(self) -> Scan:
-        return scan_get(user=self.request.user, scan_uuid=self.kwargs["scan_uuid"])
+        return scan_open(
+            acting_user=self.request.user,
+            scan_uuid=self.kwargs["scan_uuid"],
+            client_address=client_address(self.request),
+        )
 
 
 class JobFilter(django_filters.FilterSet):

@@ -11,6 +11,7 @@ from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import ApiToken
 from accounts.roles import REVIEW_PERMISSION
 from core.api.errors import ApiError
 from core.api.permissions import has_perm
@@ -18,14 +19,24 @@ from core.http import client_address
 from diagnostics.api import serializers as s
 from diagnostics.models import ReviewItem
 from diagnostics.selectors.reviews import review_item_get, review_queue
-from diagnostics.services.reviews import SignatureError, review_sign
+from diagnostics.services.reviews import (
+    ReviewRuleError,
+    SignatureError,
+    blinded_read_record,
+    review_item_open,
+    review_sign,
+)
 
 Reviewer = has_perm(REVIEW_PERMISSION, message="The review queue is for physicians.")
 
 
 class ReviewFilter(django_filters.FilterSet):
     model = django_filters.UUIDFilter(field_name="prediction__model_version__uuid")
-    predicted_label = django_filters.CharFilter(field_name="prediction__predicted_label")
+    predicted_label = django_filters.CharFilter(method="filter_predicted_label")
+
+    def filter_predicted_label(self, queryset: QuerySet[ReviewItem], name: str, value: str) -> QuerySet[ReviewItem]:
+        # Never a way to learn an answer that blinded-first hides (see the selector).
+        return queryset.filter(prediction__predicted_label=value, ai_hidden=False)
 
     class Meta:
         model = ReviewItem
@@ -49,7 +60,41 @@ class ReviewItemDetail(generics.RetrieveAPIView):
     permission_classes = [Reviewer]
 
     def get_object(self) -> ReviewItem:
-        return review_item_get(user=self.request.user, item_uuid=self.kwargs["item_uuid"])
+        return review_item_open(
+            acting_user=self.request.user,
+            item_uuid=self.kwargs["item_uuid"],
+            client_address=client_address(self.request),
+        )
+
+
+def _signing_session(request: Request) -> Any:
+    """The browser session a physician signs in, or None for a token: a request with a
+    token is a session of its own, so it always needs the authenticator code."""
+    return None if isinstance(request.auth, ApiToken) else request.session
+
+
+class BlindedReadCreate(generics.GenericAPIView):
+    serializer_class = s.ReviewItemDetailOut
+    permission_classes = [Reviewer]
+
+    @extend_schema(request=s.BlindedReadIn, responses={201: s.ReviewItemDetailOut})
+    def post(self, request: Request, item_uuid: Any) -> Response:
+        """Blinded-first: record your own stage before the AI's answer is shown. Answers
+        the item, now with the prediction. Recorded once per physician and item."""
+        item = review_item_get(user=request.user, item_uuid=item_uuid)
+        data = s.BlindedReadIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            blinded_read_record(
+                acting_user=request.user,
+                review_item=item,
+                stage=data.validated_data["stage"],
+                client_address=client_address(request),
+            )
+        except ReviewRuleError as exc:
+            raise ApiError(code=exc.code, message=exc.message, status_code=status.HTTP_409_CONFLICT) from exc
+        item = review_item_get(user=request.user, item_uuid=item_uuid)
+        return Response(s.ReviewItemDetailOut(item).data, status=status.HTTP_201_CREATED)
 
 
 class ReviewDecisionCreate(generics.GenericAPIView):
@@ -58,8 +103,11 @@ class ReviewDecisionCreate(generics.GenericAPIView):
 
     @extend_schema(request=s.DecisionIn, responses={201: s.DecisionOut})
     def post(self, request: Request, item_uuid: Any) -> Response:
-        """Sign a decision with your password: confirm, reject (stage and reason), or
-        correct the current signed decision (`supersedes`, stage and reason)."""
+        """Sign a decision with your password (and `otp_token`, the code from your
+        authenticator, if you enrolled one): confirm, reject (stage and reason), or
+        correct the current signed decision (`supersedes`, stage and reason). With
+        blinded-first reading on, record your own stage first (`blinded-read/`):
+        until then signing answers 409 `blinded_read_required`."""
         item = review_item_get(user=request.user, item_uuid=item_uuid)
         data = s.DecisionIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -83,9 +131,14 @@ class ReviewDecisionCreate(generics.GenericAPIView):
                 password=values["password"],
                 supersedes=supersedes,
                 client_address=client_address(request),
+                otp_token=values["otp_token"],
+                signing_session=_signing_session(request),
             )
         except SignatureError as exc:
+            field = "otp_token" if exc.code == "second_factor_failed" else "password"
             raise ApiError(
-                code=exc.code, message=exc.message, fields={"password": [{"code": exc.code, "message": exc.message}]}
+                code=exc.code, message=exc.message, fields={field: [{"code": exc.code, "message": exc.message}]}
             ) from exc
+        except ReviewRuleError as exc:
+            raise ApiError(code=exc.code, message=exc.message, status_code=status.HTTP_409_CONFLICT) from exc
         return Response(s.DecisionOut(decision).data, status=status.HTTP_201_CREATED)

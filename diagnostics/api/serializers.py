@@ -182,11 +182,22 @@ class ReviewItemOut(serializers.ModelSerializer):
     case = serializers.UUIDField(source="prediction.scan.case.uuid", read_only=True)
     patient_ref = serializers.CharField(source="prediction.scan.case.patient_ref", read_only=True)
     body_site = serializers.CharField(source="prediction.scan.case.body_site", read_only=True)
-    prediction = PredictionOut(read_only=True)
+    ai_hidden = serializers.BooleanField(
+        read_only=True,
+        help_text="Blinded-first reading: the AI's answer stays hidden (prediction is null) until you record your "
+        "own stage (POST blinded-read/).",
+    )
+    prediction = serializers.SerializerMethodField()
 
     class Meta:
         model = ReviewItem
-        fields = ["id", "status", "created_at", "scan", "case", "patient_ref", "body_site", "prediction"]
+        fields = ["id", "status", "created_at", "scan", "case", "patient_ref", "body_site", "ai_hidden", "prediction"]
+
+    @extend_schema_field(PredictionOut(allow_null=True))
+    def get_prediction(self, obj: ReviewItem) -> dict[str, Any] | None:
+        if obj.ai_hidden:  # type: ignore[attr-defined]  # annotated by the review selectors
+            return None
+        return dict(PredictionOut(obj.prediction).data)
 
 
 class ReviewItemDetailOut(ReviewItemOut):
@@ -207,6 +218,10 @@ class ReviewItemDetailOut(ReviewItemOut):
         return str(current.uuid) if current is not None else None
 
 
+class BlindedReadIn(serializers.Serializer):
+    stage = serializers.CharField(max_length=100, help_text="Your own stage, before the AI's answer is shown.")
+
+
 class DecisionIn(serializers.Serializer):
     outcome = serializers.ChoiceField(
         choices=ReviewDecision.Outcome.choices,
@@ -217,6 +232,15 @@ class DecisionIn(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
     password = serializers.CharField(
         write_only=True, trim_whitespace=False, help_text="Your password: re-entering it signs the decision."
+    )
+    otp_token = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=8,
+        help_text="The code from your authenticator app, if you enrolled one (needed with a token on every "
+        "signature, and on the first signature of a browser session).",
     )
     supersedes = serializers.UUIDField(
         required=False, allow_null=True, default=None, help_text="To correct a signed decision: its id."

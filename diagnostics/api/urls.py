@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/<uuid:job_uuid>/retry/", cases.JobRetry.as_view(), name="api_job_retry"),
     path("review-queue/", reviews.ReviewQueue.as_view(), name="api_review_queue"),
     path("review-items/<uuid:item_uuid>/", reviews.ReviewItemDetail.as_view(), name="api_review_item"),
+    path("review-items/<uuid:item_uuid>/blinded-read/", reviews.BlindedReadCreate.as_view(), name="api_blinded_read"),
     path("review-items/<uuid:item_uuid>/decisions/", reviews.ReviewDecisionCreate.as_view(), name="api_review_sign"),
     path("models/", model_registry.ModelListRegister.as_view(), name="api_models"),
     path("models/<uuid:model_uuid>/", model_registry.ModelDetail.as_view(), name="api_model_detail"),

@@ -55,7 +55,13 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> In
 
 def per_class_prf(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> dict[str, FloatArray]:
     """Per-class precision, recall, F1 and support; 0.0 where undefined (no predictions)."""
-    cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    return per_class_prf_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
+
+
+def per_class_prf_from_confusion(confusion: ArrayLike) -> dict[str, FloatArray]:
+    """The same from a confusion matrix (rows true, columns predicted), e.g. one counted
+    in the database."""
+    cm = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(cm)
     predicted = cm.sum(axis=0)
     support = cm.sum(axis=1)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
+import numpy as np
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Min, Q, QuerySet
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
-from diagnostics.models import (
-    ModelVersion,
-    ReviewDecision,
-    ReviewItem,
-)
+from diagnostics.ml import metrics
+from diagnostics.models import Case, ModelVersion, ReviewDecision, ReviewItem
+from diagnostics.selectors.cases import cases_for_user
 
 
 @dataclass
@@ -52,51 +53,58 @@ class QueueStats:
     mean_signoff_minutes: float | None
 
 
-def _require_dashboard(user: User) -> None:
-    if not (user.has_perm(REVIEW_PERMISSION) or user.has_perm("diagnostics.view_modelversion")):
-        raise PermissionDenied("dashboards are for physicians and admins")
+def _dashboard_cases(user: User) -> QuerySet[Case]:
+    """The cases whose figures a user's dashboards count.
+
+    Physicians: the cases of their own care units (`cases_for_user`), so a physician
+    of one unit never sees another unit's queue or agreement. Admins, who manage the
+    installation's models and see no clinical record: every unit, and only as
+    aggregates (counts, rates, ages), never a case."""
+    if user.has_perm(REVIEW_PERMISSION):
+        return cases_for_user(user=user)
+    if user.has_perm("diagnostics.view_modelversion"):
+        return Case.objects.all()
+    raise PermissionDenied("dashboards are for physicians and admins")
 
 
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def _current_decisions() -> QuerySet[ReviewDecision]:
+def _current_decisions(cases: QuerySet[Case]) -> QuerySet[ReviewDecision]:
     # A correction replaces the decision it supersedes: only the latest counts.
-    return ReviewDecision.objects.filter(superseded_by__isnull=True)
+    return ReviewDecision.objects.filter(superseded_by__isnull=True, review_item__prediction__scan__case__in=cases)
+
+
+MODEL = "review_item__prediction__model_version_id"
 
 
 def agreement_by_model(*, user: User) -> list[ModelAgreement]:
     """Per model version: accuracy, per-stage precision / recall / F1 and the confusion
     matrix of the model's predicted stage against the physician's signed stage, plus
-    the daily trend of accuracy by signing day."""
-    import numpy as np
-
-    from diagnostics.ml import metrics
-
-    _require_dashboard(user)
-    rows = _current_decisions().values_list(
-        "review_item__prediction__model_version_id",
-        "review_item__prediction__predicted_index",
-        "stage",
-        "signed_at",
+    the daily trend of accuracy by signing day. Counted in the database: one grouped
+    query for the matrix cells and one for the days, whatever the number of cases."""
+    decisions = _current_decisions(_dashboard_cases(user))
+    cells = decisions.values_list(MODEL, "review_item__prediction__predicted_index", "stage").annotate(n=Count("id"))
+    by_model: dict[int, list[tuple[int, str, int]]] = {}
+    for model_id, predicted, stage, n in cells:
+        by_model.setdefault(model_id, []).append((predicted, stage, n))
+    agreed = Q(stage=F("review_item__prediction__predicted_label"))
+    days = (
+        decisions.annotate(day=TruncDate("signed_at"))
+        .values_list(MODEL, "day")
+        .annotate(n=Count("id"), hits=Count("id", filter=agreed))
+        .order_by(MODEL, "day")
     )
-    by_model: dict[int, list[tuple[int, str, datetime]]] = {}
-    for model_id, predicted, stage, signed_at in rows:
-        by_model.setdefault(model_id, []).append((predicted, stage, signed_at))
+    trends: dict[int, list[tuple[date, int, float]]] = {}
+    for model_id, day, n, hits in days:
+        trends.setdefault(model_id, []).append((day, n, hits / n))
     versions = {m.id: m for m in ModelVersion.objects.filter(id__in=by_model)}
     result = []
     for model_id in sorted(by_model, key=lambda i: (versions[i].registered_at, i)):
         mv = versions[model_id]
         labels = list(mv.labels)
-        pairs = [(labels.index(stage), predicted, signed_at) for predicted, stage, signed_at in by_model[model_id]]
-        y_true = np.array([t for t, _, _ in pairs])
-        y_pred = np.array([p for _, p, _ in pairs])
-        prf = metrics.per_class_prf(y_true, y_pred, len(labels))
+        confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        for predicted, stage, n in by_model[model_id]:
+            if stage in labels:  # a stage outside the version's labels cannot be scored
+                confusion[labels.index(stage), predicted] += n
+        prf = metrics.per_class_prf_from_confusion(confusion)
         stages = [
             StageMetrics(
                 label=label,
@@ -107,44 +115,53 @@ def agreement_by_model(*, user: User) -> list[ModelAgreement]:
             )
             for i, label in enumerate(labels)
         ]
-        days: dict[date, list[bool]] = {}
-        for t, p, signed_at in pairs:
-            days.setdefault(timezone.localdate(signed_at), []).append(t == p)
-        trend = [(day, len(hits), sum(hits) / len(hits)) for day, hits in sorted(days.items())]
+        total = int(confusion.sum())
         result.append(
             ModelAgreement(
                 model_version=mv,
                 labels=labels,
-                n=len(pairs),
-                accuracy=metrics.accuracy(y_true, y_pred),
+                n=total,
+                accuracy=float(np.trace(confusion)) / total if total else 0.0,
                 stages=stages,
-                confusion=metrics.confusion_matrix(y_true, y_pred, len(labels)).tolist(),
-                trend=trend,
+                confusion=confusion.tolist(),
+                trend=trends.get(model_id, []),
             )
         )
     return result
 
 
+def _median_minutes(rows: QuerySet[Any], field: str, count: int) -> float | None:
+    """The median of an ordered column, read from the database with two offsets (works
+    on PostgreSQL and on the demo's SQLite, which has no percentile function)."""
+    if not count:
+        return None
+    ordered = rows.order_by(field).values_list(field, flat=True)
+    middle = [ordered[(count - 1) // 2], ordered[count // 2]]
+    return sum(_minutes(v) for v in middle) / 2
+
+
+def _minutes(value: timedelta | datetime) -> float:
+    if isinstance(value, datetime):
+        value = timezone.now() - value
+    return value / timedelta(minutes=1)
+
+
 def queue_stats(*, user: User) -> QueueStats:
-    """Queue age of pending items and time from queue entry to first sign-off."""
-    _require_dashboard(user)
-    now = timezone.now()
-    ages = [
-        (now - created).total_seconds() / 60
-        for created in ReviewItem.objects.filter(status=ReviewItem.Status.PENDING).values_list("created_at", flat=True)
-    ]
-    first_signed: dict[int, tuple[datetime, datetime]] = {}
-    for item_id, created, signed_at in ReviewDecision.objects.filter(supersedes__isnull=True).values_list(
-        "review_item_id", "review_item__created_at", "signed_at"
-    ):
-        if item_id not in first_signed or signed_at < first_signed[item_id][1]:
-            first_signed[item_id] = (created, signed_at)
-    signoff = [(signed - created) / timedelta(minutes=1) for created, signed in first_signed.values()]
+    """Queue age of pending items and time from queue entry to first sign-off, in the
+    user's dashboard scope, aggregated in the database."""
+    cases = _dashboard_cases(user)
+    pending = ReviewItem.objects.filter(status=ReviewItem.Status.PENDING, prediction__scan__case__in=cases)
+    waiting = pending.aggregate(n=Count("id"), oldest=Min("created_at"))
+    # The original decision of each item (corrections supersede it): its first sign-off.
+    first = ReviewDecision.objects.filter(
+        supersedes__isnull=True, review_item__prediction__scan__case__in=cases
+    ).annotate(took=ExpressionWrapper(F("signed_at") - F("review_item__created_at"), output_field=DurationField()))
+    signed = first.aggregate(n=Count("id"), mean=Avg("took"))
     return QueueStats(
-        pending=len(ages),
-        oldest_minutes=max(ages) if ages else None,
-        median_age_minutes=_median(ages),
-        signed=len(signoff),
-        median_signoff_minutes=_median(signoff),
-        mean_signoff_minutes=sum(signoff) / len(signoff) if signoff else None,
+        pending=waiting["n"],
+        oldest_minutes=_minutes(waiting["oldest"]) if waiting["oldest"] else None,
+        median_age_minutes=_median_minutes(pending, "created_at", waiting["n"]),
+        signed=signed["n"],
+        median_signoff_minutes=_median_minutes(first, "took", signed["n"]),
+        mean_signoff_minutes=_minutes(signed["mean"]) if signed["mean"] is not None else None,
     )

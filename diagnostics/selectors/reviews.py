@@ -6,7 +6,7 @@ from datetime import date
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import BooleanField, Case, Exists, Expression, OuterRef, Q, QuerySet, Value, When
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
@@ -46,10 +46,28 @@ def review_queue(*, user: User) -> QuerySet[ReviewItem]:
 
 
 def review_items_for_user(*, user: User) -> QuerySet[ReviewItem]:
-    """Items of the cases the physician may see: the queue of their care units."""
+    """Items of the cases the physician may see: the queue of their care units. Each
+    carries ``ai_hidden`` (see `_ai_hidden`), which every door obeys."""
     _require_reviewer(user)
-    return ReviewItem.objects.filter(prediction__scan__case__in=cases_for_user(user=user)).select_related(
-        "prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version"
+    return (
+        ReviewItem.objects.filter(prediction__scan__case__in=cases_for_user(user=user))
+        .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
+        .annotate(ai_hidden=_ai_hidden(user))
+    )
+
+
+def _ai_hidden(user: User) -> Expression:
+    """Blinded-first reading: for a physician who chose it, the AI's answer (stage,
+    probabilities, heat map) stays hidden on a pending item until they have recorded a
+    stage of their own, so the suggestion cannot anchor the read. A signed item has
+    nothing left to anchor."""
+    if not reviewer_blinded_first(user=user):
+        return Value(False, output_field=BooleanField())
+    own_read = BlindedRead.objects.filter(review_item=OuterRef("pk"), physician=user)
+    return Case(
+        When(Q(status=ReviewItem.Status.PENDING) & ~Exists(own_read), then=Value(True)),
+        default=Value(False),
+        output_field=BooleanField(),
     )
 
 
@@ -60,9 +78,22 @@ def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
         raise NotFound("no such review item") from exc
 
 
+def review_item_ai_hidden(*, user: User, item: ReviewItem) -> bool:
+    """Whether the AI's answer on this item is hidden from this physician (blinded-first;
+    see `_ai_hidden`). Asked afresh, so it holds for an item not read through this module."""
+    return (
+        ReviewItem.objects.filter(pk=item.pk)
+        .annotate(ai_hidden=_ai_hidden(user))
+        .values_list("ai_hidden", flat=True)
+        .get()
+    )
+
+
 def heatmap_get(*, user: User, item_uuid: UUID) -> str:
     """The storage name of a review item's heat map, for those who may see the item."""
     item = review_item_get(user=user, item_uuid=item_uuid)
+    if item.ai_hidden:  # type: ignore[attr-defined]  # annotated by review_items_for_user
+        raise PermissionDenied("record your own stage first; the heat map is shown after that")
     name = item.prediction.heatmap_storage_name
     if not name:
         raise NotFound("this prediction has no heat map")
@@ -82,7 +113,8 @@ def review_queue_filtered(
     if unit:
         items = items.filter(prediction__scan__case__unit__uuid=unit)
     if stage:
-        items = items.filter(prediction__predicted_label=stage)
+        # The model's stage: never a way to learn an answer that blinded-first hides.
+        items = items.filter(prediction__predicted_label=stage, ai_hidden=False)
     if date_from:
         items = items.filter(created_at__date__gte=date_from)
     if date_to:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record, record_view
 from accounts.models import CareUnit, User
 from accounts.roles import UPLOAD_PERMISSION
 from diagnostics.intake import dicom, storage
@@ -22,6 +23,7 @@ from diagnostics.models import (
     InferenceJob,
     Scan,
 )
+from diagnostics.selectors.cases import case_get, scan_get
 from diagnostics.selectors.model_registry import active_tasks
 from diagnostics.services.jobs import job_enqueue
 
@@ -244,3 +246,17 @@ def _scans_upload_inner(
         job_enqueue(job)
         result.created.append(scan)
     return result
+
+
+def case_open(*, acting_user: User, case_uuid: UUID, client_address: str | None = None) -> Case:
+    """A case opened for reading (its page or its API record): audited."""
+    case = case_get(user=acting_user, case_uuid=case_uuid)
+    record_view(actor=acting_user, obj=case, client_address=client_address)
+    return case
+
+
+def scan_open(*, acting_user: User, scan_uuid: UUID, client_address: str | None = None) -> Scan:
+    """A scan opened for reading (its image, or its API record): audited."""
+    scan = scan_get(user=acting_user, scan_uuid=scan_uuid)
+    record_view(actor=acting_user, obj=scan, client_address=client_address)
+    return scan

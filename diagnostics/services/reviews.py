@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+from uuid import UUID
+
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record, record_view
 from accounts.models import User
 from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION
@@ -15,17 +19,37 @@ from core.exceptions import ApplicationError
 from diagnostics import signatures
 from diagnostics.models import (
     BlindedRead,
-    Case,
     ReviewDecision,
     ReviewerPreference,
     ReviewItem,
-    Scan,
 )
+from diagnostics.selectors.reviews import review_item_ai_hidden, review_item_get
 from diagnostics.services.notifications import notify_case_signed
 
 
 class SignatureError(ApplicationError):
     """The decision was not signed: a wrong password or authenticator code."""
+
+
+class ReviewRuleError(ApplicationError):
+    """A review rule refused the action (e.g. blinded-first: the physician's own stage
+    must be recorded before the AI's answer is shown and a decision signed)."""
+
+
+# Set in the signing session after its first signature with the authenticator code.
+SESSION_OTP_SIGNED = "cw_otp_signed"
+
+
+def second_factor_required(*, user: User, signing_session: MutableMapping[str, Any] | None) -> bool:
+    """Whether this signature needs the authenticator code as well as the password.
+
+    21 CFR 11.200(a)(1)(i): within one continuous session (ours ends after 30 idle
+    minutes) the first signing uses both components and later ones at least one (the
+    password is asked every time). A request without a continuous session (an API
+    token) is a session of its own, so it always needs both."""
+    if confirmed_device(user) is None:
+        return False
+    return signing_session is None or not signing_session.get(SESSION_OTP_SIGNED)
 
 
 def review_sign(
@@ -36,26 +60,29 @@ def review_sign(
     stage: str,
     reason: str,
     password: str,
+    signing_session: MutableMapping[str, Any] | None,
     supersedes: ReviewDecision | None = None,
     client_address: str | None = None,
     otp_token: str = "",
-    otp_signed_in_session: bool = False,
 ) -> ReviewDecision:
     """A physician confirms or rejects a prediction, or corrects a signed decision,
     and signs it by re-entering the password and, where an authenticator is
-    enrolled, a code from it. Signed decisions are never edited.
-
-    21 CFR 11.200(a)(1)(i): within one continuous session (ours ends after 30 idle
-    minutes) the first signing uses both components and later ones at least one;
-    `otp_signed_in_session` says the session's first signing presented the code.
-    The password is asked every time."""
+    enrolled, a code from it (see `second_factor_required`). Signed decisions are
+    never edited. ``signing_session`` is the browser session the physician signs in
+    (it remembers that the session's first signature carried the code), or None for
+    a request that has no continuous session."""
     if not acting_user.has_perm(REVIEW_PERMISSION):
         raise PermissionDenied("only physicians can sign review decisions")
+    if review_item_ai_hidden(user=acting_user, item=review_item):
+        raise ReviewRuleError(
+            "blinded_read_required",
+            "record your own stage first; the AI's answer is shown and signing opens after that",
+        )
     if not password or not acting_user.check_password(password):
         raise SignatureError("signature_failed", "the password is not correct; the decision was not signed")
+    needs_code = second_factor_required(user=acting_user, signing_session=signing_session)
     device = confirmed_device(acting_user)
-    needs_code = device is not None and not otp_signed_in_session
-    if needs_code and not device.verify_token((otp_token or "").strip()):  # type: ignore[union-attr]
+    if needs_code and (device is None or not device.verify_token((otp_token or "").strip())):
         raise SignatureError(
             "second_factor_failed", "the authenticator code is not correct; the decision was not signed"
         )
@@ -114,12 +141,9 @@ def review_sign(
             client_address=client_address,
         )
         notify_case_signed(decision=decision)
+    if needs_code and signing_session is not None:
+        signing_session[SESSION_OTP_SIGNED] = True
     return decision
-
-
-def record_view(*, acting_user: User, obj: Case | Scan | ReviewItem, client_address: str | None = None) -> None:
-    """Every opening of a clinical record is audited (HIPAA access logging)."""
-    audit_record(actor=acting_user, action="view", obj=obj, data={}, client_address=client_address)
 
 
 def reviewer_preference_set(
@@ -150,6 +174,8 @@ def blinded_read_record(
     after the reveal a second blind read would not be blind."""
     if not acting_user.has_perm(REVIEW_PERMISSION):
         raise PermissionDenied("only physicians record reads")
+    if review_item.status != ReviewItem.Status.PENDING:
+        raise ReviewRuleError("item_signed", "this item is signed already; a blinded read is taken before signing")
     labels = list(review_item.prediction.labels)
     if stage not in labels:
         raise ValidationError({"stage": f"choose one of the model's stages: {', '.join(labels)}"})
@@ -168,3 +194,10 @@ def blinded_read_record(
             client_address=client_address,
         )
     return read
+
+
+def review_item_open(*, acting_user: User, item_uuid: UUID, client_address: str | None = None) -> ReviewItem:
+    """A review item opened for reading (the review screen, or its API record): audited."""
+    item = review_item_get(user=acting_user, item_uuid=item_uuid)
+    record_view(actor=acting_user, obj=item, client_address=client_address)
+    return item

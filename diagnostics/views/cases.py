@@ -34,12 +34,17 @@ from diagnostics.selectors.cases import (
     case_status_summary,
     cases_filtered,
     job_get,
-    scan_get,
 )
 from diagnostics.selectors.model_registry import active_tasks, stage_labels_known
-from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
+from diagnostics.services.cases import (
+    IncomingFile,
+    UploadBatchRejected,
+    case_create,
+    case_open,
+    scan_open,
+    scans_upload,
+)
 from diagnostics.services.jobs import job_retry
-from diagnostics.services.reviews import record_view
 
 
 def _incoming(files: list[UploadedFile]) -> list[IncomingFile]:
@@ -129,8 +134,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_detail(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
-    case = case_get(user=request.user, case_uuid=case_uuid)
-    record_view(acting_user=request.user, obj=case, client_address=client_address(request))
+    case = case_open(acting_user=request.user, case_uuid=case_uuid, client_address=client_address(request))
     return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
 
 
@@ -204,8 +208,7 @@ def job_retry_page(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 @login_required
 def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
-    scan = scan_get(user=request.user, scan_uuid=scan_uuid)
-    record_view(acting_user=request.user, obj=scan, client_address=client_address(request))
+    scan = scan_open(acting_user=request.user, scan_uuid=scan_uuid, client_address=client_address(request))
     data = storage.read_bytes(scan.storage_name)
     rendered = imaging.to_rgb_image(data, max_side=1024)
     out = io.BytesIO()

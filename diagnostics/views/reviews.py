@@ -16,7 +16,6 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION
 from accounts.services import user_units
 from core.http import client_address, worklist_queries
@@ -42,15 +41,14 @@ from diagnostics.selectors.reviews import (
     reviewer_blinded_first,
 )
 from diagnostics.services.reviews import (
+    ReviewRuleError,
     SignatureError,
     blinded_read_record,
-    record_view,
+    review_item_open,
     review_sign,
     reviewer_preference_set,
+    second_factor_required,
 )
-
-# Set after the session's first signing with the authenticator code (see review_sign).
-SESSION_OTP_SIGNED = "cw_otp_signed"
 
 
 @require_GET
@@ -70,7 +68,8 @@ def review_queue_page(request: HttpRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         review_queue(user=request.user)  # the wrong role gets 403 before any message
-        return render(request, "diagnostics/review_queue.html", {"filter_form": form, "page": None}, status=400)
+        context = {"filter_form": form, "page": None, "blinded_first": reviewer_blinded_first(user=request.user)}
+        return render(request, "diagnostics/review_queue.html", context, status=400)
     data = form.cleaned_data
     items = review_queue_filtered(
         user=request.user,
@@ -82,32 +81,28 @@ def review_queue_page(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(items, 25).get_page(data["page"] or 1)
     template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"
-    return render(request, template, {"page": page, "filter_form": form, **worklist_queries(request)})
+    context = {"page": page, "filter_form": form, "blinded_first": reviewer_blinded_first(user=request.user)}
+    return render(request, template, {**context, **worklist_queries(request)})
 
 
 @require_http_methods(["GET", "POST"])
 @login_required
 def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
-    item = review_item_get(user=request.user, item_uuid=item_uuid)
+    if request.method == "GET":
+        item = review_item_open(acting_user=request.user, item_uuid=item_uuid, client_address=client_address(request))
+    else:
+        item = review_item_get(user=request.user, item_uuid=item_uuid)
     labels = list(item.prediction.labels)
     decisions = review_item_decisions(item=item)
     current = decisions[-1] if decisions else None
-    otp_required = confirmed_device(request.user) is not None and not request.session.get(SESSION_OTP_SIGNED)
+    otp_required = second_factor_required(user=request.user, signing_session=request.session)
     sign_form = SignForm(request.POST or None, labels=labels, otp_required=otp_required) if current is None else None
     correct_form = (
         CorrectionForm(request.POST or None, labels=labels, otp_required=otp_required) if current is not None else None
     )
-    blinded_read = blinded_read_get(user=request.user, item=item)
-    # Blinded-first: the AI's answer stays hidden, and signing is refused, until the
-    # physician has recorded a stage of their own.
-    blinded = current is None and blinded_read is None and reviewer_blinded_first(user=request.user)
+    blinded = bool(item.ai_hidden)  # type: ignore[attr-defined]  # annotated by the selector
     status = 200
-    if request.method == "GET":
-        record_view(acting_user=request.user, obj=item, client_address=client_address(request))
-    if request.method == "POST" and blinded:
-        messages.error(request, "Record your own stage first; the AI's answer is shown after that.")
-        status = 400
-    elif request.method == "POST":
+    if request.method == "POST":
         form = sign_form or correct_form
         assert form is not None
         if form.is_valid():
@@ -123,15 +118,15 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
                     supersedes=current,
                     client_address=client_address(request),
                     otp_token=data.get("otp_token") or "",
-                    otp_signed_in_session=not otp_required,
+                    signing_session=request.session,
                 )
             except SignatureError as exc:
                 form.add_error("otp_token" if exc.code == "second_factor_failed" else "password", exc.message)
+            except ReviewRuleError as exc:
+                messages.error(request, exc.message[:1].upper() + exc.message[1:] + ".")
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
-                if otp_required:
-                    request.session[SESSION_OTP_SIGNED] = True
                 messages.success(request, "Decision signed.")
                 next_item = review_queue(user=request.user).first()
                 if next_item is not None and current is None:
@@ -146,7 +141,7 @@ def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
         "current": current,
         "sign_form": sign_form,
         "correct_form": correct_form,
-        **_review_viewer_context(request, item, labels, blinded, blinded_read),
+        **_review_viewer_context(request, item, labels, blinded, blinded_read_get(user=request.user, item=item)),
     }
     return render(request, "diagnostics/review_detail.html", context, status=status)
 
@@ -189,6 +184,8 @@ def review_blinded(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
                 stage=form.cleaned_data["stage"],
                 client_address=client_address(request),
             )
+        except ReviewRuleError as exc:
+            return HttpResponse(exc.message, status=400, content_type="text/plain")
         except ValidationError as exc:
             return HttpResponse("; ".join(exc.messages), status=400, content_type="text/plain")
         messages.success(request, "Your stage is recorded. The AI's answer is shown below.")

@@ -75,6 +75,15 @@ ENDPOINTS = [
     Endpoint("review_queue", "get", "/api/v1/review-queue/", "physician", 200, REVIEW_WRONG, missing_404=False),
     Endpoint("review_item", "get", "/api/v1/review-items/{item}/", "physician", 200, REVIEW_WRONG),
     Endpoint(
+        "blinded_read",
+        "post",
+        "/api/v1/review-items/{item}/blinded-read/",
+        "physician",
+        201,
+        REVIEW_WRONG,
+        body=lambda: {"stage": "metastasis"},
+    ),
+    Endpoint(
         "review_sign",
         "post",
         "/api/v1/review-items/{item}/decisions/",

@@ -56,6 +56,7 @@ def test_review_queue_lists_exactly_pending_items_in_queue_order(clinician, phys
     high_sure = make_prediction(clinician, active_model, [0.05, 0.95], ref="PSN-HS", color=(3, 3, 3))
     signed = make_prediction(clinician, active_model, [0.2, 0.8], ref="PSN-SIGNED", color=(4, 4, 4))
     review_sign(
+        signing_session=None,
         acting_user=physician,
         review_item=signed.review_item,
         outcome="confirmed",
@@ -290,10 +291,18 @@ def test_tokens_are_made_in_a_browser_session_not_with_a_token(clinician, admin_
         "/api/v1/tokens/", {"name": "x", "user": str(admin_user.uuid)}, content_type="application/json"
     )
     assert for_other.status_code == 403
+    # Not even an admin mints a token for somebody else: its reads would be audited under
+    # the physician's or clinician's name although they never made it.
+    before = ApiToken.objects.filter(user=clinician).count()
     by_admin = login(admin_user).post(
         "/api/v1/tokens/", {"name": "for clara", "user": str(clinician.uuid)}, content_type="application/json"
     )
-    assert by_admin.status_code == 201 and by_admin.json()["username"] == "clinician"
+    assert by_admin.status_code == 403 and by_admin.json()["error"]["code"] == "permission_denied"
+    assert ApiToken.objects.filter(user=clinician).count() == before
+    own = login(admin_user).post(
+        "/api/v1/tokens/", {"name": "mine", "user": str(admin_user.uuid)}, content_type="application/json"
+    )
+    assert own.status_code == 201 and own.json()["username"] == "admin"
 
 
 def test_throttled_per_token_and_per_user(clinician, settings):

@@ -285,6 +285,7 @@ def test_admin_reads_the_dashboard_and_exports_csv(live_server, browser, active_
     for n, (probs, rejected_as) in enumerate(plan):
         p = make_prediction(clinician, active_model, probs, ref=f"PSN-D{n}", color=(n * 50, 10, 10))
         review_sign(
+            signing_session=None,
             acting_user=physician,
             review_item=p.review_item,
             outcome="rejected" if rejected_as else "confirmed",

@@ -36,11 +36,11 @@ def three_stage_model(db) -> ModelVersion:  # type: ignore[no-untyped-def]
 
 def _sign(physician, prediction, stage: str) -> ReviewDecision:  # type: ignore[no-untyped-def]
     if stage == prediction.predicted_label:
-        return review_sign(
+        return review_sign(signing_session=None,
             acting_user=physician, review_item=prediction.review_item, outcome="confirmed", stage="", reason="",
             password=PASSWORD,
         )  # fmt: skip
-    return review_sign(
+    return review_sign(signing_session=None,
         acting_user=physician, review_item=prediction.review_item, outcome="rejected", stage=stage,
         reason="disagree", password=PASSWORD,
     )  # fmt: skip
@@ -170,7 +170,7 @@ def test_agreement_matches_hand_computed_values(clinician, physician, admin_user
 
     # A correction replaces the decision it supersedes: (2,1) corrected to (1,1).
     item = ReviewItem.objects.get(prediction__scan__case__patient_ref="PSN-H3")
-    review_sign(
+    review_sign(signing_session=None,
         acting_user=physician, review_item=item, outcome="rejected", stage="Stage II", reason="second look",
         password=PASSWORD, supersedes=item.decisions.get(),
     )  # fmt: skip

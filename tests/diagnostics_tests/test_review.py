@@ -103,11 +103,23 @@ def test_confirm_takes_the_predicted_stage(clinician, physician, three_stage_mod
 def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(clinician, physician, three_stage_model):
     item = make_prediction(clinician, three_stage_model, [0.2, 0.7, 0.1]).review_item
     first = review_sign(
-        acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="", password=PASSWORD
+        signing_session=None,
+        acting_user=physician,
+        review_item=item,
+        outcome="confirmed",
+        stage="",
+        reason="",
+        password=PASSWORD,
     )
     with pytest.raises(ValidationError):
         review_sign(
-            acting_user=physician, review_item=item, outcome="rejected", stage="Stage I", reason="x", password=PASSWORD
+            signing_session=None,
+            acting_user=physician,
+            review_item=item,
+            outcome="rejected",
+            stage="Stage I",
+            reason="x",
+            password=PASSWORD,
         )
     # The page offers a correction, which is a new signed record.
     client = login(physician)
@@ -123,6 +135,7 @@ def test_signed_decision_cannot_be_signed_again_and_a_correction_supersedes_it(c
     # Only the current decision can be corrected.
     with pytest.raises(ValidationError):
         review_sign(
+            signing_session=None,
             acting_user=physician,
             review_item=item,
             outcome="rejected",
@@ -138,7 +151,13 @@ def test_rejection_with_a_stage_the_model_does_not_know_is_refused(clinician, ph
     item = make_prediction(clinician, three_stage_model, [0.2, 0.7, 0.1]).review_item
     with pytest.raises(ValidationError, match="choose one of the model's stages"):
         review_sign(
-            acting_user=physician, review_item=item, outcome="rejected", stage="Stage IV", reason="x", password=PASSWORD
+            signing_session=None,
+            acting_user=physician,
+            review_item=item,
+            outcome="rejected",
+            stage="Stage IV",
+            reason="x",
+            password=PASSWORD,
         )
 
 
@@ -152,6 +171,7 @@ def test_clinician_sees_status_then_signed_stage_name_and_time_but_not_the_ai_an
     assert "Awaiting review" in body
     assert "Stage III" not in body  # the AI's answer is for the physician
     decision = review_sign(
+        signing_session=None,
         acting_user=physician,
         review_item=pred.review_item,
         outcome="rejected",

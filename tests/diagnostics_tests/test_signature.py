@@ -29,6 +29,7 @@ def model(db) -> ModelVersion:  # type: ignore[no-untyped-def]
 def signed(clinician, physician, model) -> ReviewDecision:  # type: ignore[no-untyped-def]
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
     return review_sign(
+        signing_session=None,
         acting_user=physician,
         review_item=item,
         outcome="rejected",
@@ -43,7 +44,13 @@ def test_signing_without_the_password_fails_and_stores_nothing(clinician, physic
     for password in ("", "wrong-password"):
         with pytest.raises(SignatureError, match="password is not correct"):
             review_sign(
-                acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="", password=password
+                signing_session=None,
+                acting_user=physician,
+                review_item=item,
+                outcome="confirmed",
+                stage="",
+                reason="",
+                password=password,
             )
     assert not ReviewDecision.objects.exists()
     assert not AuditEvent.objects.filter(action="review.sign").exists()
@@ -77,6 +84,7 @@ def test_service_refuses_a_wrong_code_for_an_enrolled_physician(clinician, physi
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
     with pytest.raises(SignatureError, match="authenticator code"):
         review_sign(
+            signing_session=None,
             acting_user=physician,
             review_item=item,
             outcome="confirmed",
