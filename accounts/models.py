@@ -7,14 +7,9 @@ from django.contrib.auth.models import AbstractUser, Group
 from django.db import models
 from django.utils import timezone
 
-from accounts.roles import Role
-
 
 class User(AbstractUser):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-
-    def has_role(self, role: Role) -> bool:
-        return self.groups.filter(name=role.value).exists()
 
     @property
     def display_name(self) -> str:

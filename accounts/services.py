@@ -59,21 +59,6 @@ def unit_member_add(*, acting_user: User | None, unit: CareUnit, user: User, cli
     )
 
 
-@transaction.atomic
-def unit_member_remove(
-    *, acting_user: User | None, unit: CareUnit, user: User, client_address: str | None = None
-) -> None:
-    old = _unit_names(user)
-    user.groups.remove(unit.group)
-    audit_record(
-        actor=acting_user,
-        action="permission.unit_member_remove",
-        obj=user,
-        data={"unit": str(unit.uuid), "old": {"units": old}, "new": {"units": _unit_names(user)}},
-        client_address=client_address,
-    )
-
-
 @dataclass(frozen=True)
 class UserAccess:
     """What a user may do: account state, roles and unit memberships (groups), staff and

@@ -249,7 +249,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A worker takes up to this many waiting jobs into one compiled model call
-# (MEASURED.md: batch 8 gives about twice the images per second of batch 1 on CPU).
+# (batch 8 gives about twice the images per second of batch 1 on CPU: docs/performance.md).
 INFERENCE_BATCH_SIZE = env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
 # Threads that decode a batch's images while others are decoded (Pillow releases the GIL).
 INFERENCE_DECODE_THREADS = env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
@@ -260,7 +260,7 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 # accepted; its job stays queued in the database and the sweeper sends it later.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
-# The job row is the truth (issue 5). The sweeper re-sends jobs left queued past
+# The job row is the truth. The sweeper re-sends jobs left queued past
 # JOB_QUEUED_DEADLINE (a lost broker message), puts jobs left running past
 # JOB_RUNNING_DEADLINE back in the queue (a lost worker), and fails a job with a
 # stated reason once it has been claimed JOB_MAX_ATTEMPTS times.
@@ -286,7 +286,7 @@ if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
     raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
 CELERY_TASK_ALWAYS_EAGER = False
 
-# Notifications (issue 6). A pending review older than this reminds every physician,
+# Notifications. A pending review older than this reminds every physician,
 # checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
 REVIEW_OVERDUE_MINUTES = env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimum=1)
 # `celery beat` (or `worker -B`, as bin/demo runs it) sends these; `manage.py sweep_jobs

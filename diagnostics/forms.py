@@ -9,6 +9,7 @@ from django.core.validators import RegexValidator
 from accounts.models import CareUnit
 from diagnostics.intake.validation import accepted_extensions
 from diagnostics.models import PATIENT_REF_VALIDATOR, ReviewDecision
+from diagnostics.selectors.cases import WorklistFilter
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -84,22 +85,36 @@ class CaseCreateForm(ScanUploadForm):
         self.fields["task"].required = len(tasks) > 1
 
 
-class SignForm(forms.Form):
-    outcome = forms.ChoiceField(choices=ReviewDecision.Outcome.choices, widget=forms.RadioSelect)
-    stage = forms.ChoiceField(required=False, label="Your stage (when rejecting)")
-    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
-    password = forms.CharField(
-        label="Password (signs the decision)", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
-    )
+class _SignatureForm(forms.Form):
+    """The password (and, where needed, the authenticator code) that signs a decision."""
+
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
     otp_token = forms.CharField(
         label="Authenticator code", required=False, max_length=8,
         widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
     )  # fmt: skip
+    signs = "the decision"
 
-    def __init__(self, *args: Any, labels: list[str], otp_required: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, otp_required: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["password"].label = f"Password (signs {self.signs})"
+        # The code field appears (and is required) only when the signature needs it.
+        if otp_required:
+            self.fields["otp_token"].required = True
+            self.fields["otp_token"].error_messages["required"] = "Enter the code from your authenticator to sign."
+        else:
+            del self.fields["otp_token"]
+
+
+class SignForm(_SignatureForm):
+    outcome = forms.ChoiceField(choices=ReviewDecision.Outcome.choices, widget=forms.RadioSelect)
+    stage = forms.ChoiceField(required=False, label="Your stage (when rejecting)")
+    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+    field_order = ["outcome", "stage", "reason", "password", "otp_token"]
+
+    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [("", "—")] + [(label, label) for label in labels]
-        _second_factor_field(self, otp_required)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -111,33 +126,18 @@ class SignForm(forms.Form):
         return data
 
 
-class CorrectionForm(forms.Form):
+class CorrectionForm(_SignatureForm):
     stage = forms.ChoiceField(label="Corrected stage")
     reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
-    password = forms.CharField(
-        label="Password (signs the correction)", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
-    )
-    otp_token = forms.CharField(
-        label="Authenticator code", required=False, max_length=8,
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
-    )  # fmt: skip
+    field_order = ["stage", "reason", "password", "otp_token"]
+    signs = "the correction"
 
-    def __init__(self, *args: Any, labels: list[str], otp_required: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["stage"].choices = [(label, label) for label in labels]
-        _second_factor_field(self, otp_required)
 
 
-def _second_factor_field(form: forms.Form, otp_required: bool) -> None:
-    """The code field appears (and is required) only for physicians with an enrolled device."""
-    if otp_required:
-        form.fields["otp_token"].required = True
-        form.fields["otp_token"].error_messages["required"] = "Enter the code from your authenticator to sign."
-    else:
-        del form.fields["otp_token"]
-
-
-# --- worklist filters, blinded reads, review settings (issue 6) --------------------
+# --- worklist filters, blinded reads, review settings -------------------------------
 
 
 class _WorklistFilterForm(forms.Form):
@@ -173,6 +173,16 @@ class _WorklistFilterForm(forms.Form):
         if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
             raise forms.ValidationError("The start date is after the end date.")
         return data
+
+    def worklist_filter(self) -> WorklistFilter:
+        data = self.cleaned_data
+        return WorklistFilter(
+            stage=data["stage"],
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            search=data["q"],
+            unit=data.get("unit") or "",
+        )
 
 
 class CaseFilterForm(_WorklistFilterForm):

@@ -16,6 +16,7 @@ from accounts import selectors, services
 from accounts.api.serializers import AuditEventOut, TokenCreatedOut, TokenCreateIn, TokenOut
 from accounts.models import ApiToken, AuditEvent
 from core.api.errors import ApiError
+from core.api.filters import CreatedRangeFilterSet
 from core.api.permissions import has_perm
 from core.http import client_address
 
@@ -76,13 +77,11 @@ class TokenDetail(generics.GenericAPIView):
         return Response(TokenOut(token).data)
 
 
-class AuditEventFilter(django_filters.FilterSet):
+class AuditEventFilter(CreatedRangeFilterSet):
     action = django_filters.CharFilter()
     object_type = django_filters.CharFilter()
     object_id = django_filters.CharFilter()
     actor = django_filters.UUIDFilter(field_name="actor__uuid")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
@@ -16,16 +15,17 @@ from rest_framework.response import Response
 
 from accounts.roles import UPLOAD_PERMISSION
 from core.api.errors import ApiError
+from core.api.filters import CreatedRangeFilterSet
 from core.api.permissions import has_perm
 from core.http import client_address
 from diagnostics.api import serializers as s
 from diagnostics.models import Case, InferenceJob, Scan
 from diagnostics.selectors.cases import case_get, cases_for_user, job_get, jobs_for_user, scans_for_user
 from diagnostics.services.cases import (
-    IncomingFile,
     UploadBatchRejected,
     case_create,
     case_open,
+    incoming_files,
     scan_open,
     scans_upload,
 )
@@ -34,18 +34,9 @@ from diagnostics.services.jobs import job_retry
 Uploader = has_perm(UPLOAD_PERMISSION, message="Your role cannot work with cases and scans.")
 
 
-def _incoming(files: list[Any]) -> list[IncomingFile]:
-    # Read at most one byte past the cap: enough for the validator to say "too large"
-    # without holding an arbitrarily large upload in memory.
-    limit = settings.UPLOAD_MAX_BYTES + 1
-    return [IncomingFile(name=f.name or "", data=f.read(limit)) for f in files]
-
-
-class CaseFilter(django_filters.FilterSet):
+class CaseFilter(CreatedRangeFilterSet):
     patient_ref = django_filters.CharFilter()
     body_site = django_filters.CharFilter(lookup_expr="icontains")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Case
@@ -106,7 +97,7 @@ class CaseScans(generics.ListAPIView):
             result = scans_upload(
                 acting_user=request.user,
                 case=case,
-                files=_incoming(data.validated_data["files"]),
+                files=incoming_files(data.validated_data["files"]),
                 client_address=client_address(request),
             )
         except UploadBatchRejected as exc:

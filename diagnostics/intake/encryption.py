@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cancerweb.env import parse_key_entries
-
 MAGIC = b"CWENC1"
 NONCE_BYTES = 12  # the GCM standard nonce; random per blob (2^-32 collision bound at 2^32 blobs per key)
 
@@ -42,11 +40,6 @@ class KeyRing:
 
     def get(self, key_id: str) -> bytes | None:
         return next((key for kid, key in self.keys if kid == key_id), None)
-
-
-def parse_keyring(raw: str) -> KeyRing:
-    """Parse ``id:base64key,id:base64key`` (first is current). Raises ValueError naming the problem."""
-    return KeyRing(keys=parse_key_entries(raw))
 
 
 def _header(key_id: str) -> bytes:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from diagnostics.intake import dicom
-from diagnostics.ml.preprocess import decode_rgb
+from diagnostics.ml.preprocess import decode_rgb, to_rgb
 
 
 def to_rgb_image(data: bytes, *, max_side: int | None = None) -> Image.Image:
@@ -25,14 +25,7 @@ def to_rgb_image(data: bytes, *, max_side: int | None = None) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             if max_side is not None:
                 img.draft("RGB", (max_side, max_side))
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                # Same scaling as decode_rgb: a direct RGB conversion would clip.
-                arr = np.asarray(img, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else arr * 0.0
-                rendered = Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
-            else:
-                rendered = img.convert("RGB")
+            rendered = to_rgb(img)
     if max_side is not None:
         rendered.thumbnail((max_side, max_side))
     return rendered

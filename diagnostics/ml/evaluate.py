@@ -73,15 +73,7 @@ def evaluation_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str])
         "ece": M.expected_calibration_error(y, p, N_BINS),
         "ece_bins": N_BINS,
         "nll": M.nll(y, p),
-        "per_class": {
-            label: {
-                "precision": float(prf["precision"][k]),
-                "recall": float(prf["recall"][k]),
-                "f1": float(prf["f1"][k]),
-                "support": int(prf["support"][k]),
-            }
-            for k, label in enumerate(labels)
-        },
+        "per_class": M.per_class_table(prf, labels),
         "confusion_matrix": M.confusion_matrix(y, pred, n).tolist(),
     }
 

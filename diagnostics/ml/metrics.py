@@ -8,6 +8,7 @@ true classes as rows and predicted classes as columns.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,19 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> In
 def per_class_prf(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> dict[str, FloatArray]:
     """Per-class precision, recall, F1 and support; 0.0 where undefined (no predictions)."""
     return per_class_prf_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
+
+
+def per_class_table(prf: dict[str, FloatArray], labels: Sequence[str]) -> dict[str, dict[str, float | int]]:
+    """`per_class_prf`'s arrays as a JSON-ready table keyed by label."""
+    return {
+        label: {
+            "precision": float(prf["precision"][k]),
+            "recall": float(prf["recall"][k]),
+            "f1": float(prf["f1"][k]),
+            "support": int(prf["support"][k]),
+        }
+        for k, label in enumerate(labels)
+    }
 
 
 def per_class_prf_from_confusion(confusion: ArrayLike) -> dict[str, FloatArray]:
@@ -202,14 +216,6 @@ def classification_report(
         "ece_after_temperature": expected_calibration_error(y, scaled),
         "nll_before_temperature": nll(y, raw),
         "nll_after_temperature": nll(y, scaled),
-        "per_class": {
-            label: {
-                "precision": float(prf["precision"][k]),
-                "recall": float(prf["recall"][k]),
-                "f1": float(prf["f1"][k]),
-                "support": int(prf["support"][k]),
-            }
-            for k, label in enumerate(labels)
-        },
+        "per_class": per_class_table(prf, labels),
         "confusion_matrix": confusion_matrix(y, pred, n).tolist(),
     }

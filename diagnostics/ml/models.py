@@ -23,7 +23,7 @@ def build_small_cnn(input_size: int, n_labels: int, *, dropout: float = 0.3, nam
     """Five Conv-BN-ReLU blocks (16 -> 256 filters), global average pooling, dropout,
     Dense logits: about 0.4 M parameters. On the CPUs this project runs on it trains
     far faster than ImageNet-sized networks, which without pretrained weights do not
-    settle within a practical budget (docs/MEASURED.md)."""
+    settle within a practical budget (docs/performance.md)."""
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for i, filters in enumerate(SMALL_CNN_FILTERS):

@@ -21,12 +21,23 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image Pillow can read (or are a decompression bomb)."""
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The image in RGB. 16-bit and float greyscale is stretched from its own minimum to
+    its maximum first: a direct RGB conversion of those modes clips instead of scaling."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else arr * 0.0
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def decode_rgb(data: bytes, *, size: int) -> np.ndarray:
     """Decode PNG/JPEG/TIFF bytes to a `(size, size, 3)` uint8 RGB array.
 
     The image is resized (bilinear, aspect ratio not kept) to `size` x `size`. For JPEG,
     `Image.draft` first lets libjpeg decode at a reduced scale, which halves the cost of
-    large photographs (see docs/MEASURED.md). Multi-frame files use their first frame.
+    large photographs (see docs/performance.md). Multi-frame files use their first frame.
     Raises `ImageDecodeError` for anything Pillow cannot read.
     """
     if size <= 0:
@@ -35,15 +46,7 @@ def decode_rgb(data: bytes, *, size: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))
-            # Convert 16-bit / float greyscale through 8-bit "L": a direct RGB conversion
-            # of these modes clips instead of scaling.
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else arr * 0.0
-                rgb = Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
-            else:
-                rgb = img.convert("RGB")
+            rgb = to_rgb(img)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             out = np.asarray(rgb, dtype=np.uint8)

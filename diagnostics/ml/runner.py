@@ -1,6 +1,6 @@
 """Inference on a verified model bundle, once per worker process.
 
-Loading TensorFlow and tracing the first call cost seconds (docs/MEASURED.md), so a
+Loading TensorFlow and tracing the first call cost seconds (docs/performance.md), so a
 worker builds one `InferenceRunner` and reuses it. Calls go through one compiled
 `tf.function`: at batch 1 it is about 2.6x faster than `model.predict` on these CPUs.
 """
@@ -62,7 +62,7 @@ class InferenceRunner:
         # Grad-CAM in the same compiled pass: the last 4-D feature map and the gradient
         # of each image's top logit with respect to it come out of ONE graph with the
         # logits. Compiled, this adds about 4 % at batch 8; done eagerly it costs 2.5-3x
-        # the prediction (docs/MEASURED.md).
+        # the prediction (docs/performance.md).
         features_and_logits = keras.Model(model.inputs, [feature_output(model), model.outputs[0]])
 
         @tf.function(reduce_retracing=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 from uuid import UUID
 
 from django.db.models import Exists, OuterRef, QuerySet
@@ -108,26 +109,40 @@ def case_status_summary(statuses: list[ScanStatus]) -> str:
     }[code]
 
 
-CASE_STATUS_CODES = ["failed", "queued", "running", "awaiting_review", "signed"]
-
-
 def _scans_where(**lookups: object) -> Exists:
     return Exists(Scan.objects.filter(case=OuterRef("pk"), **lookups))
 
 
-def cases_filtered(
-    *,
-    user: User,
-    status: str = "",
-    stage: str = "",
-    date_from: date | None = None,
-    date_to: date | None = None,
-    search: str = "",
-    unit: str = "",
-) -> QuerySet[Case]:
+@dataclass(frozen=True)
+class WorklistFilter:
+    """What a worklist (the case list, the review queue) is narrowed by."""
+
+    stage: str = ""
+    date_from: date | None = None
+    date_to: date | None = None
+    search: str = ""  # part of the case reference
+    unit: str = ""  # a care unit's uuid
+
+
+def worklist_filtered(qs: QuerySet[Any], filters: WorklistFilter, *, case: str = "") -> QuerySet[Any]:
+    """The filters both worklists share: creation date, case reference and care unit.
+    ``case`` is the path from the listed rows to their case ("" for cases themselves)."""
+    to_case = f"{case}__" if case else ""
+    if filters.date_from:
+        qs = qs.filter(created_at__date__gte=filters.date_from)
+    if filters.date_to:
+        qs = qs.filter(created_at__date__lte=filters.date_to)
+    if filters.search:
+        qs = qs.filter(**{f"{to_case}patient_ref__icontains": filters.search})
+    if filters.unit:
+        qs = qs.filter(**{f"{to_case}unit__uuid": filters.unit})
+    return qs
+
+
+def cases_filtered(*, user: User, filters: WorklistFilter, status: str = "") -> QuerySet[Case]:
     """The user's cases narrowed by the worklist's filters. ``status`` matches the case
     summary (a case is as far along as its least advanced scan), so the conditions
-    exclude every less advanced state. ``stage`` is the physician's signed stage."""
+    exclude every less advanced state. The filter's stage is the physician's signed stage."""
     cases = cases_for_user(user=user)
     failed = _scans_where(job__status=InferenceJob.Status.FAILED)
     queued = _scans_where(job__isnull=True) | _scans_where(job__status=InferenceJob.Status.QUEUED)
@@ -152,20 +167,12 @@ def cases_filtered(
         )
     elif status:
         raise ValueError(f"unknown status {status!r}")
-    if stage:
+    if filters.stage:
         current = ReviewDecision.objects.filter(
-            review_item__prediction__scan__case=OuterRef("pk"), stage=stage, superseded_by__isnull=True
+            review_item__prediction__scan__case=OuterRef("pk"), stage=filters.stage, superseded_by__isnull=True
         )
         cases = cases.filter(Exists(current))
-    if date_from:
-        cases = cases.filter(created_at__date__gte=date_from)
-    if date_to:
-        cases = cases.filter(created_at__date__lte=date_to)
-    if search:
-        cases = cases.filter(patient_ref__icontains=search)
-    if unit:
-        cases = cases.filter(unit__uuid=unit)
-    return cases
+    return worklist_filtered(cases, filters)
 
 
 def scans_for_user(*, user: User) -> QuerySet[Scan]:

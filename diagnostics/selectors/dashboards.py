@@ -165,3 +165,14 @@ def queue_stats(*, user: User) -> QueueStats:
         median_signoff_minutes=_median_minutes(first, "took", signed["n"]),
         mean_signoff_minutes=_minutes(signed["mean"]) if signed["mean"] is not None else None,
     )
+
+
+@dataclass
+class Dashboard:
+    agreements: list[ModelAgreement]
+    queue: QueueStats
+
+
+def dashboard_get(*, user: User) -> Dashboard:
+    """What the dashboard page and its CSV export show, in the user's dashboard scope."""
+    return Dashboard(agreements=agreement_by_model(user=user), queue=queue_stats(user=user))

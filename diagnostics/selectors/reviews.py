@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
@@ -17,7 +16,7 @@ from diagnostics.models import (
     ReviewerPreference,
     ReviewItem,
 )
-from diagnostics.selectors.cases import cases_for_user
+from diagnostics.selectors.cases import WorklistFilter, cases_for_user, worklist_filtered
 from diagnostics.selectors.signatures import signature_check
 from diagnostics.signatures import SignatureCheck
 
@@ -100,28 +99,12 @@ def heatmap_get(*, user: User, item_uuid: UUID) -> str:
     return name
 
 
-def review_queue_filtered(
-    *,
-    user: User,
-    stage: str = "",
-    date_from: date | None = None,
-    date_to: date | None = None,
-    search: str = "",
-    unit: str = "",
-) -> QuerySet[ReviewItem]:
+def review_queue_filtered(*, user: User, filters: WorklistFilter) -> QuerySet[ReviewItem]:
     items = review_queue(user=user)
-    if unit:
-        items = items.filter(prediction__scan__case__unit__uuid=unit)
-    if stage:
+    if filters.stage:
         # The model's stage: never a way to learn an answer that blinded-first hides.
-        items = items.filter(prediction__predicted_label=stage, ai_hidden=False)
-    if date_from:
-        items = items.filter(created_at__date__gte=date_from)
-    if date_to:
-        items = items.filter(created_at__date__lte=date_to)
-    if search:
-        items = items.filter(prediction__scan__case__patient_ref__icontains=search)
-    return items
+        items = items.filter(prediction__predicted_label=filters.stage, ai_hidden=False)
+    return worklist_filtered(items, filters, case="prediction__scan__case")
 
 
 def review_queue_neighbours(*, user: User, item: ReviewItem) -> tuple[ReviewItem | None, ReviewItem | None]:

@@ -4,8 +4,11 @@ encrypted, all or nothing), and the audited opening of a case or a scan."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 from django.conf import settings
@@ -34,6 +37,21 @@ logger = logging.getLogger(__name__)
 class IncomingFile:
     name: str
     data: bytes
+
+
+class Upload(Protocol):
+    """An uploaded file as Django and DRF hand it over."""
+
+    name: str | None
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def incoming_files(uploads: Iterable[Upload]) -> list[IncomingFile]:
+    """The uploads' bytes, each read to at most one byte past the size cap: enough for the
+    validator to say "too large" without holding an arbitrarily large upload in memory."""
+    limit = settings.UPLOAD_MAX_BYTES + 1
+    return [IncomingFile(name=f.name or "", data=f.read(limit)) for f in uploads]
 
 
 @dataclass
@@ -80,40 +98,35 @@ def case_create(
     elif unit.pk not in {u.pk for u in units}:
         raise ValidationError({"unit": "you can create cases only in your own care units"})
     task = _case_task(task)
-    created_names: list[str] = []
-    try:
-        with transaction.atomic():
-            case = Case(
-                patient_ref=patient_ref.strip(),
-                body_site=body_site.strip(),
-                note=note,
-                task=task,
-                created_by=acting_user,
-                unit=unit,
-            )
-            case.full_clean()
-            case.save()
-            # The unit's members see the case through this one grant; joining or
-            # leaving the unit later changes who sees it without touching the case.
-            assign_perm("diagnostics.view_case", unit.group, case)
-            audit_record(
-                actor=acting_user,
-                action="case.create",
-                obj=case,
-                data={"new": {"body_site": case.body_site, "unit": str(unit.uuid), "task": case.task}},
+    with _stored_files_removed_on_failure() as created_names, transaction.atomic():
+        case = Case(
+            patient_ref=patient_ref.strip(),
+            body_site=body_site.strip(),
+            note=note,
+            task=task,
+            created_by=acting_user,
+            unit=unit,
+        )
+        case.full_clean()
+        case.save()
+        # The unit's members see the case through this one grant; joining or
+        # leaving the unit later changes who sees it without touching the case.
+        assign_perm("diagnostics.view_case", unit.group, case)
+        audit_record(
+            actor=acting_user,
+            action="case.create",
+            obj=case,
+            data={"new": {"body_site": case.body_site, "unit": str(unit.uuid), "task": case.task}},
+            client_address=client_address,
+        )
+        if files:
+            _scans_upload_inner(
+                acting_user=acting_user,
+                case=case,
+                files=files,
                 client_address=client_address,
+                created_names=created_names,
             )
-            if files:
-                _scans_upload_inner(
-                    acting_user=acting_user,
-                    case=case,
-                    files=files,
-                    client_address=client_address,
-                    created_names=created_names,
-                )
-    except BaseException:
-        _cleanup(created_names)
-        raise
     return case
 
 
@@ -138,18 +151,26 @@ def scans_upload(
 ) -> UploadResult:
     """Validate every file, then store them all and queue one inference job per new
     scan. If any file is refused, nothing is stored."""
-    created_names: list[str] = []
+    with _stored_files_removed_on_failure() as created_names, transaction.atomic():
+        return _scans_upload_inner(
+            acting_user=acting_user,
+            case=case,
+            files=files,
+            client_address=client_address,
+            created_names=created_names,
+        )
+
+
+@contextmanager
+def _stored_files_removed_on_failure() -> Iterator[list[str]]:
+    """All or nothing for stored bytes too: the transaction rolls the rows back, and the
+    files stored on the way (their names collected in the list) are removed again, unless
+    another scan already refers to the same content."""
+    names: list[str] = []
     try:
-        with transaction.atomic():
-            return _scans_upload_inner(
-                acting_user=acting_user,
-                case=case,
-                files=files,
-                client_address=client_address,
-                created_names=created_names,
-            )
+        yield names
     except BaseException:
-        _cleanup(created_names)
+        _cleanup(names)
         raise
 
 

@@ -202,7 +202,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
             raise JobError("stored scan bytes do not match their SHA-256")
         return imaging.decode_for_model(data, size=runner.input_size)
 
-    # Decoding dominates small models (docs/MEASURED.md) and Pillow releases the GIL:
+    # Decoding dominates small models (docs/performance.md) and Pillow releases the GIL:
     # decode the batch's images in parallel threads.
     from concurrent.futures import ThreadPoolExecutor
 
@@ -244,23 +244,6 @@ def jobs_process(*, job_ids: list[int]) -> None:
         # Nothing of the batch was written (one transaction): no job may stay "running".
         for job, _ in ready:
             _job_fail(job, exc)
-
-
-def prediction_store(
-    *,
-    job_id: int,
-    model_version: ModelVersion,
-    probabilities: list[float],
-    inference_ms: float,
-    heatmap_png: bytes | None = None,
-) -> Prediction | None:
-    """Record a job's prediction and put it in the review queue, once."""
-    stored = predictions_store(
-        model_version=model_version,
-        outcomes=[JobOutcome(job_id=job_id, probabilities=probabilities, heatmap_png=heatmap_png)],
-        inference_ms=inference_ms,
-    )
-    return stored[0] if stored else None
 
 
 def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:

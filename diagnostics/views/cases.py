@@ -11,7 +11,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
@@ -37,21 +36,14 @@ from diagnostics.selectors.cases import (
 )
 from diagnostics.selectors.model_registry import active_tasks, stage_labels_known
 from diagnostics.services.cases import (
-    IncomingFile,
     UploadBatchRejected,
     case_create,
     case_open,
+    incoming_files,
     scan_open,
     scans_upload,
 )
 from diagnostics.services.jobs import job_retry
-
-
-def _incoming(files: list[UploadedFile]) -> list[IncomingFile]:
-    # Read at most one byte past the cap: enough to know a file is too large
-    # without holding an arbitrarily large upload in memory.
-    limit = settings.UPLOAD_MAX_BYTES + 1
-    return [IncomingFile(name=f.name or "", data=f.read(limit)) for f in files]
 
 
 def _add_upload_errors(form: Any, exc: UploadBatchRejected) -> None:
@@ -79,15 +71,9 @@ def case_list(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
     data = form.cleaned_data
-    cases = cases_filtered(
-        user=request.user,
-        status=data["status"],
-        stage=data["stage"],
-        date_from=data["date_from"],
-        date_to=data["date_to"],
-        search=data["q"],
-        unit=data.get("unit") or "",
-    ).prefetch_related("scans__job")
+    cases = cases_filtered(user=request.user, filters=form.worklist_filter(), status=data["status"]).prefetch_related(
+        "scans__job"
+    )
     page = Paginator(cases, 25).get_page(data["page"] or 1)
     rows = []
     for case in page:
@@ -115,7 +101,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
                     body_site=form.cleaned_data["body_site"],
                     note=form.cleaned_data["note"],
                     task=form.cleaned_data["task"],
-                    files=_incoming(form.cleaned_data["files"]),
+                    files=incoming_files(form.cleaned_data["files"]),
                     client_address=client_address(request),
                     unit=form.cleaned_data.get("unit"),
                 )
@@ -174,7 +160,7 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
             result = scans_upload(
                 acting_user=request.user,
                 case=case,
-                files=_incoming(form.cleaned_data["files"]),
+                files=incoming_files(form.cleaned_data["files"]),
                 client_address=client_address(request),
             )
         except UploadBatchRejected as exc:
@@ -235,7 +221,7 @@ def case_upload_file(request: HttpRequest, case_uuid: UUID) -> JsonResponse:
         result = scans_upload(
             acting_user=request.user,
             case=case,
-            files=_incoming(files),
+            files=incoming_files(files),
             client_address=client_address(request),
         )
     except UploadBatchRejected as exc:

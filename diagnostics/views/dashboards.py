@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from diagnostics.selectors.dashboards import agreement_by_model, queue_stats
+from diagnostics.selectors.dashboards import dashboard_get
 from diagnostics.views import charts as charts_svg
 
 
@@ -18,18 +18,17 @@ from diagnostics.views import charts as charts_svg
 @never_cache
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    agreements = agreement_by_model(user=request.user)
-    stats = queue_stats(user=request.user)
-    charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in agreements]
-    return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": stats})
+    data = dashboard_get(user=request.user)
+    charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in data.agreements]
+    return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": data.queue})
 
 
 @require_GET
 @never_cache
 @login_required
 def dashboard_csv(request: HttpRequest) -> HttpResponse:
-    agreements = agreement_by_model(user=request.user)
-    stats = queue_stats(user=request.user)
+    data = dashboard_get(user=request.user)
+    agreements, stats = data.agreements, data.queue
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="cancerweb-agreement.csv"'
     writer = csv.writer(response)

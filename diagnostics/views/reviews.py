@@ -71,14 +71,7 @@ def review_queue_page(request: HttpRequest) -> HttpResponse:
         context = {"filter_form": form, "page": None, "blinded_first": reviewer_blinded_first(user=request.user)}
         return render(request, "diagnostics/review_queue.html", context, status=400)
     data = form.cleaned_data
-    items = review_queue_filtered(
-        user=request.user,
-        stage=data["stage"],
-        date_from=data["date_from"],
-        date_to=data["date_to"],
-        search=data["q"],
-        unit=data.get("unit") or "",
-    )
+    items = review_queue_filtered(user=request.user, filters=form.worklist_filter())
     page = Paginator(items, 25).get_page(data["page"] or 1)
     template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"
     context = {"page": page, "filter_form": form, "blinded_first": reviewer_blinded_first(user=request.user)}

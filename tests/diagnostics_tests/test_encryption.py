@@ -13,9 +13,9 @@ import pytest
 from django.core.management import call_command
 from PIL import Image, UnidentifiedImageError
 
-from cancerweb.env import generate_key_entry
+from cancerweb.env import generate_key_entry, parse_key_entries
 from diagnostics.intake import storage
-from diagnostics.intake.encryption import MAGIC, EncryptionError, parse_keyring
+from diagnostics.intake.encryption import MAGIC, EncryptionError
 from diagnostics.models import InferenceJob
 from diagnostics.services.cases import IncomingFile, case_create
 from diagnostics.services.jobs import job_run
@@ -32,7 +32,7 @@ def _raw_path(name: str) -> Path:
 
 
 def _add_key(settings, key_id: str) -> None:  # type: ignore[no-untyped-def]
-    new = parse_keyring(generate_key_entry(key_id)).keys[0]
+    new = parse_key_entries(generate_key_entry(key_id))[0]
     settings.ENCRYPTION_KEYS = [new, *settings.ENCRYPTION_KEYS]
 
 
@@ -200,7 +200,7 @@ def test_rotation_encrypts_objects_stored_before_encryption_existed(settings):
 )
 def test_malformed_keys_are_refused(raw, message):
     with pytest.raises(ValueError, match=message):
-        parse_keyring(raw)
+        parse_key_entries(raw)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from diagnostics.models import InferenceJob, Prediction, ReviewItem
-from diagnostics.services.jobs import job_run, prediction_store
+from diagnostics.services.jobs import JobOutcome, job_run, predictions_store
 from tests.factories import make_scan
 
 pytestmark = pytest.mark.django_db
@@ -40,8 +40,12 @@ def test_a_second_store_for_the_same_job_is_a_quiet_no_op(clinician, active_mode
     scan = make_scan(clinician)
     job_run(job_id=scan.job.id)
     InferenceJob.objects.filter(pk=scan.job.pk).update(status="running")  # as if redelivered mid-flight
-    again = prediction_store(job_id=scan.job.id, model_version=active_model, probabilities=[0.5, 0.5], inference_ms=1.0)
-    assert again is None
+    again = predictions_store(
+        model_version=active_model,
+        outcomes=[JobOutcome(job_id=scan.job.id, probabilities=[0.5, 0.5])],
+        inference_ms=1.0,
+    )
+    assert again == []
     assert Prediction.objects.filter(scan=scan).count() == 1
 
 

@@ -1,4 +1,4 @@
-"""Issue 3: registry per task, calibration and the uncertain flag, heat maps stored
+"""Model lifecycle: registry per task, calibration and the uncertain flag, heat maps stored
 with the prediction and served only to permitted users, and the model commands."""
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -276,10 +277,16 @@ def test_joining_a_unit_shows_its_cases_and_leaving_hides_them(world, care_unit)
     other = users["other_unit_clinician"]
     account_services.unit_member_add(acting_user=users["admin_user"], unit=care_unit, user=other)
     assert objects["own"]["case"] in {c.uuid for c in cases_for_user(user=User.objects.get(pk=other.pk))}
-    account_services.unit_member_remove(acting_user=users["admin_user"], unit=care_unit, user=other)
+    # Leaving the unit is a change of the user's groups in the user administration.
+    access = account_services.UserAccess.of(other)
+    account_services.user_access_set(
+        acting_user=users["admin_user"],
+        user=other,
+        access=replace(access, groups=access.groups - {care_unit.group.name}),
+    )
     assert objects["own"]["case"] not in {c.uuid for c in cases_for_user(user=User.objects.get(pk=other.pk))}
-    changes = AuditEvent.objects.filter(action__startswith="permission.unit_member", object_id=str(other.uuid))
+    changes = AuditEvent.objects.filter(action__startswith="permission.", object_id=str(other.uuid))
     assert [e.action for e in changes.order_by("id")][-2:] == [
         "permission.unit_member_add",
-        "permission.unit_member_remove",
+        "permission.groups_change",
     ]

@@ -1,4 +1,4 @@
-"""Issue 3, framework-free parts: test split, backbones and local weights, evaluation
+"""Model lifecycle, framework-free parts: test split, backbones and local weights, evaluation
 metrics against hand-computed values, heat maps in the compiled pass."""
 
 from __future__ import annotations

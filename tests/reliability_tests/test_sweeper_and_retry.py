@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from diagnostics.models import InferenceJob, Prediction, ReviewItem
 from diagnostics.services.cases import IncomingFile, case_create
-from diagnostics.services.jobs import job_retry, job_run, job_sweep, prediction_store
+from diagnostics.services.jobs import JobOutcome, job_retry, job_run, job_sweep, predictions_store
 from diagnostics.services.model_registry import model_register
 from tests.factories import make_scan
 from tests.helpers import celery_broker, free_port, image_bytes, login, stored_files
@@ -234,9 +234,12 @@ def test_two_attempts_storing_at_the_same_moment_give_one_prediction_and_one_rev
     def store() -> None:
         try:
             barrier.wait(timeout=30)
-            results.append(
-                prediction_store(job_id=job.id, model_version=active_model, probabilities=[0.3, 0.7], inference_ms=1.0)
+            stored = predictions_store(
+                model_version=active_model,
+                outcomes=[JobOutcome(job_id=job.id, probabilities=[0.3, 0.7])],
+                inference_ms=1.0,
             )
+            results.append(stored[0] if stored else None)
         except Exception as exc:  # recorded, so the assertion below names it
             results.append(exc)
         finally:

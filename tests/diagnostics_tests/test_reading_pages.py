@@ -1,4 +1,4 @@
-"""Issue 6 on the server side: the upload page's JSON endpoint, validated worklist
+"""The reading pages on the server side: the upload page's JSON endpoint, validated worklist
 filters, dashboards against hand-computed numbers, CSV export, notifications (in-app
 and e-mail, the periodic overdue check run twice), blinded-first reads, model cards,
 heat maps, and who may see each page."""
