@@ -5,6 +5,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.http import HttpRequest
 
 from accounts import services
+from accounts.http import request_user
 from accounts.models import AuditEvent, CareUnit, User
 from core.http import client_address
 
@@ -17,13 +18,13 @@ class AuditedUserAdmin(UserAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         readonly = list(super().get_readonly_fields(request, obj))
-        if not request.user.is_superuser:  # the service refuses these too; the form says so early
+        if not request_user(request).is_superuser:  # the service refuses these too; the form says so early
             readonly += ["is_staff", "is_superuser", "user_permissions"]
         return readonly
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A superuser's account (password included) is a superuser's to change.
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if obj is not None and obj.is_superuser and not request_user(request).is_superuser:
             return False
         return super().has_change_permission(request, obj)
 
@@ -58,7 +59,7 @@ class AuditedUserAdmin(UserAdmin):
             ),
         )
         services.user_access_set(
-            acting_user=request.user, user=user, access=wanted, client_address=client_address(request)
+            acting_user=request_user(request), user=user, access=wanted, client_address=client_address(request)
         )
 
 
@@ -67,14 +68,16 @@ class CareUnitAdmin(admin.ModelAdmin):
     list_display = ("name", "created_at")
     fields = ("name",)
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request, obj, form, change):
         if change:
             super().save_model(request, obj, form, change)
             return
-        created = services.unit_create(acting_user=request.user, name=obj.name, client_address=client_address(request))
+        created = services.unit_create(
+            acting_user=request_user(request), name=obj.name, client_address=client_address(request)
+        )
         obj.pk, obj.group_id, obj.uuid = created.pk, created.group_id, created.uuid
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None):
         return False  # cases point at their unit for good
 
 
@@ -85,11 +88,11 @@ class AuditEventAdmin(admin.ModelAdmin):
     search_fields = ("object_id", "actor__username")
 
     # Read-only: the audit trail is never edited from the admin.
-    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None):
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None):
         return False
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
@@ -19,11 +19,12 @@ from django_otp import login as otp_login
 
 from accounts import selectors, services
 from accounts.forms import AuditFilterForm, OTPTokenForm
+from accounts.http import AuthedHttpRequest
 from accounts.otp import confirmed_device
 from core.http import client_address
 
 
-def _next_url(request: HttpRequest) -> str:
+def _next_url(request: AuthedHttpRequest) -> str:
     target = request.POST.get("next") or request.GET.get("next") or ""
     if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         return target
@@ -33,7 +34,7 @@ def _next_url(request: HttpRequest) -> str:
 @never_cache
 @require_http_methods(["GET", "POST"])
 @login_required
-def otp_setup(request: HttpRequest) -> HttpResponse:
+def otp_setup(request: AuthedHttpRequest) -> HttpResponse:
     """Enrol an authenticator: show the secret and otpauth URI, confirm with a code."""
     if confirmed_device(request.user) is not None:
         return redirect("otp_verify")
@@ -62,7 +63,7 @@ def otp_setup(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_http_methods(["GET", "POST"])
 @login_required
-def otp_verify(request: HttpRequest) -> HttpResponse:
+def otp_verify(request: AuthedHttpRequest) -> HttpResponse:
     device = confirmed_device(request.user)
     if device is None:
         return redirect("otp_setup")
@@ -80,7 +81,7 @@ def otp_verify(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/otp_verify.html", {"form": form, "next": _next_url(request)}, status=status)
 
 
-def _audit_query(request: HttpRequest) -> tuple[AuditFilterForm, selectors.AuditFilter | None]:
+def _audit_query(request: AuthedHttpRequest) -> tuple[AuditFilterForm, selectors.AuditFilter | None]:
     form = AuditFilterForm(request.GET or None)
     if request.GET and not form.is_valid():
         return form, None
@@ -98,7 +99,7 @@ def _audit_query(request: HttpRequest) -> tuple[AuditFilterForm, selectors.Audit
 @require_GET
 @never_cache
 @login_required
-def audit_list(request: HttpRequest) -> HttpResponse:
+def audit_list(request: AuthedHttpRequest) -> HttpResponse:
     form, filters = _audit_query(request)
     events = selectors.audit_events(user=request.user, filters=filters or selectors.AuditFilter())
     if filters is None:
@@ -123,7 +124,7 @@ CSV_COLUMNS = [
 @require_GET
 @never_cache
 @login_required
-def audit_export(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+def audit_export(request: AuthedHttpRequest) -> HttpResponse | StreamingHttpResponse:
     form, filters = _audit_query(request)
     events = selectors.audit_events(user=request.user, filters=filters or selectors.AuditFilter())
     if filters is None:
@@ -137,7 +138,7 @@ def audit_export(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     )
     writer = csv.writer(_Echo())
 
-    def lines():  # type: ignore[no-untyped-def]
+    def lines():
         yield writer.writerow(CSV_COLUMNS)
         for e in rows:
             yield writer.writerow(

@@ -40,7 +40,7 @@ app.conf.update(
 app.autodiscover_tasks()
 
 
-def project_task(*, queue: str, name: str):  # type: ignore[no-untyped-def]
+def project_task(*, queue: str, name: str):
     """The one task decorator of the project (bare ``shared_task`` is banned by ruff).
 
     Late acknowledgement and reject-on-worker-loss give at-least-once delivery, so

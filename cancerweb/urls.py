@@ -2,13 +2,13 @@
 the operators' health and metrics endpoints."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from diagnostics.views.monitoring import health, metrics
 
-api_urlpatterns = [
+api_urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("diagnostics.api.urls")),
     path("", include("accounts.api.urls")),
     # The schema and the docs hold no data; integrators read them before they have a token.

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from accounts.http import request_user
 from diagnostics.models import ModelVersion
 from diagnostics.services.model_registry import model_activate, model_register, model_retire
 
@@ -53,7 +54,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         ]
 
     def register_view(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("diagnostics.add_modelversion"):
+        if not request_user(request).has_perm("diagnostics.add_modelversion"):
             raise PermissionDenied
         form = RegisterBundleForm(request.POST or None)
         status = 200
@@ -61,7 +62,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             if form.is_valid():
                 try:
                     mv = model_register(
-                        acting_user=request.user,  # type: ignore[arg-type]
+                        acting_user=request_user(request),
                         bundle_dir=form.cleaned_data["bundle"].strip(),
                         activate=form.cleaned_data["activate"],
                         task=form.cleaned_data["task"] or None,
@@ -82,7 +83,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
         try:
-            mv = model_activate(acting_user=request.user, model_version=queryset.get())  # type: ignore[arg-type]
+            mv = model_activate(acting_user=request_user(request), model_version=queryset.get())
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return
@@ -91,5 +92,5 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Retire the selected versions")
     def retire_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         for mv in queryset:
-            model_retire(acting_user=request.user, model_version=mv)  # type: ignore[arg-type]
+            model_retire(acting_user=request_user(request), model_version=mv)
         self.message_user(request, f"Retired {queryset.count()} version(s).")

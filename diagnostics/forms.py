@@ -34,8 +34,14 @@ class MultipleFileField(forms.FileField):
         return [single(data, initial)]
 
 
+def _choice_field(form: forms.Form, name: str) -> forms.ChoiceField:
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    return field
+
+
 class ScanUploadForm(forms.Form):
-    files = MultipleFileField(
+    files = MultipleFileField(  # type: ignore[assignment]  # a form field, moved to base_fields by the metaclass
         label="Images",
         help_text=f"PNG, JPEG, TIFF or DICOM; up to {settings.UPLOAD_MAX_FILES} files, "
         f"{settings.UPLOAD_MAX_BYTES // (1024 * 1024)} MB each.",
@@ -73,11 +79,11 @@ class CaseCreateForm(ScanUploadForm):
     def __init__(self, *args: Any, units: list[CareUnit], tasks: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         field = self.fields["unit"]
-        field.queryset = CareUnit.objects.filter(pk__in=[u.pk for u in units])  # type: ignore[attr-defined]
+        field.queryset = CareUnit.objects.filter(pk__in=[u.pk for u in units])  # type: ignore[attr-defined]  # a ModelChoiceField
         if len(units) <= 1:
             # One unit: the case goes there, nothing to choose.
             del self.fields["unit"]
-        self.fields["task"].choices = [(t, t) for t in tasks]
+        _choice_field(self, "task").choices = [(t, t) for t in tasks]
         if len(tasks) == 1:
             self.fields["task"].initial = tasks[0]
         # Nothing to choose with one task (or none yet): the service takes the one task
@@ -114,7 +120,7 @@ class SignForm(_SignatureForm):
 
     def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["stage"].choices = [("", "—")] + [(label, label) for label in labels]
+        _choice_field(self, "stage").choices = [("", "—")] + [(label, label) for label in labels]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -134,7 +140,7 @@ class CorrectionForm(_SignatureForm):
 
     def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["stage"].choices = [(label, label) for label in labels]
+        _choice_field(self, "stage").choices = [(label, label) for label in labels]
 
 
 # --- worklist filters, blinded reads, review settings -------------------------------
@@ -159,11 +165,11 @@ class _WorklistFilterForm(forms.Form):
 
     def __init__(self, *args: Any, stages: list[str], units: list[CareUnit] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["stage"].choices = [("", "Any stage")] + [(s, s) for s in stages]
+        _choice_field(self, "stage").choices = [("", "Any stage")] + [(s, s) for s in stages]
         # Only the user's own units can be chosen; with one unit there is nothing to filter.
         units = units or []
         if len(units) > 1:
-            self.fields["unit"].choices = [("", "All my units")] + [(str(u.uuid), u.name) for u in units]
+            _choice_field(self, "unit").choices = [("", "All my units")] + [(str(u.uuid), u.name) for u in units]
         else:
             del self.fields["unit"]
         self.fields["page"].widget = forms.HiddenInput()
@@ -210,7 +216,7 @@ class BlindedReadForm(forms.Form):
 
     def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["stage"].choices = [(label, label) for label in labels]
+        _choice_field(self, "stage").choices = [(label, label) for label in labels]
 
 
 class ReviewerPreferenceForm(forms.Form):

@@ -28,7 +28,7 @@ def signed_content(decision: ReviewDecision) -> dict[str, object]:
         "signer": str(decision.physician.uuid),
         "signer_name": decision.signer_name,
         "signed_at": decision.signed_at.isoformat(),
-        "supersedes": str(decision.supersedes.uuid) if decision.supersedes_id else None,
+        "supersedes": str(decision.supersedes.uuid) if decision.supersedes is not None else None,
     }
 
 

@@ -55,7 +55,7 @@ class ApiTokenAuthentication(BaseAuthentication):
         return 'Token realm="api"'
 
 
-class ApiTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiTokenScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.api.authentication.ApiTokenAuthentication"
     name = "tokenAuth"
 

@@ -6,7 +6,7 @@ in the default cache, shared by every web process."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
@@ -16,7 +16,8 @@ from accounts.models import ApiToken
 
 class _SettingsRate(SimpleRateThrottle):
     def get_rate(self) -> str | None:
-        return settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"][self.scope]
+        rates = cast(dict[str, str], settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"])
+        return rates[self.scope] if self.scope else None
 
 
 class AnonymousRateThrottle(_SettingsRate):

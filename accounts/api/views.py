@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.api.serializers import AuditEventOut, TokenCreatedOut, TokenCreateIn, TokenOut
+from accounts.http import request_user
 from accounts.models import ApiToken, AuditEvent
 from core.api.errors import ApiError
 from core.api.filters import CreatedRangeFilterSet
@@ -24,10 +25,11 @@ from core.http import client_address
 class TokenListCreate(generics.ListAPIView):
     """Your API tokens (admins: everybody's). POST creates one and shows its secret once."""
 
+    queryset = ApiToken.objects.none()  # tells the schema the model; get_queryset decides what is seen
     serializer_class = TokenOut
 
     def get_queryset(self) -> QuerySet[ApiToken]:
-        return selectors.api_tokens_for_user(user=self.request.user)
+        return selectors.api_tokens_for_user(user=request_user(self.request))
 
     @extend_schema(request=TokenCreateIn, responses={201: TokenCreatedOut}, operation_id="tokens_create")
     def post(self, request: Request) -> Response:
@@ -41,7 +43,7 @@ class TokenListCreate(generics.ListAPIView):
         data = TokenCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
         wanted = data.validated_data.get("user")
-        if wanted is not None and wanted != request.user.uuid:
+        if wanted is not None and wanted != request_user(request).uuid:
             # A token acts, and is audited, under its user's name: only that user mints it.
             raise ApiError(
                 code="permission_denied",
@@ -49,8 +51,8 @@ class TokenListCreate(generics.ListAPIView):
                 status_code=status.HTTP_403_FORBIDDEN,
             )
         token, key = services.api_token_create(
-            acting_user=request.user,
-            user=request.user,
+            acting_user=request_user(request),
+            user=request_user(request),
             name=data.validated_data["name"],
             expires_in_days=data.validated_data.get("expires_in_days", services.DEFAULT_TOKEN_DAYS),
             client_address=client_address(request),
@@ -63,7 +65,7 @@ class TokenDetail(generics.GenericAPIView):
     serializer_class = TokenOut
 
     def get_object(self) -> ApiToken:
-        return selectors.api_token_get(user=self.request.user, token_uuid=self.kwargs["token_uuid"])
+        return selectors.api_token_get(user=request_user(self.request), token_uuid=self.kwargs["token_uuid"])
 
     def get(self, request: Request, token_uuid: Any) -> Response:
         return Response(TokenOut(self.get_object()).data)
@@ -72,7 +74,7 @@ class TokenDetail(generics.GenericAPIView):
     def delete(self, request: Request, token_uuid: Any) -> Response:
         """Revoke the token now; it answers 401 from then on."""
         token = services.api_token_revoke(
-            acting_user=request.user, token=self.get_object(), client_address=client_address(request)
+            acting_user=request_user(request), token=self.get_object(), client_address=client_address(request)
         )
         return Response(TokenOut(token).data)
 
@@ -100,7 +102,7 @@ class AuditEventList(generics.ListAPIView):
     queryset = AuditEvent.objects.none()  # tells the schema the model; get_queryset decides what is seen
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
-        return selectors.audit_events_for_user(user=self.request.user)
+        return selectors.audit_events_for_user(user=request_user(self.request))
 
 
 class AuditEventDetail(generics.RetrieveAPIView):
@@ -108,4 +110,4 @@ class AuditEventDetail(generics.RetrieveAPIView):
     permission_classes = [AdminAudit]
 
     def get_object(self) -> AuditEvent:
-        return selectors.audit_event_get(user=self.request.user, event_uuid=self.kwargs["event_uuid"])
+        return selectors.audit_event_get(user=request_user(self.request), event_uuid=self.kwargs["event_uuid"])

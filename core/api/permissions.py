@@ -14,6 +14,6 @@ def has_perm(perm: str, *, message: str) -> type[BasePermission]:
         def has_permission(self, request: Any, view: Any) -> bool:
             return bool(request.user and request.user.is_authenticated and request.user.has_perm(perm))
 
-    HasPerm.message = message
+    HasPerm.message = message  # type: ignore[attr-defined]  # DRF reads it from the permission class
     HasPerm.__name__ = f"HasPerm_{perm.replace('.', '_')}"
     return HasPerm

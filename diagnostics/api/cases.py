@@ -13,6 +13,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.http import request_user
 from accounts.roles import UPLOAD_PERMISSION
 from core.api.errors import ApiError
 from core.api.filters import CreatedRangeFilterSet
@@ -46,18 +47,21 @@ class CaseFilter(CreatedRangeFilterSet):
 class CaseListCreate(generics.ListAPIView):
     """Your cases, newest first. POST creates a case (then upload scans to it)."""
 
+    queryset = Case.objects.none()  # tells the schema the model; get_queryset decides what is seen
     serializer_class = s.CaseOut
     permission_classes = [Uploader]
     filterset_class = CaseFilter
 
     def get_queryset(self) -> QuerySet[Case]:
-        return cases_for_user(user=self.request.user).prefetch_related("scans")
+        return cases_for_user(user=request_user(self.request)).prefetch_related("scans")
 
     @extend_schema(request=s.CaseCreateIn, responses={201: s.CaseDetailOut}, operation_id="cases_create")
     def post(self, request: Request) -> Response:
         data = s.CaseCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
-        case = case_create(acting_user=request.user, client_address=client_address(request), **data.validated_data)
+        case = case_create(
+            acting_user=request_user(request), client_address=client_address(request), **data.validated_data
+        )
         return Response(s.CaseDetailOut(case).data, status=status.HTTP_201_CREATED)
 
 
@@ -69,7 +73,7 @@ class CaseDetail(generics.RetrieveAPIView):
 
     def get_object(self) -> Case:
         return case_open(
-            acting_user=self.request.user,
+            acting_user=request_user(self.request),
             case_uuid=self.kwargs["case_uuid"],
             client_address=client_address(self.request),
         )
@@ -84,18 +88,18 @@ class CaseScans(generics.ListAPIView):
     queryset = Scan.objects.none()  # tells the schema the model; get_queryset decides what is seen
 
     def get_queryset(self) -> QuerySet[Scan]:
-        case = case_get(user=self.request.user, case_uuid=self.kwargs["case_uuid"])
-        return scans_for_user(user=self.request.user).filter(case=case).order_by("uploaded_at", "id")
+        case = case_get(user=request_user(self.request), case_uuid=self.kwargs["case_uuid"])
+        return scans_for_user(user=request_user(self.request)).filter(case=case).order_by("uploaded_at", "id")
 
     @extend_schema(request={"multipart/form-data": s.ScanUploadIn}, responses={201: s.UploadOut, 200: s.UploadOut})
     def post(self, request: Request, case_uuid: Any) -> Response:
         """201 when at least one new scan was stored; 200 when every file was a repeat."""
-        case = case_get(user=request.user, case_uuid=case_uuid)
+        case = case_get(user=request_user(request), case_uuid=case_uuid)
         data = s.ScanUploadIn(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             result = scans_upload(
-                acting_user=request.user,
+                acting_user=request_user(request),
                 case=case,
                 files=incoming_files(data.validated_data["files"]),
                 client_address=client_address(request),
@@ -118,7 +122,7 @@ class ScanDetail(generics.RetrieveAPIView):
 
     def get_object(self) -> Scan:
         return scan_open(
-            acting_user=self.request.user,
+            acting_user=request_user(self.request),
             scan_uuid=self.kwargs["scan_uuid"],
             client_address=client_address(self.request),
         )
@@ -137,12 +141,13 @@ class JobFilter(django_filters.FilterSet):
 class JobList(generics.ListAPIView):
     """Inference jobs of your cases, newest first."""
 
+    queryset = InferenceJob.objects.none()  # tells the schema the model; get_queryset decides what is seen
     serializer_class = s.JobOut
     permission_classes = [Uploader]
     filterset_class = JobFilter
 
     def get_queryset(self) -> QuerySet[InferenceJob]:
-        return jobs_for_user(user=self.request.user)
+        return jobs_for_user(user=request_user(self.request))
 
 
 class JobDetail(generics.RetrieveAPIView):
@@ -150,7 +155,7 @@ class JobDetail(generics.RetrieveAPIView):
     permission_classes = [Uploader]
 
     def get_object(self) -> InferenceJob:
-        return job_get(user=self.request.user, job_uuid=self.kwargs["job_uuid"])
+        return job_get(user=request_user(self.request), job_uuid=self.kwargs["job_uuid"])
 
 
 class JobRetry(generics.GenericAPIView):
@@ -160,6 +165,6 @@ class JobRetry(generics.GenericAPIView):
     @extend_schema(request=None, responses={200: s.JobOut})
     def post(self, request: Request, job_uuid: Any) -> Response:
         """Put a failed job back in the queue (400 `invalid` with field `status` otherwise)."""
-        job = job_get(user=request.user, job_uuid=job_uuid)
-        job = job_retry(acting_user=request.user, job=job, client_address=client_address(request))
+        job = job_get(user=request_user(request), job_uuid=job_uuid)
+        job = job_retry(acting_user=request_user(request), job=job, client_address=client_address(request))
         return Response(s.JobOut(job).data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import django_filters
@@ -11,6 +12,7 @@ from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.http import request_user
 from core.api.permissions import has_perm
 from diagnostics.api import serializers as s
 from diagnostics.models import ModelVersion
@@ -35,13 +37,14 @@ class ModelFilter(django_filters.FilterSet):
 class ModelListRegister(generics.ListAPIView):
     """Registered model versions (every signed-in user). POST registers a bundle (admins)."""
 
+    queryset = ModelVersion.objects.none()  # tells the schema the model; get_queryset decides what is seen
     serializer_class = s.ModelOut
     filterset_class = ModelFilter
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
-        return models_for_user(user=self.request.user)
+        return models_for_user(user=request_user(self.request))
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Sequence[Any]:
         if self.request.method == "POST":
             return [ModelRegistrar()]
         return super().get_permissions()
@@ -51,7 +54,9 @@ class ModelListRegister(generics.ListAPIView):
         data = s.ModelRegisterIn(data=request.data)
         data.is_valid(raise_exception=True)
         model_version = model_register(
-            acting_user=request.user, bundle_dir=data.validated_data["bundle"], activate=data.validated_data["activate"]
+            acting_user=request_user(request),
+            bundle_dir=data.validated_data["bundle"],
+            activate=data.validated_data["activate"],
         )
         return Response(s.ModelOut(model_version).data, status=status.HTTP_201_CREATED)
 
@@ -60,7 +65,7 @@ class ModelDetail(generics.RetrieveAPIView):
     serializer_class = s.ModelOut
 
     def get_object(self) -> ModelVersion:
-        return model_get(user=self.request.user, model_uuid=self.kwargs["model_uuid"])
+        return model_get(user=request_user(self.request), model_uuid=self.kwargs["model_uuid"])
 
 
 class ModelActivate(generics.GenericAPIView):
@@ -70,8 +75,8 @@ class ModelActivate(generics.GenericAPIView):
     @extend_schema(request=None, responses={200: s.ModelOut})
     def post(self, request: Request, model_uuid: Any) -> Response:
         """Make this the active version; the previously active one is retired."""
-        model_version = model_get(user=request.user, model_uuid=model_uuid)
-        return Response(s.ModelOut(model_activate(acting_user=request.user, model_version=model_version)).data)
+        model_version = model_get(user=request_user(request), model_uuid=model_uuid)
+        return Response(s.ModelOut(model_activate(acting_user=request_user(request), model_version=model_version)).data)
 
 
 class ModelRetire(generics.GenericAPIView):
@@ -81,5 +86,5 @@ class ModelRetire(generics.GenericAPIView):
     @extend_schema(request=None, responses={200: s.ModelOut})
     def post(self, request: Request, model_uuid: Any) -> Response:
         """Retire this version. Retiring the active one leaves no active model."""
-        model_version = model_get(user=request.user, model_uuid=model_uuid)
-        return Response(s.ModelOut(model_retire(acting_user=request.user, model_version=model_version)).data)
+        model_version = model_get(user=request_user(request), model_uuid=model_uuid)
+        return Response(s.ModelOut(model_retire(acting_user=request_user(request), model_version=model_version)).data)

@@ -11,6 +11,7 @@ from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.http import request_user
 from accounts.models import ApiToken
 from accounts.roles import REVIEW_PERMISSION
 from core.api.errors import ApiError
@@ -36,7 +37,7 @@ class ReviewFilter(django_filters.FilterSet):
 
     def filter_predicted_label(self, queryset: QuerySet[ReviewItem], name: str, value: str) -> QuerySet[ReviewItem]:
         # Never a way to learn an answer that blinded-first hides (see the selector).
-        return queryset.filter(prediction__predicted_label=value, ai_hidden=False)
+        return queryset.filter(prediction__predicted_label=value, ai_hidden=False)  # type: ignore[misc]  # annotated by the selector
 
     class Meta:
         model = ReviewItem
@@ -52,7 +53,7 @@ class ReviewQueue(generics.ListAPIView):
     queryset = ReviewItem.objects.none()  # tells the schema the model; get_queryset decides what is seen
 
     def get_queryset(self) -> QuerySet[ReviewItem]:
-        return review_queue(user=self.request.user)
+        return review_queue(user=request_user(self.request))
 
 
 class ReviewItemDetail(generics.RetrieveAPIView):
@@ -61,7 +62,7 @@ class ReviewItemDetail(generics.RetrieveAPIView):
 
     def get_object(self) -> ReviewItem:
         return review_item_open(
-            acting_user=self.request.user,
+            acting_user=request_user(self.request),
             item_uuid=self.kwargs["item_uuid"],
             client_address=client_address(self.request),
         )
@@ -81,19 +82,19 @@ class BlindedReadCreate(generics.GenericAPIView):
     def post(self, request: Request, item_uuid: Any) -> Response:
         """Blinded-first: record your own stage before the AI's answer is shown. Answers
         the item, now with the prediction. Recorded once per physician and item."""
-        item = review_item_get(user=request.user, item_uuid=item_uuid)
+        item = review_item_get(user=request_user(request), item_uuid=item_uuid)
         data = s.BlindedReadIn(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             blinded_read_record(
-                acting_user=request.user,
+                acting_user=request_user(request),
                 review_item=item,
                 stage=data.validated_data["stage"],
                 client_address=client_address(request),
             )
         except ReviewRuleError as exc:
             raise ApiError(code=exc.code, message=exc.message, status_code=status.HTTP_409_CONFLICT) from exc
-        item = review_item_get(user=request.user, item_uuid=item_uuid)
+        item = review_item_get(user=request_user(request), item_uuid=item_uuid)
         return Response(s.ReviewItemDetailOut(item).data, status=status.HTTP_201_CREATED)
 
 
@@ -108,7 +109,7 @@ class ReviewDecisionCreate(generics.GenericAPIView):
         correct the current signed decision (`supersedes`, stage and reason). With
         blinded-first reading on, record your own stage first (`blinded-read/`):
         until then signing answers 409 `blinded_read_required`."""
-        item = review_item_get(user=request.user, item_uuid=item_uuid)
+        item = review_item_get(user=request_user(request), item_uuid=item_uuid)
         data = s.DecisionIn(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -123,7 +124,7 @@ class ReviewDecisionCreate(generics.GenericAPIView):
                 )
         try:
             decision = review_sign(
-                acting_user=request.user,
+                acting_user=request_user(request),
                 review_item=item,
                 outcome=values.get("outcome") or "rejected",
                 stage=values["stage"],

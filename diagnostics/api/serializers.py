@@ -173,7 +173,7 @@ class DecisionOut(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.UUIDField(allow_null=True))
     def get_supersedes(self, obj: ReviewDecision) -> str | None:
-        return str(obj.supersedes.uuid) if obj.supersedes_id is not None else None
+        return str(obj.supersedes.uuid) if obj.supersedes is not None else None
 
 
 class ReviewItemOut(serializers.ModelSerializer):

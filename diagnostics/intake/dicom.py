@@ -217,7 +217,7 @@ def inspect(data: bytes, *, max_pixels: int) -> tuple[Dataset, DicomInfo]:
         raise DicomRejected("corrupt_image", "the DICOM samples per pixel contradict its photometric interpretation")
     raw = ds.get_item("PixelData")
     declared = getattr(raw, "length", None)
-    if declared not in (None, 0xFFFFFFFF) and len(ds.PixelData) < declared:
+    if declared is not None and declared != 0xFFFFFFFF and len(ds.PixelData) < declared:
         # pydicom reads what is there; a length that runs past the end is a lie or a truncation.
         raise DicomRejected(
             "corrupt_image", "the DICOM pixel data is truncated: it declares more bytes than the file holds"
@@ -236,7 +236,7 @@ def inspect(data: bytes, *, max_pixels: int) -> tuple[Dataset, DicomInfo]:
 
 
 def _frame(ds: Dataset, index: int) -> np.ndarray:
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
 
     try:
         with warnings.catch_warnings():
@@ -256,8 +256,8 @@ def _window(ds: Dataset, values: np.ndarray) -> np.ndarray:
     PS3.3 C.11.2.1.2), or the frame's min/max when the file gives no usable window."""
     centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     try:
-        c = float(centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre)  # type: ignore[index,arg-type]
-        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)  # type: ignore[index,arg-type]
+        c = float(centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre)
+        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
     except (TypeError, ValueError, IndexError):
         c = w = float("nan")
     if not (np.isfinite(c) and np.isfinite(w) and w >= 1):
@@ -277,7 +277,7 @@ def _window(ds: Dataset, values: np.ndarray) -> np.ndarray:
 def render_frame(ds: Dataset, index: int = 0) -> Image.Image:
     """One frame as an 8-bit RGB Pillow image: modality rescale (slope/intercept),
     VOI window, MONOCHROME1 inverted so that bone is white on every modality."""
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels.processing import apply_modality_lut
 
     arr = _frame(ds, index)
     if arr.ndim == 3 and arr.shape[-1] == 3:
@@ -349,7 +349,7 @@ def _deidentify(data: bytes, *, pseudonym: str, uid_secret: bytes) -> bytes:
     out = Dataset()
     for keyword in sorted(KEPT_KEYWORDS):
         if keyword in source:
-            element = source[source.data_element(keyword).tag]  # type: ignore[union-attr]
+            element = source[source.data_element(keyword).tag]  # type: ignore[union-attr]  # present: checked above
             out.add(element)
     out.PatientName = pseudonym
     out.PatientID = pseudonym

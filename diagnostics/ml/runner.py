@@ -53,7 +53,7 @@ class InferenceRunner:
 
         # One compiled call; reduce_retracing lets a second batch size relax the traced
         # shape to a dynamic batch instead of tracing once per size.
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow ships no types
         def call(x: Any) -> Any:
             return model(x, training=False)
 
@@ -65,7 +65,7 @@ class InferenceRunner:
         # the prediction (docs/performance.md).
         features_and_logits = keras.Model(model.inputs, [feature_output(model), model.outputs[0]])
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow ships no types
         def call_with_cam(x: Any) -> Any:
             with tf.GradientTape() as tape:
                 tape.watch(x)  # records the whole graph, so intermediate features get gradients

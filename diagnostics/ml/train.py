@@ -130,7 +130,7 @@ def _read_dataset_json(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path} must contain a 'labels' list of stage names")
     if len(set(labels)) != len(labels):
         raise DatasetError(f"{path} lists a stage more than once in 'labels'")
-    return info
+    return dict(info)
 
 
 def _ordered_labels(
@@ -300,7 +300,7 @@ def load_split(files: dict[str, list[Path]], labels: list[str], size: int, *, wh
     keep = [i for i, arr in enumerate(decoded) if arr is not None]
     images = np.zeros((len(keep), size, size, 3), dtype=np.uint8)
     for j, i in enumerate(keep):
-        images[j] = decoded[i]
+        images[j] = decoded[i]  # type: ignore[assignment]  # keep holds only decoded (non-None) images
     y = np.asarray([targets[i] for i in keep], dtype=np.int64)
     counts = {label: int((y == k).sum()) for k, label in enumerate(labels)}
     for label, n in counts.items():
@@ -392,7 +392,7 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 def _make_monitor(x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_patience: int | None, verbose: int) -> Any:
     import keras
 
-    class ValidationMonitor(keras.callbacks.Callback):
+    class ValidationMonitor(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
         """Scores the validation split once per epoch (AUC, NLL, accuracy), lowers the
         learning rate on a plateau, stops early and restores the best-AUC weights.
         One pass serves all three, instead of Keras' separate validation loop."""

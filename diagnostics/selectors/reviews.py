@@ -80,12 +80,13 @@ def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
 def review_item_ai_hidden(*, user: User, item: ReviewItem) -> bool:
     """Whether the AI's answer on this item is hidden from this physician (blinded-first;
     see `_ai_hidden`). Asked afresh, so it holds for an item not read through this module."""
-    return (
+    hidden = (
         ReviewItem.objects.filter(pk=item.pk)
         .annotate(ai_hidden=_ai_hidden(user))
         .values_list("ai_hidden", flat=True)
         .get()
     )
+    return bool(hidden)
 
 
 def heatmap_get(*, user: User, item_uuid: UUID) -> str:
@@ -103,7 +104,7 @@ def review_queue_filtered(*, user: User, filters: WorklistFilter) -> QuerySet[Re
     items = review_queue(user=user)
     if filters.stage:
         # The model's stage: never a way to learn an answer that blinded-first hides.
-        items = items.filter(prediction__predicted_label=filters.stage, ai_hidden=False)
+        items = items.filter(prediction__predicted_label=filters.stage, ai_hidden=False)  # type: ignore[misc]  # annotated above
     return worklist_filtered(items, filters, case="prediction__scan__case")
 
 

@@ -9,6 +9,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -396,7 +397,7 @@ def job_sweep(*, limit: int = 500) -> SweepResult:
         InferenceJob.objects.filter(id__in=stale_queued).update(updated_at=now)
         result.resent.extend(stale_queued)
         for job_id in [*result.requeued, *result.resent]:
-            transaction.on_commit(lambda job_id=job_id: job_send(job_id))
+            transaction.on_commit(partial(job_send, job_id))
     if result.requeued or result.resent or result.failed:
         logger.info(
             "job sweep: %d re-sent, %d requeued, %d failed",

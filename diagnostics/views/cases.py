@@ -12,11 +12,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.http import AuthedHttpRequest
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
 from accounts.services import user_units
 from core.http import client_address, worklist_queries
@@ -53,7 +54,7 @@ def _add_upload_errors(form: Any, exc: UploadBatchRejected) -> None:
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthedHttpRequest) -> HttpResponse:
     if request.user.has_perm(REVIEW_PERMISSION):
         return redirect("review_queue")
     if request.user.has_perm(UPLOAD_PERMISSION):
@@ -66,7 +67,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_list(request: HttpRequest) -> HttpResponse:
+def case_list(request: AuthedHttpRequest) -> HttpResponse:
     form = CaseFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
@@ -87,7 +88,7 @@ def case_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_new(request: HttpRequest) -> HttpResponse:
+def case_new(request: AuthedHttpRequest) -> HttpResponse:
     form = CaseCreateForm(
         request.POST or None, request.FILES or None, units=user_units(user=request.user), tasks=active_tasks()
     )
@@ -119,7 +120,7 @@ def case_new(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_detail(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+def case_detail(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
     case = case_open(acting_user=request.user, case_uuid=case_uuid, client_address=client_address(request))
     return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
 
@@ -143,7 +144,7 @@ def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
 @never_cache
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_status_fragment(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+def case_status_fragment(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
     """The status table alone, polled by the case page so it updates without a reload."""
     case = case_get(user=request.user, case_uuid=case_uuid)
     return render(request, "diagnostics/_case_status.html", _case_context(case, ScanUploadForm()))
@@ -152,7 +153,7 @@ def case_status_fragment(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 @require_POST
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
+def case_upload(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
     case = case_get(user=request.user, case_uuid=case_uuid)
     form = ScanUploadForm(request.POST, request.FILES)
     if form.is_valid():
@@ -177,7 +178,7 @@ def case_upload(request: HttpRequest, case_uuid: UUID) -> HttpResponse:
 @require_POST
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def job_retry_page(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
+def job_retry_page(request: AuthedHttpRequest, job_uuid: UUID) -> HttpResponse:
     """The case page's "Retry" button on a failed scan."""
     job = job_get(user=request.user, job_uuid=job_uuid)
     case = job.scan.case
@@ -192,7 +193,7 @@ def job_retry_page(request: HttpRequest, job_uuid: UUID) -> HttpResponse:
 
 @require_GET
 @login_required
-def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
+def scan_image(request: AuthedHttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
     scan = scan_open(acting_user=request.user, scan_uuid=scan_uuid, client_address=client_address(request))
     data = storage.read_bytes(scan.storage_name)
@@ -207,7 +208,7 @@ def scan_image(request: HttpRequest, scan_uuid: UUID) -> HttpResponseBase:
 @require_POST
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
-def case_upload_file(request: HttpRequest, case_uuid: UUID) -> JsonResponse:
+def case_upload_file(request: AuthedHttpRequest, case_uuid: UUID) -> JsonResponse:
     """The upload page's endpoint: one request per file (so the browser can show each
     file's progress), answered in JSON. The server's validation is the authority."""
     case = case_get(user=request.user, case_uuid=case_uuid)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from accounts.http import AuthedHttpRequest
 from diagnostics.selectors.dashboards import dashboard_get
 from diagnostics.views import charts as charts_svg
 
@@ -17,7 +18,7 @@ from diagnostics.views import charts as charts_svg
 @require_GET
 @never_cache
 @login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthedHttpRequest) -> HttpResponse:
     data = dashboard_get(user=request.user)
     charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in data.agreements]
     return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": data.queue})
@@ -26,7 +27,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @never_cache
 @login_required
-def dashboard_csv(request: HttpRequest) -> HttpResponse:
+def dashboard_csv(request: AuthedHttpRequest) -> HttpResponse:
     data = dashboard_get(user=request.user)
     agreements, stats = data.agreements, data.queue
     response = HttpResponse(content_type="text/csv; charset=utf-8")

@@ -174,5 +174,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not monitoring_allowed(request):
         return _forbidden()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobCollector())  # type: ignore[arg-type]
+    registry.register(JobCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -6,11 +6,12 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.http import AuthedHttpRequest
 from diagnostics.selectors.notifications import notifications_for_user
 from diagnostics.services.notifications import notifications_mark_read
 
@@ -18,7 +19,7 @@ from diagnostics.services.notifications import notifications_mark_read
 @require_GET
 @never_cache
 @login_required
-def notification_list(request: HttpRequest) -> HttpResponse:
+def notification_list(request: AuthedHttpRequest) -> HttpResponse:
     notes = notifications_for_user(user=request.user)
     page = Paginator(notes, 25).get_page(request.GET.get("page"))
     return render(request, "diagnostics/notifications.html", {"page": page})
@@ -26,7 +27,7 @@ def notification_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
-def notification_read(request: HttpRequest) -> HttpResponse:
+def notification_read(request: AuthedHttpRequest) -> HttpResponse:
     raw = request.POST.get("notification", "")
     target: UUID | None = None
     if raw:

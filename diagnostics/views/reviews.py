@@ -10,12 +10,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.http import AuthedHttpRequest
 from accounts.roles import REVIEW_PERMISSION
 from accounts.services import user_units
 from core.http import client_address, worklist_queries
@@ -53,7 +54,7 @@ from diagnostics.services.reviews import (
 
 @require_GET
 @login_required
-def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
+def review_heatmap(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponseBase:
     """The Grad-CAM overlay (RGBA PNG) of a review item, only for its reviewers."""
     name = heatmap_get(user=request.user, item_uuid=item_uuid)
     response = HttpResponse(storage.read_bytes(name), content_type="image/png")
@@ -64,12 +65,12 @@ def review_heatmap(request: HttpRequest, item_uuid: UUID) -> HttpResponseBase:
 @require_GET
 @never_cache
 @login_required
-def review_queue_page(request: HttpRequest) -> HttpResponse:
+def review_queue_page(request: AuthedHttpRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         review_queue(user=request.user)  # the wrong role gets 403 before any message
-        context = {"filter_form": form, "page": None, "blinded_first": reviewer_blinded_first(user=request.user)}
-        return render(request, "diagnostics/review_queue.html", context, status=400)
+        refused = {"filter_form": form, "page": None, "blinded_first": reviewer_blinded_first(user=request.user)}
+        return render(request, "diagnostics/review_queue.html", refused, status=400)
     data = form.cleaned_data
     items = review_queue_filtered(user=request.user, filters=form.worklist_filter())
     page = Paginator(items, 25).get_page(data["page"] or 1)
@@ -80,7 +81,7 @@ def review_queue_page(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @login_required
-def review_detail(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
+def review_detail(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponse:
     if request.method == "GET":
         item = review_item_open(acting_user=request.user, item_uuid=item_uuid, client_address=client_address(request))
     else:
@@ -147,7 +148,7 @@ def _heatmap_url(prediction: Any) -> str | None:
 
 
 def _review_viewer_context(
-    request: HttpRequest, item: Any, labels: list[str], blinded: bool, blinded_read: Any
+    request: AuthedHttpRequest, item: Any, labels: list[str], blinded: bool, blinded_read: Any
 ) -> dict[str, Any]:
     previous_item, next_item = review_queue_neighbours(user=request.user, item=item)
     prediction = item.prediction
@@ -166,7 +167,7 @@ def _review_viewer_context(
 @require_POST
 @login_required
 @permission_required(REVIEW_PERMISSION, raise_exception=True)
-def review_blinded(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
+def review_blinded(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponse:
     item = review_item_get(user=request.user, item_uuid=item_uuid)
     form = BlindedReadForm(request.POST, labels=list(item.prediction.labels))
     if form.is_valid():
@@ -183,14 +184,14 @@ def review_blinded(request: HttpRequest, item_uuid: UUID) -> HttpResponse:
             return HttpResponse("; ".join(exc.messages), status=400, content_type="text/plain")
         messages.success(request, "Your stage is recorded. The AI's answer is shown below.")
         return redirect("review_detail", item_uuid=item.uuid)
-    errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    errors = "; ".join(f"{k}: {' '.join(str(m) for m in v)}" for k, v in form.errors.items())
     return HttpResponse(f"Not recorded. {errors}", status=400, content_type="text/plain")
 
 
 @require_http_methods(["GET", "POST"])
 @login_required
 @permission_required(REVIEW_PERMISSION, raise_exception=True)
-def review_settings(request: HttpRequest) -> HttpResponse:
+def review_settings(request: AuthedHttpRequest) -> HttpResponse:
     initial = {"blinded_first": reviewer_blinded_first(user=request.user)}
     form = ReviewerPreferenceForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
