@@ -28,6 +28,7 @@ from diagnostics.models import (
     ModelVersion,
     Prediction,
     ReviewItem,
+    Scan,
     WorkerHeartbeat,
 )
 from diagnostics.selectors.cases import cases_for_user
@@ -104,6 +105,12 @@ def job_run(*, job_id: int) -> None:
     me = _process_identity()
     if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
         return
+    if Scan.objects.filter(job__id=job_id, kind=Scan.Kind.SLIDE).exists():
+        # A whole slide is thousands of tiles: it is a batch of its own (services/slides.py).
+        from diagnostics.services.slides import slide_job_process
+
+        slide_job_process(job_id=job_id)
+        return
     claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
     # A job that was claimed before (its worker died, or the sweeper put it back) runs
@@ -114,7 +121,9 @@ def job_run(*, job_id: int) -> None:
         # Only jobs of the same task share a batch: they run through the same model.
         task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
         waiting = (
-            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0)
+            InferenceJob.objects.filter(
+                status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0, scan__kind=Scan.Kind.IMAGE
+            )
             .exclude(id=job_id)
             .order_by("created_at", "id")
             .values_list("id", flat=True)[: limit - 1]
