@@ -56,8 +56,8 @@ class SlideMethod:
 
     tissue_min_fraction: float = 0.25
     smoothing_radius: int = 1
-    threshold: float = 0.5
-    mass_mid: float = 3.0
+    threshold: float = 0.6
+    mass_mid: float = 4.0
     mass_scale: float = 1.0
     top_k: int = 5
 
