@@ -293,7 +293,7 @@ class SlideUpload(models.Model):
     filename = models.CharField(max_length=255)
     length = models.PositiveBigIntegerField(help_text="Declared size in bytes (tus Upload-Length).")
     offset = models.PositiveBigIntegerField(default=0, help_text="Bytes received and stored so far.")
-    chunk_sizes = models.JSONField(default=list, help_text="Length of each stored chunk, in order.")
+    chunk_sizes = models.JSONField(default=list, blank=True, help_text="Length of each stored chunk, in order.")
     stated_mpp = models.FloatField(
         null=True, blank=True, help_text="Micrometres per pixel stated by the uploader, for slides without one."
     )

@@ -134,8 +134,8 @@ def slide_upload_create(
     return upload
 
 
-def _expired(upload: SlideUpload) -> bool:
-    return upload.status == SlideUpload.Status.RECEIVING and upload.expires_at <= timezone.now()
+def _expired(upload: SlideUpload, now: Any = None) -> bool:
+    return upload.status == SlideUpload.Status.RECEIVING and upload.expires_at <= (now or timezone.now())
 
 
 def slide_upload_append(
@@ -253,7 +253,7 @@ def slide_uploads_sweep(*, now: Any = None) -> dict[str, int]:
     for upload in expired:
         with transaction.atomic():
             row = SlideUpload.objects.select_for_update(skip_locked=True).filter(pk=upload.pk).first()
-            if row is None or not _expired(row):
+            if row is None or not _expired(row, now):
                 continue
             audit_record(actor=None, action="slide_upload.expire", obj=row, data={"bytes_received": row.offset})
             prefix = row.storage_prefix
