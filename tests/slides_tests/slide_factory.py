@@ -58,8 +58,8 @@ def aperio_svs(path: Path, *, size: tuple[int, int] = (1024, 768), mpp: float = 
         thumb = np.asarray(Image.fromarray(image).resize((w // 8, h // 8)))
         tw.write(thumb, photometric="rgb", metadata=None, description=f"{head}\r\n{w}x{h} -> {w // 8}x{h // 8} - ")
         half = np.asarray(Image.fromarray(image).resize((w // 4, h // 4)))
-        tw.write(half, tile=(256, 256), photometric="rgb", metadata=None,
-                 description=f"{head}\r\n{w}x{h} [0,0 {w}x{h}] -> {w // 4}x{h // 4} RAW|AppMag = 20|MPP = {mpp}")  # fmt: skip
+        level = f"{w}x{h} [0,0 {w}x{h}] -> {w // 4}x{h // 4} RAW|AppMag = 20|MPP = {mpp}"
+        tw.write(half, tile=(256, 256), photometric="rgb", metadata=None, description=f"{head}\r\n{level}")
         tw.write(label, photometric="rgb", metadata=None, description=f"{head}\r\nlabel 160x120", subfiletype=1)
         tw.write(macro, photometric="rgb", metadata=None, description=f"{head}\r\nmacro 300x100", subfiletype=9)
     return path
