@@ -145,16 +145,22 @@ def local_copy(slide: StoredSlide, *, keep: bool) -> Iterator[Path]:
     """A decrypted local copy of the slide for the duration of the block. With
     ``keep=False`` (workers) it is deleted afterwards unless someone else reads it."""
     folder = root() / slide.sha256
-    with _locked(slide.sha256, fcntl.LOCK_EX) as fd:
+    # Readers share the lock; only a missing copy takes it exclusively, to write it (a
+    # conversion releases the shared lock first, so two converters cannot deadlock, and
+    # an open viewer's shared lock never blocks a worker that finds the copy there).
+    with _locked(slide.sha256, fcntl.LOCK_SH) as fd:
         path = _slide_file(folder)
         if path is None:
-            evict(need=slide.size, keep=slide.sha256)
-            path = folder / f"slide{_extension(slide.name)}"
-            _assemble(
-                prefix=slide.prefix, sha256=slide.sha256, size=slide.size, chunk_bytes=slide.chunk_bytes, target=path
-            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            path = _slide_file(folder)
+            if path is None:
+                evict(need=slide.size, keep=slide.sha256)
+                path = folder / f"slide{_extension(slide.name)}"
+                _assemble(
+                    prefix=slide.prefix, sha256=slide.sha256, size=slide.size, chunk_bytes=slide.chunk_bytes, target=path
+                )
+            fcntl.flock(fd, fcntl.LOCK_SH)
         os.utime(path)  # the last use, for the idle and LRU rules
-        fcntl.flock(fd, fcntl.LOCK_SH)
         try:
             yield path
         finally:

@@ -20,7 +20,7 @@ from diagnostics.services.slides import slide_job_process
 from tests.factories import make_case
 from tests.helpers import api, login
 from tests.slides_tests import slide_factory as f
-from tests.slides_tests.test_slide_intake import TUS, _create, _patch
+from tests.slides_tests.test_slide_intake import _create, _patch
 
 pytestmark = [pytest.mark.worker, pytest.mark.slides, pytest.mark.django_db(transaction=True)]
 
