@@ -157,7 +157,11 @@ def local_copy(slide: StoredSlide, *, keep: bool) -> Iterator[Path]:
                 evict(need=slide.size, keep=slide.sha256)
                 path = folder / f"slide{_extension(slide.name)}"
                 _assemble(
-                    prefix=slide.prefix, sha256=slide.sha256, size=slide.size, chunk_bytes=slide.chunk_bytes, target=path
+                    prefix=slide.prefix,
+                    sha256=slide.sha256,
+                    size=slide.size,
+                    chunk_bytes=slide.chunk_bytes,
+                    target=path,
                 )
             fcntl.flock(fd, fcntl.LOCK_SH)
         os.utime(path)  # the last use, for the idle and LRU rules
