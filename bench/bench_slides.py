@@ -74,9 +74,10 @@ def one_large(bundle: str, slide_path: str, batch: int, threads: int) -> dict[st
     a = analyse(slide, slide_mpp=mpp, model_mpp=runner.manifest.mpp, input_size=runner.input_size,
                 labels=runner.labels, predict=runner.predict_arrays, batch_size=batch, threads=threads)  # fmt: skip
     t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size_px": list(slide.dimensions), "tissue_tiles": a.tissue_tiles, "load_s": t1 - t0,
-            "analyse_s": t2 - t1, "tiles_per_s": a.tissue_tiles / (t2 - t1), "p_positive": 1 - a.slide_probabilities[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_model_mb": rss_model}  # fmt: skip
+            "analyse_s": t2 - t1, "tiles_per_s": a.tissue_tiles / (t2 - t1),
+            "p_positive": 1 - a.slide_probabilities[0], "peak_rss_mb": peak, "rss_after_model_mb": rss_model}  # fmt: skip
 
 
 def main() -> None:
