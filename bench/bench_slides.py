@@ -77,7 +77,8 @@ def one_large(bundle: str, slide_path: str, batch: int, threads: int) -> dict[st
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size_px": list(slide.dimensions), "tissue_tiles": a.tissue_tiles, "load_s": t1 - t0,
             "analyse_s": t2 - t1, "tiles_per_s": a.tissue_tiles / (t2 - t1),
-            "p_positive": 1 - a.slide_probabilities[0], "peak_rss_mb": peak, "rss_after_model_mb": rss_model}  # fmt: skip
+            "p_positive": 1 - a.slide_probabilities[0], "peak_rss_mb": peak,
+            "rss_after_model_mb": rss_model}  # fmt: skip
 
 
 def main() -> None:
