@@ -215,6 +215,23 @@ DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_PERMISSIONS = 0o600
 
+# Whole-slide images (issue 12): resumable uploads up to SLIDE_UPLOAD_MAX_BYTES, stored as
+# encrypted chunks; read through a bounded local cache of decrypted copies.
+SLIDE_UPLOAD_MAX_BYTES = env_int("CANCERWEB_SLIDE_MAX_BYTES", 5 * 1024**3, minimum=1)
+# One resumable request (tus PATCH) carries at most one chunk; each is encrypted and
+# stored on its own, so an interrupted request loses at most this much.
+SLIDE_CHUNK_BYTES = env_int("CANCERWEB_SLIDE_CHUNK_BYTES", 8 * 1024 * 1024, minimum=64 * 1024)
+# 10^10 px is a large 40x slide (100,000 x 100,000); a declared 10^12 px is refused.
+SLIDE_MAX_PIXELS = env_int("CANCERWEB_SLIDE_MAX_PIXELS", 40_000_000_000, minimum=1)
+SLIDE_MAX_TILES = env_int("CANCERWEB_SLIDE_MAX_TILES", 200_000, minimum=1)
+SLIDE_UPLOAD_EXPIRY_S = env_int("CANCERWEB_SLIDE_UPLOAD_EXPIRY_S", 24 * 3600, minimum=60)
+SLIDE_CACHE_DIR = Path(os.environ.get("CANCERWEB_SLIDE_CACHE_DIR") or DATA_DIR / "slide-cache")
+SLIDE_CACHE_MAX_BYTES = env_int("CANCERWEB_SLIDE_CACHE_MAX_BYTES", 20 * 1024**3, minimum=1)
+SLIDE_CACHE_IDLE_S = env_int("CANCERWEB_SLIDE_CACHE_IDLE_S", 900, minimum=1)
+# Tiles per model call and threads reading tiles ahead of the network.
+SLIDE_BATCH_SIZE = env_int("CANCERWEB_SLIDE_BATCH_SIZE", 64, minimum=1)
+SLIDE_READ_THREADS = env_int("CANCERWEB_SLIDE_READ_THREADS", 3, minimum=1)
+
 # Model bundles: only folders inside this one can be registered; the registry stores the
 # folder's name relative to it (so every host finds the bundle in its own model folder).
 MODEL_DIR = Path(os.environ.get("CANCERWEB_MODEL_DIR") or BASE_DIR / "models").resolve()
@@ -294,6 +311,7 @@ REVIEW_OVERDUE_MINUTES = env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimu
 CELERY_BEAT_SCHEDULE = {
     "notify-overdue-reviews": {"task": "diagnostics.notify_overdue_reviews", "schedule": 300.0},
     "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(JOB_SWEEP_INTERVAL_S)},
+    "sweep-slide-uploads": {"task": "diagnostics.sweep_slide_uploads", "schedule": float(JOB_SWEEP_INTERVAL_S)},
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")

@@ -126,6 +126,11 @@ class Scan(models.Model):
         JPEG = "JPEG", "JPEG"
         TIFF = "TIFF", "TIFF"
         DICOM = "DICOM", "DICOM"
+        WSI = "WSI", "Whole-slide image"
+
+    class Kind(models.TextChoices):
+        IMAGE = "image", "Image"
+        SLIDE = "slide", "Whole-slide image"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="scans")
@@ -143,6 +148,26 @@ class Scan(models.Model):
     )
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     uploaded_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.IMAGE)
+    mpp_x = models.FloatField(
+        null=True, blank=True, help_text="Slides: micrometres per pixel at level 0 (from the file, or as stated)."
+    )
+    mpp_y = models.FloatField(null=True, blank=True)
+    chunk_bytes = models.PositiveIntegerField(
+        default=0,
+        help_text="Slides: stored as encrypted chunks of this many bytes under storage_name/NNNNNN; 0 for images.",
+    )
+    received_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Slides: SHA-256 of the file as uploaded (checked against the uploader's); sha256 is the stored, "
+        "anonymised copy's.",
+    )
+    slide_info = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Slides: vendor, levels, resolution source, associated images present and removed.",
+    )
 
     class Meta:
         ordering = ["uploaded_at", "id"]
@@ -150,6 +175,11 @@ class Scan(models.Model):
             # The same bytes uploaded again by the same person to the same case are
             # recognised as a repeat, not a second scan.
             models.UniqueConstraint(fields=["case", "sha256", "uploaded_by"], name="scan_unique_repeat_upload"),
+            models.CheckConstraint(condition=Q(kind__in=["image", "slide"]), name="scan_kind_valid"),
+            models.CheckConstraint(
+                condition=Q(kind="image") | (Q(chunk_bytes__gt=0) & Q(mpp_x__gt=0) & Q(mpp_y__gt=0)),
+                name="scan_slide_has_chunks_and_resolution",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -174,6 +204,8 @@ class InferenceJob(models.Model):
         default="",
         help_text="host:pid of the worker process that claimed the last attempt.",
     )
+    tiles_done = models.PositiveIntegerField(default=0, help_text="Slides: tissue tiles analysed so far.")
+    tiles_total = models.PositiveIntegerField(default=0, help_text="Slides: tissue tiles to analyse (0 until known).")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -214,6 +246,19 @@ class Prediction(models.Model):
     heatmap_storage_name = models.CharField(
         max_length=200, blank=True, help_text="Grad-CAM heat map (PNG) in scan storage; blank if none."
     )
+    slide_map_storage_name = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Slides: the tile probability map (JSON) in scan storage; heatmap_storage_name is its overlay.",
+    )
+    regions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Slides: the top-k suspicious regions, level-0 pixels, most suspicious first.",
+    )
+    slide_summary = models.JSONField(
+        default=dict, blank=True, help_text="Slides: the slide-level method and its parameters, grid, tile counts."
+    )
     input_sha256 = models.CharField(max_length=64)
     inference_ms = models.FloatField()
     created_at = models.DateTimeField(default=timezone.now)
@@ -227,6 +272,56 @@ class Prediction(models.Model):
     @property
     def label_probabilities(self) -> list[tuple[str, float]]:
         return list(zip(self.labels, self.probabilities, strict=True))
+
+
+class SlideUpload(models.Model):
+    """A resumable (tus) upload of a whole-slide image in progress. Its bytes are stored
+    as encrypted chunks under ``uploads/<uuid>/``; it becomes a Scan only after the
+    whole file arrived, its SHA-256 matched and the slide was read and anonymised. Seen
+    by its uploader alone; an interrupted one expires and is deleted with its chunks."""
+
+    class Status(models.TextChoices):
+        RECEIVING = "receiving", "Receiving"
+        QUEUED = "queued", "Checking queued"
+        PROCESSING = "processing", "Checking"
+        ACCEPTED = "accepted", "Accepted"
+        REFUSED = "refused", "Refused"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="slide_uploads")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    filename = models.CharField(max_length=255)
+    length = models.PositiveBigIntegerField(help_text="Declared size in bytes (tus Upload-Length).")
+    offset = models.PositiveBigIntegerField(default=0, help_text="Bytes received and stored so far.")
+    chunk_sizes = models.JSONField(default=list, blank=True, help_text="Length of each stored chunk, in order.")
+    stated_mpp = models.FloatField(
+        null=True, blank=True, help_text="Micrometres per pixel stated by the uploader, for slides without one."
+    )
+    claimed_sha256 = models.CharField(max_length=64, blank=True, help_text="SHA-256 the uploader computed.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING, db_index=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True, help_text="Why the slide was refused; never patient data.")
+    scan = models.ForeignKey(Scan, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(help_text="An unfinished upload is deleted with its chunks after this.")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["receiving", "queued", "processing", "accepted", "refused"]),
+                name="slideupload_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(offset__lte=models.F("length")), name="slideupload_offset_le_length"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Slide upload {self.uuid} ({self.status})"
+
+    @property
+    def storage_prefix(self) -> str:
+        return f"uploads/{self.uuid}"
 
 
 class ReviewItem(models.Model):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from cancerweb.celery import project_task
-from diagnostics.services.jobs import INFERENCE_QUEUE, RUN_INFERENCE_TASK, job_run, job_sweep
+from diagnostics.services.job_queue import INFERENCE_QUEUE, RUN_INFERENCE_TASK
+from diagnostics.services.jobs import job_run, job_sweep
 from diagnostics.services.notifications import reviews_notify_overdue
+from diagnostics.services.slides import PROCESS_SLIDE_UPLOAD_TASK, slide_upload_process, slide_uploads_sweep
 
 
 @project_task(queue=INFERENCE_QUEUE, name=RUN_INFERENCE_TASK)
@@ -24,3 +26,15 @@ def notify_overdue_reviews_task() -> int:
 def sweep_jobs_task() -> None:
     # Sent by celery beat every JOB_SWEEP_INTERVAL_S; two sweeps at once are harmless.
     job_sweep()
+
+
+@project_task(queue="default", name=PROCESS_SLIDE_UPLOAD_TASK)
+def process_slide_upload_task(*, upload_id: int) -> None:
+    # Claimed by a conditional update (queued -> processing): a second delivery is a no-op.
+    slide_upload_process(upload_id=upload_id)
+
+
+@project_task(queue="default", name="diagnostics.sweep_slide_uploads")
+def sweep_slide_uploads_task() -> None:
+    # Periodic: expired unfinished uploads are deleted, lost checks sent again.
+    slide_uploads_sweep()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from diagnostics.views import cases, dashboards, model_registry, notifications, reviews
+from diagnostics.views import cases, dashboards, model_registry, notifications, reviews, slides
 
 urlpatterns = [
     path("", cases.home, name="home"),
@@ -12,6 +12,13 @@ urlpatterns = [
     path("cases/<uuid:case_uuid>/upload.json", cases.case_upload_file, name="case_upload_file"),
     path("jobs/<uuid:job_uuid>/retry/", cases.job_retry_page, name="job_retry"),
     path("scans/<uuid:scan_uuid>/image.png", cases.scan_image, name="scan_image"),
+    path("scans/<uuid:scan_uuid>/slide.dzi", slides.slide_dzi, name="slide_dzi"),
+    path(
+        "scans/<uuid:scan_uuid>/slide_files/<int:level>/<int:col>_<int:row>.jpeg",
+        slides.slide_tile,
+        name="slide_tile",
+    ),
+    path("review/<uuid:item_uuid>/regions/<int:rank>.jpg", slides.slide_region, name="slide_region"),
     path("review/", reviews.review_queue_page, name="review_queue"),
     path("review/settings/", reviews.review_settings, name="review_settings"),
     path("review/<uuid:item_uuid>/", reviews.review_detail, name="review_detail"),

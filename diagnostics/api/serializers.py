@@ -8,7 +8,16 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from diagnostics.models import PATIENT_REF_VALIDATOR, Case, InferenceJob, ModelVersion, ReviewDecision, ReviewItem, Scan
+from diagnostics.models import (
+    PATIENT_REF_VALIDATOR,
+    Case,
+    InferenceJob,
+    ModelVersion,
+    ReviewDecision,
+    ReviewItem,
+    Scan,
+    SlideUpload,
+)
 from diagnostics.selectors.cases import ScanStatus, current_decision, scan_status
 
 SCAN_STATUS_CODES = ["queued", "running", "awaiting_review", "signed", "failed"]
@@ -76,6 +85,9 @@ class ScanOut(serializers.ModelSerializer):
             "status",
             "error",
             "result",
+            "kind",
+            "mpp_x",
+            "mpp_y",
         ]
 
     def _status(self, obj: Scan) -> ScanStatus:
@@ -134,7 +146,19 @@ class JobOut(serializers.ModelSerializer):
 
     class Meta:
         model = InferenceJob
-        fields = ["id", "scan", "case", "status", "attempts", "error", "created_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "scan",
+            "case",
+            "status",
+            "attempts",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "tiles_done",
+            "tiles_total",
+        ]
 
 
 class PredictionOut(serializers.Serializer):
@@ -200,12 +224,45 @@ class ReviewItemOut(serializers.ModelSerializer):
         return dict(PredictionOut(obj.prediction).data)
 
 
+class SlideRegionOut(serializers.Serializer):
+    rank = serializers.IntegerField()
+    x = serializers.IntegerField(help_text="Level-0 pixels from the slide's left edge.")
+    y = serializers.IntegerField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    tiles = serializers.IntegerField()
+    mass = serializers.FloatField(help_text="Sum of the smoothed tumour probability over the region's tiles.")
+    max_probability = serializers.FloatField()
+    kind = serializers.ChoiceField(choices=["component", "tile"])
+
+
+class SlideResultOut(serializers.Serializer):
+    """The AI's slide-level answer (not a result until a physician signs)."""
+
+    width = serializers.IntegerField(source="scan.width")
+    height = serializers.IntegerField(source="scan.height")
+    mpp = serializers.FloatField(source="scan.mpp_x", help_text="Micrometres per level-0 pixel.")
+    regions = SlideRegionOut(many=True, help_text="The top-k suspicious regions, most suspicious first.")
+    method = serializers.DictField(source="slide_summary.method", help_text="The slide-level method and parameters.")
+    tissue_tiles = serializers.IntegerField(source="slide_summary.tissue_tiles")
+    tumour_tiles = serializers.IntegerField(source="slide_summary.tumour_tiles")
+    tile_px = serializers.FloatField(source="slide_summary.tile_px", help_text="Level-0 pixels per tile side.")
+
+
 class ReviewItemDetailOut(ReviewItemOut):
     decisions = serializers.SerializerMethodField()
     current_decision = serializers.SerializerMethodField()
+    slide = serializers.SerializerMethodField()
 
     class Meta(ReviewItemOut.Meta):
-        fields = [*ReviewItemOut.Meta.fields, "decisions", "current_decision"]
+        fields = [*ReviewItemOut.Meta.fields, "decisions", "current_decision", "slide"]
+
+    @extend_schema_field(SlideResultOut(allow_null=True))
+    def get_slide(self, obj: ReviewItem) -> dict[str, Any] | None:
+        prediction = obj.prediction
+        if prediction.scan.kind != Scan.Kind.SLIDE:
+            return None
+        return dict(SlideResultOut(prediction).data)
 
     @extend_schema_field(DecisionOut(many=True))
     def get_decisions(self, obj: ReviewItem) -> list[dict[str, Any]]:
@@ -267,3 +324,45 @@ class ModelRegisterIn(serializers.Serializer):
         max_length=500, help_text="Bundle folder inside the server's model folder, e.g. demo-pcam."
     )
     activate = serializers.BooleanField(default=False, required=False)
+
+
+class SlideUploadOut(serializers.Serializer):
+    id = serializers.UUIDField(source="uuid")
+    case = serializers.UUIDField(source="case.uuid")
+    filename = serializers.CharField()
+    length = serializers.IntegerField(help_text="Declared size in bytes.")
+    offset = serializers.IntegerField(help_text="Bytes received so far (tus Upload-Offset).")
+    status = serializers.ChoiceField(choices=SlideUpload.Status.choices)
+    error_code = serializers.CharField(help_text="Why the slide was refused (stable code), when it was.")
+    error = serializers.CharField()
+    scan = serializers.SerializerMethodField()
+    job = serializers.SerializerMethodField()
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_scan(self, obj: SlideUpload) -> str | None:
+        return str(obj.scan.uuid) if obj.scan is not None else None
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_job(self, obj: SlideUpload) -> str | None:
+        job = getattr(obj.scan, "job", None) if obj.scan_id else None
+        return str(job.uuid) if job is not None else None
+
+
+class SlideUploadFinishIn(serializers.Serializer):
+    sha256 = serializers.RegexField(
+        r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file as computed by the uploader (64 hex digits)."
+    )
+
+
+class SlideMapOut(serializers.Serializer):
+    cols = serializers.IntegerField()
+    rows = serializers.IntegerField()
+    tile_px = serializers.FloatField(help_text="Level-0 pixels per tile side.")
+    labels = serializers.ListField(child=serializers.CharField())
+    columns = serializers.ListField(child=serializers.CharField(), help_text="Meaning of each value of a tile row.")
+    tiles = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="One row per tissue tile: column, row, then the probability of each label.",
+    )

@@ -1,11 +1,17 @@
 from django.urls import path
 
-from diagnostics.api import cases, model_registry, reviews
+from diagnostics.api import cases, model_registry, reviews, slides
 
 urlpatterns = [
     path("cases/", cases.CaseListCreate.as_view(), name="api_cases"),
     path("cases/<uuid:case_uuid>/", cases.CaseDetail.as_view(), name="api_case_detail"),
     path("cases/<uuid:case_uuid>/scans/", cases.CaseScans.as_view(), name="api_case_scans"),
+    path("cases/<uuid:case_uuid>/slide-uploads/", slides.CaseSlideUploads.as_view(), name="api_case_slide_uploads"),
+    path("slide-uploads/<uuid:upload_uuid>/", slides.SlideUploadDetail.as_view(), name="api_slide_upload"),
+    path(
+        "slide-uploads/<uuid:upload_uuid>/finish/", slides.SlideUploadFinish.as_view(), name="api_slide_upload_finish"
+    ),
+    path("review-items/<uuid:item_uuid>/slide-map/", slides.SlideMap.as_view(), name="api_slide_map"),
     path("scans/<uuid:scan_uuid>/", cases.ScanDetail.as_view(), name="api_scan_detail"),
     path("jobs/", cases.JobList.as_view(), name="api_jobs"),
     path("jobs/<uuid:job_uuid>/", cases.JobDetail.as_view(), name="api_job_detail"),

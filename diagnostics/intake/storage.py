@@ -155,3 +155,79 @@ def rotate_object(name: str) -> bool:
     plaintext = decrypt(blob, keyring=ring, name=name)
     _replace(name, encrypt(plaintext, keyring=ring, name=name))
     return True
+
+
+# --- objects stored in chunks (whole-slide images) -----------------------------------
+#
+# AES-GCM over a whole file does not stream, and a slide can be gigabytes: a slide is
+# stored as encrypted chunks named <prefix>/<index>, each with its own nonce and its
+# name (so its index) as authenticated data: a chunk moved to another index, or to
+# another slide, does not decrypt. A "complete" object written last marks a slide whose
+# chunks are all there; a crash before it leaves chunks the next attempt overwrites.
+
+COMPLETE_MARKER = "complete"
+
+
+def store_object(*, name: str, data: bytes) -> None:
+    """Encrypt and store ``data`` under an explicit name, replacing a leftover of an
+    interrupted earlier write of the same name."""
+    storage = scan_storage()
+    if storage.exists(name):
+        storage.delete(name)
+    saved = storage.save(name, ContentFile(encrypt(data, keyring=keyring(), name=name)))
+    if saved != name:  # a concurrent writer of the same name: keep theirs, the bytes are the same
+        storage.delete(saved)
+
+
+def read_object(name: str) -> bytes:
+    return read_bytes(name)
+
+
+def chunk_name(prefix: str, index: int) -> str:
+    return f"{prefix}/{index:06d}"
+
+
+def slide_prefix_for(sha256: str) -> str:
+    return f"slides/{sha256[:2]}/{sha256}"
+
+
+def chunk_count(size: int, chunk_bytes: int) -> int:
+    return max(1, -(-size // chunk_bytes))
+
+
+def store_file_chunks(*, path: str | os.PathLike[str], sha256: str, chunk_bytes: int) -> tuple[str, bool]:
+    """Store a local (decrypted) file as encrypted chunks under its SHA-256. Returns
+    (prefix, created); ``created`` is False when the same slide was stored before."""
+    prefix = slide_prefix_for(sha256)
+    marker = f"{prefix}/{COMPLETE_MARKER}"
+    if scan_storage().exists(marker):
+        return prefix, False
+    size = 0
+    with open(path, "rb") as fh:
+        index = 0
+        while chunk := fh.read(chunk_bytes):
+            store_object(name=chunk_name(prefix, index), data=chunk)
+            size += len(chunk)
+            index += 1
+    store_object(name=marker, data=f'{{"size": {size}, "chunk_bytes": {chunk_bytes}, "chunks": {index}}}'.encode())
+    return prefix, True
+
+
+def iter_chunks(prefix: str, count: int) -> Iterator[bytes]:
+    """The decrypted chunks of a chunked object, in order."""
+    for index in range(count):
+        yield read_object(chunk_name(prefix, index))
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete every object under ``prefix`` (a slide's or an upload's chunks)."""
+    storage = scan_storage()
+    for name in list(iter_object_names(prefix)):
+        storage.delete(name)
+
+
+def delete_slide_if_unreferenced(prefix: str) -> None:
+    from diagnostics.models import Scan
+
+    if not Scan.objects.filter(storage_name=prefix).exists():
+        delete_prefix(prefix)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ class Manifest:
     model_file: str
     model_sha256: str
     library_versions: dict[str, Any]
+    # Micrometres per pixel of the images the model was trained on: whole slides are
+    # cut into tiles at this resolution. None: the model cannot be run on slides.
+    mpp: float | None = None
+    # Parameters of the slide-level method chosen for this model (diagnostics/ml/slides.py).
+    slide_method: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +124,18 @@ def manifest_from_dict(raw: Any) -> Manifest:
     if not _SHA256_RE.match(model_sha256):
         raise BundleError("manifest 'model_sha256' is not a 64-character hex SHA-256")
 
+    mpp = None
+    if raw.get("mpp") is not None:
+        mpp = _finite(raw, "mpp")
+        if not 0.01 <= mpp <= 100:
+            raise BundleError("manifest 'mpp' (micrometres per pixel) must be between 0.01 and 100")
+    slide_method = raw.get("slide_method") or {}
+    if not isinstance(slide_method, dict):
+        raise BundleError("manifest field 'slide_method' must be an object")
+
     return Manifest(
+        mpp=mpp,
+        slide_method=slide_method,
         name=_nonempty_str(raw, "name"),
         version=_nonempty_str(raw, "version"),
         task=_nonempty_str(raw, "task"),

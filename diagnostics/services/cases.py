@@ -28,7 +28,7 @@ from diagnostics.models import (
 )
 from diagnostics.selectors.cases import case_get, scan_get
 from diagnostics.selectors.model_registry import active_tasks
-from diagnostics.services.jobs import job_enqueue
+from diagnostics.services.job_queue import job_enqueue
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Inference jobs: queue them after commit, claim them in a worker, run the network on a
-batch, store the predictions once, sweep lost jobs back, retry failed ones."""
+"""Inference jobs: claim them in a worker, run the network on a batch, store the
+predictions once, sweep lost jobs back, retry failed ones. Queueing and failing a job
+live in services/job_queue.py, shared with the slide path (services/slides.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from accounts.audit import audit_record
 from accounts.models import User
 from accounts.roles import UPLOAD_PERMISSION
-from cancerweb.celery import app as celery_app
 from diagnostics.intake import imaging, storage
 from diagnostics.models import (
     Case,
@@ -29,38 +29,14 @@ from diagnostics.models import (
     ModelVersion,
     Prediction,
     ReviewItem,
+    Scan,
     WorkerHeartbeat,
 )
 from diagnostics.selectors.cases import cases_for_user
+from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, job_send
+from diagnostics.services.slides import slide_job_process
 
 logger = logging.getLogger(__name__)
-
-
-# The task's registered name (diagnostics/tasks.py registers it under this name). Sent
-# by name so this module does not import the task module that imports it.
-RUN_INFERENCE_TASK = "diagnostics.run_inference"
-INFERENCE_QUEUE = "inference"
-
-
-def job_enqueue(job: InferenceJob) -> None:
-    """Send the job to the workers once the current transaction commits: the worker must
-    find the rows, and a rolled-back upload must not leave a message behind."""
-    job_id = job.id
-    transaction.on_commit(lambda: job_send(job_id))
-
-
-def job_send(job_id: int) -> None:
-    """Publish the job's id (never image bytes or patient data). A broker that is down
-    costs the caller about 1.5 s (the publish retry policy); the job row stays queued and
-    the sweeper sends it again later."""
-    try:
-        celery_app.send_task(RUN_INFERENCE_TASK, kwargs={"job_id": job_id}, queue=INFERENCE_QUEUE)
-    except Exception:  # broker down: the job row stays queued for the sweeper
-        logger.warning("could not enqueue inference job %s; it stays queued", job_id, exc_info=True)
-
-
-class JobError(Exception):
-    """A reason a job cannot succeed, phrased for the job's error field."""
 
 
 def _process_identity() -> str:
@@ -105,6 +81,10 @@ def job_run(*, job_id: int) -> None:
     me = _process_identity()
     if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
         return
+    if Scan.objects.filter(job__id=job_id, kind=Scan.Kind.SLIDE).exists():
+        # A whole slide is thousands of tiles: it is a batch of its own (services/slides.py).
+        slide_job_process(job_id=job_id)
+        return
     claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
     # A job that was claimed before (its worker died, or the sweeper put it back) runs
@@ -115,7 +95,9 @@ def job_run(*, job_id: int) -> None:
         # Only jobs of the same task share a batch: they run through the same model.
         task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
         waiting = (
-            InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0)
+            InferenceJob.objects.filter(
+                status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0, scan__kind=Scan.Kind.IMAGE
+            )
             .exclude(id=job_id)
             .order_by("created_at", "id")
             .values_list("id", flat=True)[: limit - 1]
@@ -137,35 +119,6 @@ def _job_claim(job_id: int, me: str) -> bool:
     )
 
 
-def _job_fail(job: InferenceJob, exc: Exception) -> None:
-    if isinstance(exc, OperationalError | InterfaceError):
-        # The database went away, not the job: it stays running and the sweeper puts
-        # it back in the queue after the running deadline.
-        raise exc
-    reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
-    logger.warning("inference job %s failed: %s", job.uuid, reason)
-    now = timezone.now()
-    InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
-        status=InferenceJob.Status.FAILED, error=reason, finished_at=now, updated_at=now
-    )
-
-
-def _active_model_for_task(task: str) -> ModelVersion:
-    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE)
-    if task:
-        model_version = active.filter(task=task).first()
-        if model_version is None:
-            raise JobError("no active model is registered for this case's task")
-        return model_version
-    # A case from before tasks existed: only unambiguous while one model is active.
-    models = list(active[:2])
-    if not models:
-        raise JobError("no active model is registered")
-    if len(models) > 1:
-        raise JobError("the case has no task and several models are active")
-    return models[0]
-
-
 HEATMAP_PX = 64
 
 
@@ -183,13 +136,13 @@ def jobs_process(*, job_ids: list[int]) -> None:
     if not jobs:
         return
     try:
-        model_version = _active_model_for_task(jobs[0].scan.case.task)
+        model_version = active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
 
         runner = runner_for(model_version)
     except Exception as exc:
         for job in jobs:
-            _job_fail(job, exc)
+            job_fail(job, exc)
         return
     started = time.perf_counter()
 
@@ -214,7 +167,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
             try:
                 ready.append((job, future.result()))
             except Exception as exc:
-                _job_fail(job, exc)
+                job_fail(job, exc)
     if not ready:
         return
     try:
@@ -228,7 +181,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
         heatmaps = [heatmap_png(cam, size=min(runner.input_size, HEATMAP_PX)) for cam in cams]
     except Exception as exc:
         for job, _ in ready:
-            _job_fail(job, exc)
+            job_fail(job, exc)
         return
     # Time per image for the whole batch: read, check, decode, the network and heat map.
     per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
@@ -244,7 +197,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
     except Exception as exc:
         # Nothing of the batch was written (one transaction): no job may stay "running".
         for job, _ in ready:
-            _job_fail(job, exc)
+            job_fail(job, exc)
 
 
 def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:

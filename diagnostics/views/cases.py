@@ -27,7 +27,9 @@ from diagnostics.forms import (
     ScanUploadForm,
 )
 from diagnostics.intake import imaging, storage
+from diagnostics.intake.slides import accepted_slide_extensions
 from diagnostics.intake.validation import accepted_extensions
+from diagnostics.models import Scan
 from diagnostics.selectors.cases import (
     case_get,
     case_scans_with_status,
@@ -137,6 +139,9 @@ def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
         "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
         "upload_max_files": settings.UPLOAD_MAX_FILES,
         "upload_extensions": ",".join(accepted_extensions()),
+        "slide_max_bytes": settings.SLIDE_UPLOAD_MAX_BYTES,
+        "slide_chunk_bytes": settings.SLIDE_CHUNK_BYTES,
+        "slide_extensions": ",".join(accepted_slide_extensions()),
     }
 
 
@@ -196,11 +201,17 @@ def job_retry_page(request: AuthedHttpRequest, job_uuid: UUID) -> HttpResponse:
 def scan_image(request: AuthedHttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
     scan = scan_open(acting_user=request.user, scan_uuid=scan_uuid, client_address=client_address(request))
-    data = storage.read_bytes(scan.storage_name)
-    rendered = imaging.to_rgb_image(data, max_side=1024)
-    out = io.BytesIO()
-    rendered.save(out, format="PNG")
-    response = HttpResponse(out.getvalue(), content_type="image/png")
+    if scan.kind == Scan.Kind.SLIDE:
+        # Never the whole file into memory, and never the label or macro image.
+        from diagnostics.views.slides import slide_thumbnail_png
+
+        png = slide_thumbnail_png(scan)
+    else:
+        rendered = imaging.to_rgb_image(storage.read_bytes(scan.storage_name), max_side=1024)
+        out = io.BytesIO()
+        rendered.save(out, format="PNG")
+        png = out.getvalue()
+    response = HttpResponse(png, content_type="image/png")
     response["Cache-Control"] = "private, no-store"
     return response
 

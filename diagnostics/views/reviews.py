@@ -161,6 +161,35 @@ def _review_viewer_context(
         "heatmap_url": None if blinded else _heatmap_url(prediction),
         "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
         "predicted_number": prediction.predicted_index + 1,
+        "slide": _slide_context(item, prediction, blinded),
+    }
+
+
+def _slide_context(item: Any, prediction: Any, blinded: bool) -> dict[str, Any] | None:
+    """The slide viewer's data: Deep Zoom tiles, the overlay's extent, the gallery."""
+    scan = prediction.scan
+    if scan.kind != "slide":
+        return None
+    summary = prediction.slide_summary or {}
+    cols, rows = (summary.get("grid") or [0, 0])[:2]
+    tile_px = float(summary.get("tile_px") or 0)
+    regions = (
+        []
+        if blinded
+        else [
+            {**r, "image_url": reverse("slide_region", kwargs={"item_uuid": item.uuid, "rank": r["rank"]})}
+            for r in prediction.regions
+        ]
+    )
+    return {
+        "dzi_url": reverse("slide_dzi", kwargs={"scan_uuid": scan.uuid}),
+        "mpp": scan.mpp_x,
+        # The overlay covers the tile grid (whole tiles from the top-left corner), as a
+        # fraction of the slide's width: OpenSeadragon's viewport unit.
+        "overlay_width": cols * tile_px / scan.width if scan.width else 1,
+        "overlay_height": rows * tile_px / scan.width if scan.width else 1,
+        "regions": regions,
+        "summary": summary,
     }
 
 

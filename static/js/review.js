@@ -17,10 +17,12 @@
     if (el) { el.setAttribute("data-heatmap-visible", heatOpacity() > 0 ? "1" : "0"); }
   }
 
+  var dzi = el && el.getAttribute("data-dzi-url");
   if (el && window.OpenSeadragon) {
     viewer = window.OpenSeadragon({
       element: el,
-      tileSources: { type: "image", url: el.getAttribute("data-image-url") },
+      // A whole slide is served as Deep Zoom tiles; an image as one picture.
+      tileSources: dzi || { type: "image", url: el.getAttribute("data-image-url") },
       showNavigationControl: false, // our own labelled buttons below
       drawer: "canvas",
       maxZoomPixelRatio: 8,
@@ -31,14 +33,56 @@
     viewer.addHandler("open", function () {
       el.setAttribute("data-ready", "1");
       if (heatUrl) {
+        var overlay = { tileSource: { type: "image", url: heatUrl }, opacity: heatOpacity() };
+        if (dzi) {
+          // The tile map covers the grid of whole tiles from the slide's top-left corner.
+          overlay.x = 0; overlay.y = 0;
+          overlay.width = parseFloat(el.getAttribute("data-overlay-width"));
+        }
         viewer.addTiledImage({
-          tileSource: { type: "image", url: heatUrl },
-          opacity: heatOpacity(),
+          tileSource: overlay.tileSource,
+          x: overlay.x, y: overlay.y, width: overlay.width,
+          opacity: overlay.opacity,
           success: function (e) { heat = e.item; el.setAttribute("data-heatmap-loaded", "1"); applyHeat(); }
         });
       }
     });
     window.cancerwebViewer = viewer;
+    var mpp = parseFloat(el.getAttribute("data-mpp") || "0");
+    var scaleLine = document.getElementById("scale-line");
+    var scaleText = document.getElementById("scale-text");
+    function updateScale() {
+      // Micrometres per screen pixel at this zoom, rounded to a 1-2-5 length of ~100 px.
+      if (!mpp || !scaleLine || !viewer.world.getItemCount()) { return; }
+      var zoom = viewer.world.getItemAt(0).viewportToImageZoom(viewer.viewport.getZoom(true));
+      var umPerPx = mpp / zoom;
+      var target = umPerPx * 100;
+      var p10 = Math.pow(10, Math.floor(Math.log10(target)));
+      var nice = [1, 2, 5, 10].map(function (m) { return m * p10; }).filter(function (v) { return v <= target; }).pop() || p10;
+      scaleLine.style.width = Math.round(nice / umPerPx) + "px";
+      scaleText.textContent = nice >= 1000 ? (nice / 1000) + " mm" : nice + " µm";
+      el.setAttribute("data-scale-um", String(nice));
+    }
+    viewer.addHandler("animation", updateScale);
+    viewer.addHandler("open", updateScale);
+    var regions = Array.prototype.slice.call(document.querySelectorAll(".region-gallery .region"));
+    var regionIndex = -1;
+    function showRegion(i) {
+      if (!regions.length) { return; }
+      regionIndex = (i + regions.length) % regions.length;
+      var b = regions[regionIndex];
+      var x = +b.getAttribute("data-x"), y = +b.getAttribute("data-y");
+      var w = +b.getAttribute("data-w"), h = +b.getAttribute("data-h");
+      var pad = Math.max(w, h) * 0.5;
+      var rect = viewer.world.getItemAt(0).imageToViewportRectangle(x - pad, y - pad, w + 2 * pad, h + 2 * pad);
+      viewer.viewport.fitBounds(rect);
+      regions.forEach(function (r) { r.removeAttribute("aria-current"); });
+      b.setAttribute("aria-current", "true");
+      el.setAttribute("data-region", b.getAttribute("data-rank"));
+    }
+    regions.forEach(function (b, i) { b.addEventListener("click", function () { showRegion(i); }); });
+    window.cancerwebShowRegion = showRegion;
+    window.cancerwebRegionStep = function (d) { showRegion(regionIndex + d); };
     document.getElementById("zoom-in").addEventListener("click", function () { viewer.viewport.zoomBy(1.5); });
     document.getElementById("zoom-out").addEventListener("click", function () { viewer.viewport.zoomBy(1 / 1.5); });
     document.getElementById("zoom-home").addEventListener("click", function () { viewer.viewport.goHome(); });
@@ -109,6 +153,8 @@
       case "-": if (viewer) { viewer.viewport.zoomBy(1 / 1.5); } break;
       case "0": if (viewer) { viewer.viewport.goHome(); } break;
       case "?": toggleHelp(); break;
+      case "]": if (window.cancerwebRegionStep) { window.cancerwebRegionStep(1); } break;
+      case "[": if (window.cancerwebRegionStep) { window.cancerwebRegionStep(-1); } break;
       default:
         if (/^[1-9]$/.test(e.key)) { chooseStage(parseInt(e.key, 10)); } else { return; }
     }

@@ -3,6 +3,7 @@ else's (or no) object 404, own object 2xx. Always in the one error shape."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts import services as account_services
+from diagnostics.services.slides import slide_upload_create
 from tests.factories import make_case, make_prediction
 from tests.helpers import api, image_bytes, login
 
@@ -30,7 +32,7 @@ class Endpoint:
     body: Callable[[], dict[str, Any]] | None = None
     multipart: bool = False
     missing_404: bool = True  # a random UUID in place of the object answers 404
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # request headers, e.g. tus's
 
 
 def _upload_body() -> dict[str, Any]:
@@ -108,6 +110,36 @@ ENDPOINTS = [
     Endpoint("model_retire", "post", "/api/v1/models/{model}/retire/", "admin_user", 200, ADMIN_WRONG),
     Endpoint("audit_list", "get", "/api/v1/audit-events/", "admin_user", 200, ADMIN_WRONG, missing_404=False),
     Endpoint("audit_detail", "get", "/api/v1/audit-events/{event}/", "admin_user", 200, ADMIN_WRONG),
+    Endpoint(
+        "slide_upload_create",
+        "post",
+        "/api/v1/cases/{case}/slide-uploads/",
+        "clinician",
+        201,
+        CLINICAL_WRONG,
+        "other_clinician",
+        extra={
+            "HTTP_TUS_RESUMABLE": "1.0.0",
+            "HTTP_UPLOAD_LENGTH": "1000",
+            "HTTP_UPLOAD_METADATA": "filename " + base64.b64encode(b"slide.tiff").decode(),
+        },
+    ),
+    Endpoint(
+        "slide_upload", "get", "/api/v1/slide-uploads/{upload}/", "clinician", 200, CLINICAL_WRONG, "other_clinician"
+    ),
+    Endpoint(
+        "slide_upload_finish",
+        "post",
+        "/api/v1/slide-uploads/{upload}/finish/",
+        "clinician",
+        409,  # the world's upload has no bytes yet: "upload_incomplete"
+        CLINICAL_WRONG,
+        "other_clinician",
+        body=lambda: {"sha256": "0" * 64},
+    ),
+    # The world's review item is an image, not a slide: its own physician gets 404 here
+    # (tests/slides_tests show a slide's map); the roles are what this row checks.
+    Endpoint("slide_map", "get", "/api/v1/review-items/{item}/slide-map/", "physician", 404, REVIEW_WRONG),
     Endpoint("tokens_list", "get", "/api/v1/tokens/", "outsider", 200, [], missing_404=False),
     Endpoint("token_detail", "get", "/api/v1/tokens/{token}/", "clinician", 200, [], "other_clinician"),
     Endpoint("token_revoke", "delete", "/api/v1/tokens/{token}/", "clinician", 200, [], "other_clinician"),
@@ -123,6 +155,7 @@ def world(clinician, other_clinician, physician, admin_user, outsider, active_mo
     failed.save()
     prediction = make_prediction(clinician, active_model, [0.3, 0.7], ref="PSN-REVIEW", color=(5, 6, 7))
     token, _ = account_services.api_token_create(acting_user=clinician, user=clinician, name="kept")
+    upload = slide_upload_create(acting_user=clinician, case=case, filename="slide.tiff", length=1000)
     from accounts.models import AuditEvent
 
     return {
@@ -141,14 +174,17 @@ def world(clinician, other_clinician, physician, admin_user, outsider, active_mo
         "model": active_model.uuid,
         "event": AuditEvent.objects.first().uuid,  # type: ignore[union-attr]
         "token": token.uuid,
+        "upload": upload.uuid,
     }
 
 
 def _call(client, ep: Endpoint, url: str):  # type: ignore[no-untyped-def]
     body = ep.body() if ep.body else None
     if ep.multipart:
-        return getattr(client, ep.method)(url, body, format="multipart")
-    return getattr(client, ep.method)(url, body, format="json") if body is not None else getattr(client, ep.method)(url)
+        return getattr(client, ep.method)(url, body, format="multipart", **ep.extra)
+    if body is not None:
+        return getattr(client, ep.method)(url, body, format="json", **ep.extra)
+    return getattr(client, ep.method)(url, **ep.extra)
 
 
 def _url(ep: Endpoint, world: dict[str, Any]) -> str:

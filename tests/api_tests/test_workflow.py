@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent
 from diagnostics.models import InferenceJob, ModelVersion, ReviewDecision, Scan
-from diagnostics.services import jobs
+from diagnostics.services import job_queue
 from diagnostics.services.reviews import review_sign
 from tests.factories import make_case, make_prediction
 from tests.helpers import PASSWORD, api, ids, image_bytes, stored_files
@@ -219,7 +219,7 @@ def test_retry_only_a_failed_job_and_it_is_queued_again_after_commit(
     job.status, job.error = "failed", "inference failed: OSError"
     job.save()
     sent: list[int] = []
-    monkeypatch.setattr(jobs, "job_send", sent.append)
+    monkeypatch.setattr(job_queue, "job_send", sent.append)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/api/v1/jobs/{job.uuid}/retry/")
     assert response.status_code == 200

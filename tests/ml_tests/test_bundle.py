@@ -24,6 +24,8 @@ FIELDS = [
     "model_sha256",
     "library_versions",
 ]
+# Optional: a bundle without them cannot be run on whole slides (issue 12).
+OPTIONAL_FIELDS = ["mpp", "slide_method"]
 
 
 def make_bundle(root: Path, **overrides: Any) -> Path:
@@ -55,7 +57,7 @@ def test_valid_bundle_verifies(tmp_path: Path) -> None:
     assert isinstance(m, Manifest)
     assert m.labels == ["N0", "N1", "N2"]
     assert m.temperature == 1.5
-    assert [f for f in m.to_dict()] == FIELDS
+    assert [f for f in m.to_dict()] == FIELDS + OPTIONAL_FIELDS
 
 
 def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
@@ -120,3 +122,10 @@ def test_missing_folder_manifest_and_bad_json(tmp_path: Path) -> None:
     (bundle / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         read_manifest(bundle)
+
+
+def test_mpp_is_optional_and_checked(tmp_path: Path) -> None:
+    assert verify_bundle(make_bundle(tmp_path / "a")).mpp is None
+    assert verify_bundle(make_bundle(tmp_path / "b", mpp=0.972)).mpp == 0.972
+    with pytest.raises(BundleError, match="mpp"):
+        verify_bundle(make_bundle(tmp_path / "c", mpp=-1))

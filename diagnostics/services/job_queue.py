@@ -1,0 +1,73 @@
+"""Putting inference jobs on the broker, failing them with a stated reason, and the model
+a job runs through: shared by the image batches (services/jobs.py) and whole slides
+(services/slides.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import InterfaceError, OperationalError, transaction
+from django.utils import timezone
+
+from cancerweb.celery import app as celery_app
+from diagnostics.models import InferenceJob, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+# The task's registered name (diagnostics/tasks.py registers it under this name). Sent
+# by name so this module does not import the task module that imports it.
+RUN_INFERENCE_TASK = "diagnostics.run_inference"
+INFERENCE_QUEUE = "inference"
+
+
+def job_enqueue(job: InferenceJob) -> None:
+    """Send the job to the workers once the current transaction commits: the worker must
+    find the rows, and a rolled-back upload must not leave a message behind."""
+    job_id = job.id
+    transaction.on_commit(lambda: job_send(job_id))
+
+
+def job_send(job_id: int) -> None:
+    """Publish the job's id (never image bytes or patient data). A broker that is down
+    costs the caller about 1.5 s (the publish retry policy); the job row stays queued and
+    the sweeper sends it again later."""
+    try:
+        celery_app.send_task(RUN_INFERENCE_TASK, kwargs={"job_id": job_id}, queue=INFERENCE_QUEUE)
+    except Exception:  # broker down: the job row stays queued for the sweeper
+        logger.warning("could not enqueue inference job %s; it stays queued", job_id, exc_info=True)
+
+
+class JobError(Exception):
+    """A reason a job cannot succeed, phrased for the job's error field."""
+
+
+def job_fail(job: InferenceJob, exc: Exception) -> None:
+    """Fail a running job with a reason for its error field (never patient data)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database went away, not the job: it stays running and the sweeper puts
+        # it back in the queue after the running deadline.
+        raise exc
+    reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
+    logger.warning("inference job %s failed: %s", job.uuid, reason)
+    now = timezone.now()
+    InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
+        status=InferenceJob.Status.FAILED, error=reason, finished_at=now, updated_at=now
+    )
+
+
+def active_model_for_task(task: str) -> ModelVersion:
+    """The model a job of this task runs through, or a JobError saying why there is none."""
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE)
+    if task:
+        model_version = active.filter(task=task).first()
+        if model_version is None:
+            raise JobError("no active model is registered for this case's task")
+        return model_version
+    # A case from before tasks existed: only unambiguous while one model is active.
+    models = list(active[:2])
+    if not models:
+        raise JobError("no active model is registered")
+    if len(models) > 1:
+        raise JobError("the case has no task and several models are active")
+    return models[0]
