@@ -40,6 +40,20 @@ ERROR_STATUSES = {
 }
 
 
+# The resumable-upload (tus) endpoints answer the protocol's own statuses as well.
+TUS_STATUSES = {
+    "409": "The offset does not match what the server has, or the upload is not in a state for this.",
+    "410": "The upload expired or was cancelled; start it again.",
+    "412": "The Tus-Resumable header is missing or names another protocol version.",
+    "413": "The declared length is over the size cap.",
+    "415": "The bytes must be sent as application/offset+octet-stream.",
+}
+
+
+def _is_tus(operation: dict[str, Any]) -> bool:
+    return any(p.get("in") == "header" and p.get("name") == "Tus-Resumable" for p in operation.get("parameters", []))
+
+
 def add_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = ERROR
@@ -48,6 +62,7 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            for code, description in ERROR_STATUSES.items():
+            statuses = {**ERROR_STATUSES, **TUS_STATUSES} if _is_tus(operation) else ERROR_STATUSES
+            for code, description in statuses.items():
                 responses.setdefault(code, {"description": description, "content": ref})
     return result

@@ -4,6 +4,7 @@ Bounded: a few examples per operation and a wall-clock limit on each run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, requ
         "--exclude-method",
         "DELETE",
     ]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=540, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api_tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     assert "No issues found" in output or "passed" in output, output[-3000:]

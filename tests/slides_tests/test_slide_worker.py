@@ -34,7 +34,7 @@ def _send(client, case, data: bytes, name: str) -> SlideUpload:  # type: ignore[
     return SlideUpload.objects.get(uuid=url.rstrip("/").rsplit("/", 1)[-1])
 
 
-def _wait_for_review(upload: SlideUpload, seconds: float = 240) -> InferenceJob:
+def _wait_for_review(upload: SlideUpload, seconds: float = 420) -> InferenceJob:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         upload.refresh_from_db()
