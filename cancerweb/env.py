@@ -85,3 +85,22 @@ def generate_key_entry(key_id: str) -> str:
     if not KEY_ID_PATTERN.match(key_id):
         raise ValueError("invalid key id")
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
+
+
+def env_storage_url(name: str) -> tuple[str, str, str]:
+    """Where stored objects live: ``("local", "", "")`` when the variable is empty (the
+    folder CANCERWEB_SCAN_DIR), or ``("s3", bucket, prefix)`` for ``s3://bucket/prefix``."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return ("local", "", "")
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme != "s3":
+        raise ImproperlyConfigured(f"{name} must be empty (the local folder) or s3://bucket[/prefix], got {raw!r}")
+    bucket, _, prefix = rest.partition("/")
+    # S3's bucket naming rules: 3-63 characters, lower-case letters, digits, dots and dashes.
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+        raise ImproperlyConfigured(f"{name} names an invalid bucket {bucket!r} (3-63 lower-case letters, digits, . -)")
+    prefix = prefix.strip("/")
+    if prefix and not re.match(r"^[A-Za-z0-9._/-]+$", prefix):
+        raise ImproperlyConfigured(f"{name} has an invalid prefix {prefix!r} (letters, digits, . _ - /)")
+    return ("s3", bucket, prefix)

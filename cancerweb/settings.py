@@ -16,7 +16,15 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from cancerweb.env import env_bool, env_int, env_list, env_rate, generate_key_entry, parse_key_entries
+from cancerweb.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_rate,
+    env_storage_url,
+    generate_key_entry,
+    parse_key_entries,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -136,9 +144,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # A request or worker must not hang on an unreachable database: fail fast and
     # answer 503 (web) or leave the job to the sweeper (worker).
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
-        "CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1
-    )
+    _connect_timeout = env_int("CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1)
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = _connect_timeout
+    # Connection pool (Django's native psycopg pool) for web processes: gunicorn's
+    # threads share a few open connections instead of one per thread, and a request
+    # waits at most the connect timeout for one (then 503). Off (0) by default and in
+    # Celery workers: a pool opened before the prefork pool forks would share its
+    # sockets with the children; a worker keeps one persistent connection instead.
+    DB_POOL_MAX_SIZE = env_int("CANCERWEB_DB_POOL_MAX_SIZE", 0, minimum=0)
+    if DB_POOL_MAX_SIZE:
+        from psycopg_pool import ConnectionPool as _ConnectionPool
+
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": _connect_timeout,
+            "max_idle": 300,
+            # A connection the database dropped (a restart) is replaced, not handed out.
+            "check": _ConnectionPool.check_connection,
+        }
 
 AUTH_USER_MODEL = "accounts.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -162,10 +187,13 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or DATA_DIR / "staticfiles")
 
-# Scan bytes go through Django's storage API so an S3-compatible store can replace
-# the local folder by configuration alone.
+# Stored objects (scans, heat maps, slides; model bundles when several hosts share
+# them) go through Django's storage API: a local folder by default, or an
+# S3-compatible object store (django-storages' S3 backend) when CANCERWEB_STORAGE_URL
+# is s3://bucket[/prefix]. Workers on other machines then read what the web stored.
 SCAN_STORAGE_DIR = Path(os.environ.get("CANCERWEB_SCAN_DIR") or DATA_DIR / "scans")
-STORAGES = {
+OBJECT_STORAGE, S3_BUCKET, S3_PREFIX = env_storage_url("CANCERWEB_STORAGE_URL")
+STORAGES: dict[str, dict[str, object]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "scans": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -173,6 +201,54 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+if OBJECT_STORAGE == "s3":
+    from botocore.config import Config as _BotoConfig
+
+    _s3_key_id = os.environ.get("CANCERWEB_S3_ACCESS_KEY_ID", "")
+    _s3_secret = os.environ.get("CANCERWEB_S3_SECRET_ACCESS_KEY", "")
+    if bool(_s3_key_id) != bool(_s3_secret):
+        raise ImproperlyConfigured(
+            "set both CANCERWEB_S3_ACCESS_KEY_ID and CANCERWEB_S3_SECRET_ACCESS_KEY, or neither "
+            "(then boto3 finds credentials itself, e.g. an instance role)"
+        )
+    _s3_endpoint = os.environ.get("CANCERWEB_S3_ENDPOINT_URL", "") or None
+    if _s3_endpoint and not _s3_endpoint.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"CANCERWEB_S3_ENDPOINT_URL must be an http(s):// URL, got {_s3_endpoint!r}")
+    # A store that is down must fail a request within seconds (503), not hang it:
+    # short connect timeout, few retries. Path-style addressing for self-hosted stores
+    # (SeaweedFS, MinIO, Ceph) that have no per-bucket host names.
+    _s3_client_config = _BotoConfig(
+        s3={"addressing_style": "path" if _s3_endpoint else "auto"},
+        signature_version="s3v4",
+        connect_timeout=env_int("CANCERWEB_S3_CONNECT_TIMEOUT", 3, minimum=1),
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+
+    def _s3(location: str) -> dict[str, object]:
+        return {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": S3_BUCKET,
+                "location": "/".join(p for p in (S3_PREFIX, location) if p),
+                "endpoint_url": _s3_endpoint,
+                "region_name": os.environ.get("CANCERWEB_S3_REGION") or "us-east-1",
+                "access_key": _s3_key_id or None,
+                "secret_key": _s3_secret or None,
+                "client_config": _s3_client_config,
+                # Content-addressed names: the same name always holds the same plaintext,
+                # so a second writer's PUT replaces an equal object (and an S3 PUT is
+                # atomic: a reader sees the old or the new object, never a mix).
+                "file_overwrite": True,
+                "default_acl": None,
+                "querystring_auth": True,
+            },
+        }
+
+    STORAGES["scans"] = _s3("scans")
+    # Model bundles, published at registration and fetched by worker hosts that never
+    # saw them (diagnostics/inference.py); not encrypted (no patient data), SHA-256 checked.
+    STORAGES["models"] = _s3("models")
 MEDIA_ROOT = DATA_DIR / "media"
 
 
@@ -218,6 +294,9 @@ FILE_UPLOAD_PERMISSIONS = 0o600
 # Model bundles: only folders inside this one can be registered; the registry stores the
 # folder's name relative to it (so every host finds the bundle in its own model folder).
 MODEL_DIR = Path(os.environ.get("CANCERWEB_MODEL_DIR") or BASE_DIR / "models").resolve()
+# Where a worker host keeps the bundles it fetched from object storage (one folder per
+# model file SHA-256); used only when a bundle is not in its own MODEL_DIR.
+MODEL_CACHE_DIR = Path(os.environ.get("CANCERWEB_MODEL_CACHE_DIR") or DATA_DIR / "model-cache").resolve()
 
 # Celery. The job row in the database is the source of truth; the broker only carries ids.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -285,6 +364,12 @@ MONITORING_TOKEN = os.environ.get("CANCERWEB_MONITORING_TOKEN", "")
 if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
     raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
 CELERY_TASK_ALWAYS_EAGER = False
+# A job that found the image store down goes back to the queue and is sent again after this pause.
+STORAGE_RETRY_DELAY_S = env_int("CANCERWEB_STORAGE_RETRY_DELAY_S", 10, minimum=1)
+# The storage sweep deletes unreferenced content-addressed objects older than this (an
+# upload still inside its transaction is younger), every STORAGE_SWEEP_INTERVAL_S.
+STORAGE_ORPHAN_GRACE_S = env_int("CANCERWEB_STORAGE_ORPHAN_GRACE_S", 3600, minimum=60)
+STORAGE_SWEEP_INTERVAL_S = env_int("CANCERWEB_STORAGE_SWEEP_INTERVAL_S", 3600, minimum=60)
 
 # Notifications (issue 6). A pending review older than this reminds every physician,
 # checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
@@ -294,6 +379,7 @@ REVIEW_OVERDUE_MINUTES = env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimu
 CELERY_BEAT_SCHEDULE = {
     "notify-overdue-reviews": {"task": "diagnostics.notify_overdue_reviews", "schedule": 300.0},
     "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(JOB_SWEEP_INTERVAL_S)},
+    "sweep-storage-orphans": {"task": "diagnostics.sweep_storage", "schedule": float(STORAGE_SWEEP_INTERVAL_S)},
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")

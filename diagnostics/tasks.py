@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cancerweb.celery import project_task
+from diagnostics.intake.storage import orphans_sweep
 from diagnostics.services.jobs import INFERENCE_QUEUE, RUN_INFERENCE_TASK, job_run, job_sweep
 from diagnostics.services.notifications import reviews_notify_overdue
 
@@ -24,3 +25,10 @@ def notify_overdue_reviews_task() -> int:
 def sweep_jobs_task() -> None:
     # Sent by celery beat every JOB_SWEEP_INTERVAL_S; two sweeps at once are harmless.
     job_sweep()
+
+
+@project_task(queue="default", name="diagnostics.sweep_storage")
+def sweep_storage_task() -> int:
+    # Periodic: removes objects a failed upload could not (the store was down then).
+    # Idempotent: a second sweep finds nothing more to delete.
+    return len(orphans_sweep())

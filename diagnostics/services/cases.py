@@ -152,11 +152,19 @@ def scans_upload(
 
 
 def _cleanup(names: list[str]) -> None:
+    """Remove the objects a failed upload stored. When the database is what failed,
+    delete without asking it; when the store is (down mid-upload), what stays behind
+    is found and removed by the storage sweep once the store is back."""
     for name in names:
         try:
-            storage.delete_if_unreferenced(name)
-        except Exception:  # the database may be the thing that failed
-            storage.scan_storage().delete(name)
+            try:
+                storage.delete_if_unreferenced(name)
+            except storage.StorageUnavailable:
+                raise
+            except Exception:  # the database may be the thing that failed
+                storage.delete(name)
+        except storage.StorageUnavailable:
+            logger.warning("could not remove an object of a failed upload; the storage sweep will")
 
 
 def _scans_upload_inner(

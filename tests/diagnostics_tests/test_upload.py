@@ -13,7 +13,7 @@ from accounts.models import AuditEvent
 from diagnostics.models import Case, InferenceJob, Scan
 from tests.helpers import image_bytes, login, sample_bytes, stored_files
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 def _post_case(client, files, **fields):  # type: ignore[no-untyped-def]
