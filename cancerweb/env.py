@@ -104,3 +104,45 @@ def env_storage_url(name: str) -> tuple[str, str, str]:
     if prefix and not re.match(r"^[A-Za-z0-9._/-]+$", prefix):
         raise ImproperlyConfigured(f"{name} has an invalid prefix {prefix!r} (letters, digits, . _ - /)")
     return ("s3", bucket, prefix)
+
+
+def s3_storage_backend(
+    *,
+    bucket: str,
+    location: str,
+    endpoint_url: str = "",
+    region: str = "us-east-1",
+    access_key: str = "",
+    secret_key: str = "",
+    connect_timeout: int = 3,
+) -> dict[str, object]:
+    """A STORAGES entry for django-storages' S3 backend (settings and tests share it)."""
+    from botocore.config import Config
+
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "location": location,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region,
+            "access_key": access_key or None,
+            "secret_key": secret_key or None,
+            # A store that is down must fail a request within seconds (503), not hang
+            # it: a short connect timeout and few retries. Path-style addressing for
+            # self-hosted stores (SeaweedFS, MinIO, Ceph) without per-bucket host names.
+            "client_config": Config(
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                signature_version="s3v4",
+                connect_timeout=connect_timeout,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+            # Content-addressed names: the same name always holds the same plaintext, so
+            # a second writer's PUT replaces an equal object, and an S3 PUT is atomic (a
+            # reader sees the old or the new object, never a mix).
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }

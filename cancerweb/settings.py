@@ -24,6 +24,7 @@ from cancerweb.env import (
     env_storage_url,
     generate_key_entry,
     parse_key_entries,
+    s3_storage_backend,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -202,8 +203,6 @@ STORAGES: dict[str, dict[str, object]] = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 if OBJECT_STORAGE == "s3":
-    from botocore.config import Config as _BotoConfig
-
     _s3_key_id = os.environ.get("CANCERWEB_S3_ACCESS_KEY_ID", "")
     _s3_secret = os.environ.get("CANCERWEB_S3_SECRET_ACCESS_KEY", "")
     if bool(_s3_key_id) != bool(_s3_secret):
@@ -211,43 +210,26 @@ if OBJECT_STORAGE == "s3":
             "set both CANCERWEB_S3_ACCESS_KEY_ID and CANCERWEB_S3_SECRET_ACCESS_KEY, or neither "
             "(then boto3 finds credentials itself, e.g. an instance role)"
         )
-    _s3_endpoint = os.environ.get("CANCERWEB_S3_ENDPOINT_URL", "") or None
+    _s3_endpoint = os.environ.get("CANCERWEB_S3_ENDPOINT_URL", "")
     if _s3_endpoint and not _s3_endpoint.startswith(("http://", "https://")):
         raise ImproperlyConfigured(f"CANCERWEB_S3_ENDPOINT_URL must be an http(s):// URL, got {_s3_endpoint!r}")
-    # A store that is down must fail a request within seconds (503), not hang it:
-    # short connect timeout, few retries. Path-style addressing for self-hosted stores
-    # (SeaweedFS, MinIO, Ceph) that have no per-bucket host names.
-    _s3_client_config = _BotoConfig(
-        s3={"addressing_style": "path" if _s3_endpoint else "auto"},
-        signature_version="s3v4",
-        connect_timeout=env_int("CANCERWEB_S3_CONNECT_TIMEOUT", 3, minimum=1),
-        read_timeout=60,
-        retries={"max_attempts": 3, "mode": "standard"},
-    )
+    _s3_region = os.environ.get("CANCERWEB_S3_REGION") or "us-east-1"
+    _s3_connect_timeout = env_int("CANCERWEB_S3_CONNECT_TIMEOUT", 3, minimum=1)
 
-    def _s3(location: str) -> dict[str, object]:
-        return {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {
-                "bucket_name": S3_BUCKET,
-                "location": "/".join(p for p in (S3_PREFIX, location) if p),
-                "endpoint_url": _s3_endpoint,
-                "region_name": os.environ.get("CANCERWEB_S3_REGION") or "us-east-1",
-                "access_key": _s3_key_id or None,
-                "secret_key": _s3_secret or None,
-                "client_config": _s3_client_config,
-                # Content-addressed names: the same name always holds the same plaintext,
-                # so a second writer's PUT replaces an equal object (and an S3 PUT is
-                # atomic: a reader sees the old or the new object, never a mix).
-                "file_overwrite": True,
-                "default_acl": None,
-                "querystring_auth": True,
-            },
-        }
+    def _s3(folder: str) -> dict[str, object]:
+        return s3_storage_backend(
+            bucket=S3_BUCKET,
+            location="/".join(p for p in (S3_PREFIX, folder) if p),
+            endpoint_url=_s3_endpoint,
+            region=_s3_region,
+            access_key=_s3_key_id,
+            secret_key=_s3_secret,
+            connect_timeout=_s3_connect_timeout,
+        )
 
     STORAGES["scans"] = _s3("scans")
     # Model bundles, published at registration and fetched by worker hosts that never
-    # saw them (diagnostics/inference.py); not encrypted (no patient data), SHA-256 checked.
+    # saw them (diagnostics/model_store.py); not encrypted (no patient data), SHA-256 checked.
     STORAGES["models"] = _s3("models")
 MEDIA_ROOT = DATA_DIR / "media"
 

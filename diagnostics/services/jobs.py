@@ -196,8 +196,12 @@ def jobs_process(*, job_ids: list[int]) -> None:
     try:
         model_version = _active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
+        from diagnostics.ml.bundle import BundleError
 
-        runner = runner_for(model_version)
+        try:
+            runner = runner_for(model_version)
+        except BundleError as exc:  # says which file or hash is wrong; never patient data
+            raise JobError(f"the model bundle cannot be used: {exc}") from exc
     except Exception as exc:
         for job in jobs:
             _job_fail(job, exc)
