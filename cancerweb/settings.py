@@ -154,16 +154,14 @@ else:
     # sockets with the children; a worker keeps one persistent connection instead.
     DB_POOL_MAX_SIZE = env_int("CANCERWEB_DB_POOL_MAX_SIZE", 0, minimum=0)
     if DB_POOL_MAX_SIZE:
-        from psycopg_pool import ConnectionPool as _ConnectionPool
-
+        # CONN_HEALTH_CHECKS (on) makes Django check each connection the pool hands out,
+        # so one the database dropped (a restart) is replaced, not used.
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": 1,
             "max_size": DB_POOL_MAX_SIZE,
             "timeout": _connect_timeout,
             "max_idle": 300,
-            # A connection the database dropped (a restart) is replaced, not handed out.
-            "check": _ConnectionPool.check_connection,
         }
 
 AUTH_USER_MODEL = "accounts.User"

@@ -91,7 +91,9 @@ class SeaweedServer:
         data = Path(self.root) / "data"
         return [
             weed_binary(), "server", "-s3", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.telemetry=false", "-master.electionTimeout=1s",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.telemetry=false",
+            # A restart elects its single master in a second, not the default ten.
+            "-master.electionTimeout=1s",
             "-master.volumeSizeLimitMB=256", "-volume.max=64", "-volume.preStopSeconds=0",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
