@@ -297,6 +297,9 @@ class Cluster:
         port = self.ports[name]
         self._spawn(name, [sys.executable, "-m", "gunicorn", "cancerweb.wsgi", "--bind", f"127.0.0.1:{port}",
                            "--workers", "2", "--worker-class", "gthread", "--threads", "4", "--timeout", "120",
+                           # Longer than a client's pause between polls (2 s): gunicorn's default
+                           # 2 s closes kept-alive connections just as clients reuse them (resets).
+                           "--keep-alive", "30",
                            "--access-logfile", str(self.path / "logs" / f"{name}-access.log")],
                     self.web_env(name))  # fmt: skip
         _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/accounts/login/"), timeout=120, what=name)

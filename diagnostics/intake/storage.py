@@ -176,9 +176,10 @@ def is_object_store(storage: Storage | None = None) -> bool:
     return hasattr(storage or scan_storage(), "bucket_name")
 
 
-def iter_objects(prefix: str = "") -> Iterator[tuple[str, datetime]]:
-    """(name, last modified) of every stored object under ``prefix``."""
-    storage = scan_storage()
+def iter_objects(prefix: str = "", *, store: Storage | None = None) -> Iterator[tuple[str, datetime]]:
+    """(name, last modified) of every object under ``prefix`` in the scan storage (or
+    in ``store``, e.g. the model bundles' storage)."""
+    storage = store or scan_storage()
     if is_object_store(storage):
         # One flat listing, a thousand names per request, instead of a walk per folder.
         client = storage.connection.meta.client  # type: ignore[attr-defined]
@@ -192,7 +193,7 @@ def iter_objects(prefix: str = "") -> Iterator[tuple[str, datetime]]:
                 for entry in page.get("Contents", ()):
                     yield entry["Key"][len(base) :], entry["LastModified"]
         return
-    for name in iter_object_names(prefix.rstrip("/")):
+    for name in iter_object_names(prefix.rstrip("/"), store=storage):
         with backend_errors():
             yield name, storage.get_modified_time(name)
 
@@ -245,11 +246,11 @@ def check_reachable() -> None:
 # --- key rotation -----------------------------------------------------------------
 
 
-def iter_object_names(prefix: str = "") -> Iterator[str]:
+def iter_object_names(prefix: str = "", *, store: Storage | None = None) -> Iterator[str]:
     """Every stored object's name, walking folders through the storage API."""
-    storage = scan_storage()
+    storage = store or scan_storage()
     if is_object_store(storage):
-        for name, _ in iter_objects(prefix):
+        for name, _ in iter_objects(prefix, store=storage):
             yield name
         return
     try:
@@ -259,7 +260,7 @@ def iter_object_names(prefix: str = "") -> Iterator[str]:
     for file_name in sorted(files):
         yield f"{prefix}/{file_name}" if prefix else file_name
     for dir_name in sorted(dirs):
-        yield from iter_object_names(f"{prefix}/{dir_name}" if prefix else dir_name)
+        yield from iter_object_names(f"{prefix}/{dir_name}" if prefix else dir_name, store=storage)
 
 
 def _replace(name: str, blob: bytes) -> None:
