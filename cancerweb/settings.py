@@ -351,6 +351,10 @@ STORAGE_RETRY_DELAY_S = env_int("CANCERWEB_STORAGE_RETRY_DELAY_S", 10, minimum=1
 STORAGE_ORPHAN_GRACE_S = env_int("CANCERWEB_STORAGE_ORPHAN_GRACE_S", 3600, minimum=60)
 STORAGE_SWEEP_INTERVAL_S = env_int("CANCERWEB_STORAGE_SWEEP_INTERVAL_S", 3600, minimum=60)
 
+# A polled worklist whose care units saw no change answers 304; it is re-read at least
+# this often anyway, so a change the counters missed shows within this many seconds.
+WORKLIST_MAX_STALE_S = env_int("CANCERWEB_WORKLIST_MAX_STALE_S", 10, minimum=1)
+
 # Notifications (issue 6). A pending review older than this reminds every physician,
 # checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
 REVIEW_OVERDUE_MINUTES = env_int("CANCERWEB_REVIEW_OVERDUE_MINUTES", 240, minimum=1)

@@ -24,6 +24,7 @@ from diagnostics.models import (
 )
 from diagnostics.selectors.model_registry import active_tasks
 from diagnostics.services.jobs import job_enqueue
+from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def case_create(
                 data={"new": {"body_site": case.body_site, "unit": str(unit.uuid), "task": case.task}},
                 client_address=client_address,
             )
+            worklists_changed(unit_ids=[unit.pk])
             if files:
                 _scans_upload_inner(
                     acting_user=acting_user,
@@ -251,4 +253,6 @@ def _scans_upload_inner(
         )
         job_enqueue(job)
         result.created.append(scan)
+    if result.created:
+        worklists_changed(unit_ids=[case.unit_id])
     return result

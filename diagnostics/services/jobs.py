@@ -32,6 +32,7 @@ from diagnostics.models import (
     WorkerHeartbeat,
 )
 from diagnostics.selectors.cases import cases_for_user
+from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +157,10 @@ def _job_fail(job: InferenceJob, exc: Exception) -> None:
     reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
     logger.warning("inference job %s failed: %s", job.uuid, reason)
     now = timezone.now()
-    InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
+    if InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
         status=InferenceJob.Status.FAILED, error=reason, finished_at=now, updated_at=now
-    )
+    ):
+        worklists_changed(unit_ids=Case.objects.filter(scans__job__id=job.id).values_list("unit_id", flat=True))
 
 
 def _active_model_for_task(task: str) -> ModelVersion:
@@ -342,6 +344,7 @@ def predictions_store(
                 return []
             Prediction.objects.bulk_create(predictions)
             ReviewItem.objects.bulk_create([ReviewItem(prediction=p) for p in predictions])
+            worklists_changed(unit_ids=Case.objects.filter(scans__job__in=jobs).values_list("unit_id", flat=True))
             finished = timezone.now()
             InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
                 status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""

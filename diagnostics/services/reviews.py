@@ -22,6 +22,7 @@ from diagnostics.models import (
     Scan,
 )
 from diagnostics.services.notifications import notify_case_signed
+from diagnostics.services.worklists import worklists_changed
 
 
 class SignatureError(ApplicationError):
@@ -114,6 +115,7 @@ def review_sign(
             client_address=client_address,
         )
         notify_case_signed(decision=decision)
+        worklists_changed(unit_ids=[review_item.prediction.scan.case.unit_id])
     return decision
 
 
