@@ -23,11 +23,11 @@ def page_number(raw: Any) -> int:
 
 
 class BoundedPaginator(Paginator):
-    def __init__(self, object_list: Any, per_page: int, *, page_hint: Any = 1, lookahead: int = LOOKAHEAD,
+    def __init__(self, object_list: Any, per_page: int, *, page_hint: Any = 1, lookahead: int | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(object_list, per_page, **kwargs)
         self.page_hint = page_number(page_hint)
-        self.lookahead = lookahead
+        self.lookahead = LOOKAHEAD if lookahead is None else lookahead
         self.count_exact = True
 
     @cached_property

@@ -88,7 +88,10 @@ def test_a_bundle_altered_in_the_store_is_refused_and_not_cached(s3_storage, set
     assert [p.name for p in Path(settings.MODEL_CACHE_DIR).iterdir() if not p.name.endswith(".lock")] == []
 
 
-def test_a_bundle_never_published_is_a_stated_job_error(s3_storage, settings, clinician, tmp_path):
+def test_a_bundle_never_published_is_a_stated_job_error(s3_storage, settings, clinician, tmp_path, monkeypatch):
+    from diagnostics import inference
+
+    monkeypatch.setattr(inference, "_cached", {})  # a fresh worker process: no model loaded yet
     settings.STORAGES = {k: v for k, v in settings.STORAGES.items() if k != "models"}
     version = model_register(acting_user=None, bundle_dir="demo-pcam", activate=True)  # before object storage
     settings.STORAGES = {**settings.STORAGES, "models": s3_storage_backend_for(settings, "models")}
