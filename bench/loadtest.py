@@ -217,11 +217,9 @@ def run(cluster: Cluster, *, label: str, seconds: int, users: dict[type, int], f
             notes.append(f"worker1 killed (SIGKILL, whole host) at {time.time() - t0:.0f} s")
 
         def restart_store() -> None:
-            store = cluster.store()
-            store.stop()
-            down = time.time()
-            store.start()
-            notes.append(f"SeaweedFS killed at {down - t0:.0f} s, back after {time.time() - down:.1f} s")
+            at = time.time() - t0
+            down_s = cluster.restart_store()
+            notes.append(f"SeaweedFS killed at {at:.0f} s, back after {down_s:.1f} s")
 
         gevent.spawn_later(seconds / 3, kill_host)
         gevent.spawn_later(seconds / 2, restart_store)

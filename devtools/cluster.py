@@ -321,6 +321,17 @@ class Cluster:
 
         _wait(ready, timeout=300, what=name)
 
+    def restart_store(self) -> float:
+        """Kill SeaweedFS (SIGKILL) and start it again on the same ports and data;
+        returns the seconds it was down. The new pid is saved, so stop() ends it."""
+        store = self.store()
+        store.stop()
+        down = time.monotonic()
+        store.start()
+        self.seaweed = asdict(store)
+        self.save()
+        return time.monotonic() - down
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """A host lost at once (SIGKILL to its whole process group) or shut down."""
         pid = self.pids.pop(name, 0)
