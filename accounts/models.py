@@ -70,6 +70,11 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # A decision's signing event, read by every signature check (review page,
+            # case page): found by its object, not by scanning every event of the action.
+            models.Index(fields=["object_type", "object_id"], name="auditevent_object"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type}:{self.object_id}"

@@ -9,7 +9,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -22,6 +21,7 @@ from accounts.forms import AuditFilterForm, OTPTokenForm
 from accounts.http import AuthedHttpRequest
 from accounts.otp import confirmed_device
 from core.http import client_address
+from core.pagination import BoundedPaginator
 
 
 def _next_url(request: AuthedHttpRequest) -> str:
@@ -104,7 +104,7 @@ def audit_list(request: AuthedHttpRequest) -> HttpResponse:
     events = selectors.audit_events(user=request.user, filters=filters or selectors.AuditFilter())
     if filters is None:
         return render(request, "accounts/audit_list.html", {"form": form, "page": None}, status=400)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    page = BoundedPaginator(events, 50, page_hint=request.GET.get("page")).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "accounts/audit_list.html", {"form": form, "page": page, "query": query.urlencode()})

@@ -85,3 +85,64 @@ def generate_key_entry(key_id: str) -> str:
     if not KEY_ID_PATTERN.match(key_id):
         raise ValueError("invalid key id")
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
+
+
+def env_storage_url(name: str) -> tuple[str, str, str]:
+    """Where stored objects live: ``("local", "", "")`` when the variable is empty (the
+    folder CANCERWEB_SCAN_DIR), or ``("s3", bucket, prefix)`` for ``s3://bucket/prefix``."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return ("local", "", "")
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme != "s3":
+        raise ImproperlyConfigured(f"{name} must be empty (the local folder) or s3://bucket[/prefix], got {raw!r}")
+    bucket, _, prefix = rest.partition("/")
+    # S3's bucket naming rules: 3-63 characters, lower-case letters, digits, dots and dashes.
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+        raise ImproperlyConfigured(f"{name} names an invalid bucket {bucket!r} (3-63 lower-case letters, digits, . -)")
+    prefix = prefix.strip("/")
+    if prefix and not re.match(r"^[A-Za-z0-9._/-]+$", prefix):
+        raise ImproperlyConfigured(f"{name} has an invalid prefix {prefix!r} (letters, digits, . _ - /)")
+    return ("s3", bucket, prefix)
+
+
+def s3_storage_backend(
+    *,
+    bucket: str,
+    location: str,
+    endpoint_url: str = "",
+    region: str = "us-east-1",
+    access_key: str = "",
+    secret_key: str = "",
+    connect_timeout: int = 3,
+) -> dict[str, object]:
+    """A STORAGES entry for django-storages' S3 backend (settings and tests share it)."""
+    from botocore.config import Config
+
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "location": location,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region,
+            "access_key": access_key or None,
+            "secret_key": secret_key or None,
+            # A store that is down must fail a request within seconds (503), not hang
+            # it: a short connect timeout and few retries. Path-style addressing for
+            # self-hosted stores (SeaweedFS, MinIO, Ceph) without per-bucket host names.
+            "client_config": Config(
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                signature_version="s3v4",
+                connect_timeout=connect_timeout,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+            # Content-addressed names: the same name always holds the same plaintext, so
+            # a second writer's PUT replaces an equal object, and an S3 PUT is atomic (a
+            # reader sees the old or the new object, never a mix).
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }

@@ -16,7 +16,16 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from cancerweb.env import env_bool, env_int, env_list, env_rate, generate_key_entry, parse_key_entries
+from cancerweb.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_rate,
+    env_storage_url,
+    generate_key_entry,
+    parse_key_entries,
+    s3_storage_backend,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -136,9 +145,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # A request or worker must not hang on an unreachable database: fail fast and
     # answer 503 (web) or leave the job to the sweeper (worker).
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
-        "CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1
-    )
+    _connect_timeout = env_int("CANCERWEB_DB_CONNECT_TIMEOUT", 5, minimum=1)
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = _connect_timeout
+    # Connection pool (Django's native psycopg pool) for web processes: gunicorn's
+    # threads share a few open connections instead of one per thread, and a request
+    # waits at most the connect timeout for one (then 503). Off (0) by default and in
+    # Celery workers: a pool opened before the prefork pool forks would share its
+    # sockets with the children; a worker keeps one persistent connection instead.
+    DB_POOL_MAX_SIZE = env_int("CANCERWEB_DB_POOL_MAX_SIZE", 0, minimum=0)
+    if DB_POOL_MAX_SIZE:
+        # CONN_HEALTH_CHECKS (on) makes Django check each connection the pool hands out,
+        # so one the database dropped (a restart) is replaced, not used.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": _connect_timeout,
+            "max_idle": 300,
+        }
 
 AUTH_USER_MODEL = "accounts.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -162,10 +186,13 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or DATA_DIR / "staticfiles")
 
-# Scan bytes go through Django's storage API so an S3-compatible store can replace
-# the local folder by configuration alone.
+# Stored objects (scans, heat maps, slides; model bundles when several hosts share
+# them) go through Django's storage API: a local folder by default, or an
+# S3-compatible object store (django-storages' S3 backend) when CANCERWEB_STORAGE_URL
+# is s3://bucket[/prefix]. Workers on other machines then read what the web stored.
 SCAN_STORAGE_DIR = Path(os.environ.get("CANCERWEB_SCAN_DIR") or DATA_DIR / "scans")
-STORAGES = {
+OBJECT_STORAGE, S3_BUCKET, S3_PREFIX = env_storage_url("CANCERWEB_STORAGE_URL")
+STORAGES: dict[str, dict[str, object]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "scans": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -173,6 +200,35 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+if OBJECT_STORAGE == "s3":
+    _s3_key_id = os.environ.get("CANCERWEB_S3_ACCESS_KEY_ID", "")
+    _s3_secret = os.environ.get("CANCERWEB_S3_SECRET_ACCESS_KEY", "")
+    if bool(_s3_key_id) != bool(_s3_secret):
+        raise ImproperlyConfigured(
+            "set both CANCERWEB_S3_ACCESS_KEY_ID and CANCERWEB_S3_SECRET_ACCESS_KEY, or neither "
+            "(then boto3 finds credentials itself, e.g. an instance role)"
+        )
+    _s3_endpoint = os.environ.get("CANCERWEB_S3_ENDPOINT_URL", "")
+    if _s3_endpoint and not _s3_endpoint.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"CANCERWEB_S3_ENDPOINT_URL must be an http(s):// URL, got {_s3_endpoint!r}")
+    _s3_region = os.environ.get("CANCERWEB_S3_REGION") or "us-east-1"
+    _s3_connect_timeout = env_int("CANCERWEB_S3_CONNECT_TIMEOUT", 3, minimum=1)
+
+    def _s3(folder: str) -> dict[str, object]:
+        return s3_storage_backend(
+            bucket=S3_BUCKET,
+            location="/".join(p for p in (S3_PREFIX, folder) if p),
+            endpoint_url=_s3_endpoint,
+            region=_s3_region,
+            access_key=_s3_key_id,
+            secret_key=_s3_secret,
+            connect_timeout=_s3_connect_timeout,
+        )
+
+    STORAGES["scans"] = _s3("scans")
+    # Model bundles, published at registration and fetched by worker hosts that never
+    # saw them (diagnostics/model_store.py); not encrypted (no patient data), SHA-256 checked.
+    STORAGES["models"] = _s3("models")
 MEDIA_ROOT = DATA_DIR / "media"
 
 
@@ -235,6 +291,9 @@ SLIDE_READ_THREADS = env_int("CANCERWEB_SLIDE_READ_THREADS", 3, minimum=1)
 # Model bundles: only folders inside this one can be registered; the registry stores the
 # folder's name relative to it (so every host finds the bundle in its own model folder).
 MODEL_DIR = Path(os.environ.get("CANCERWEB_MODEL_DIR") or BASE_DIR / "models").resolve()
+# Where a worker host keeps the bundles it fetched from object storage (one folder per
+# model file SHA-256); used only when a bundle is not in its own MODEL_DIR.
+MODEL_CACHE_DIR = Path(os.environ.get("CANCERWEB_MODEL_CACHE_DIR") or DATA_DIR / "model-cache").resolve()
 
 # Celery. The job row in the database is the source of truth; the broker only carries ids.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -302,6 +361,16 @@ MONITORING_TOKEN = os.environ.get("CANCERWEB_MONITORING_TOKEN", "")
 if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
     raise ImproperlyConfigured("CANCERWEB_MONITORING_TOKEN must be at least 24 characters long")
 CELERY_TASK_ALWAYS_EAGER = False
+# A job that found the image store down goes back to the queue and is sent again after this pause.
+STORAGE_RETRY_DELAY_S = env_int("CANCERWEB_STORAGE_RETRY_DELAY_S", 10, minimum=1)
+# The storage sweep deletes unreferenced content-addressed objects older than this (an
+# upload still inside its transaction is younger), every STORAGE_SWEEP_INTERVAL_S.
+STORAGE_ORPHAN_GRACE_S = env_int("CANCERWEB_STORAGE_ORPHAN_GRACE_S", 3600, minimum=60)
+STORAGE_SWEEP_INTERVAL_S = env_int("CANCERWEB_STORAGE_SWEEP_INTERVAL_S", 3600, minimum=60)
+
+# A polled worklist whose care units saw no change answers 304; it is re-read at least
+# this often anyway, so a change the counters missed shows within this many seconds.
+WORKLIST_MAX_STALE_S = env_int("CANCERWEB_WORKLIST_MAX_STALE_S", 10, minimum=1)
 
 # Notifications. A pending review older than this reminds every physician,
 # checked by a periodic task (run `celery -A cancerweb beat` next to the workers).
@@ -312,6 +381,7 @@ CELERY_BEAT_SCHEDULE = {
     "notify-overdue-reviews": {"task": "diagnostics.notify_overdue_reviews", "schedule": 300.0},
     "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(JOB_SWEEP_INTERVAL_S)},
     "sweep-slide-uploads": {"task": "diagnostics.sweep_slide_uploads", "schedule": float(JOB_SWEEP_INTERVAL_S)},
+    "sweep-storage-orphans": {"task": "diagnostics.sweep_storage", "schedule": float(STORAGE_SWEEP_INTERVAL_S)},
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")

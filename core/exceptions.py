@@ -18,3 +18,13 @@ class ApplicationError(Exception):
 class NotFound(Exception):
     """No such object, or none the asking user may see. Every door answers 404, never
     403, so a user cannot learn that another unit's record exists."""
+
+
+class ServiceUnavailable(Exception):
+    """A dependency (the image store) cannot serve the request now; nothing was saved.
+    Pages answer 503 with Retry-After, the API 503 with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 
 
 def client_address(request: HttpRequest | None) -> str | None:
@@ -22,3 +22,12 @@ def worklist_queries(request: HttpRequest) -> dict[str, str]:
     poll = request.GET.copy()
     poll["fragment"] = "1"
     return {"filter_query": filters, "poll_query": poll.urlencode()}
+
+
+def not_modified(request: HttpRequest, etag: str) -> HttpResponse | None:
+    """304 when the poll already holds this version (its If-None-Match), else None."""
+    if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
+        response = HttpResponseNotModified()
+        response["ETag"] = etag
+        return response
+    return None

@@ -1,4 +1,5 @@
-"""A clear 503 when PostgreSQL is unreachable, instead of a 500 or a hung request."""
+"""A clear 503 when PostgreSQL or the image store is unreachable, instead of a 500 or
+a hung request."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from core.exceptions import NotFound
+from core.exceptions import NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +31,20 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, ServiceUnavailable):
+            # The image store: its message names the problem and holds no data.
+            logger.error("%s on %s %s: %s", exception.code, request.method, request.path, exception.message)
+            return self._unavailable(request, exception, what="The image store")
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
         return self._unavailable(request, exception)
 
-    def _unavailable(self, request: HttpRequest, exception: Exception) -> HttpResponse:
+    def _unavailable(self, request: HttpRequest, exception: Exception, what: str = "The database") -> HttpResponse:
         # Only the error type: the message may quote SQL parameters.
-        logger.error("database unavailable (%s) on %s %s", type(exception).__name__, request.method, request.path)
+        logger.error("unavailable (%s) on %s %s", type(exception).__name__, request.method, request.path)
         # Rendered without the request: context processors would query the database again.
         # An upload that failed here rolled back and removed the files it had stored.
-        response = HttpResponse(render_to_string("503.html"), status=503)
+        response = HttpResponse(render_to_string("503.html", {"what": what}), status=503)
         response["Retry-After"] = "30"
         return response
 

@@ -6,6 +6,6 @@ class DiagnosticsConfig(AppConfig):
     name = "diagnostics"
 
     def ready(self) -> None:
-        from diagnostics import worker
+        from diagnostics import checks, worker  # noqa: F401  (checks registers itself)
 
         worker.connect()

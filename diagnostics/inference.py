@@ -21,8 +21,17 @@ _cached: dict[str, InferenceRunner] = {}
 
 
 def bundle_dir_for(model_version: ModelVersion) -> Path:
-    """Registered bundles lie in MODEL_DIR; the registry keeps their folder's name there."""
-    return Path(settings.MODEL_DIR) / model_version.bundle_path
+    """Registered bundles lie in MODEL_DIR (the registry keeps their folder's name
+    there) on the host that registered them; a worker host without that folder uses
+    its cached copy from object storage, fetched on first use (diagnostics/model_store.py).
+    Either way the runner checks the model file's SHA-256 before it loads it."""
+    from diagnostics.ml.bundle import MANIFEST_NAME
+    from diagnostics.model_store import bundle_fetch
+
+    local = Path(settings.MODEL_DIR) / model_version.bundle_path
+    if (local / MANIFEST_NAME).is_file():
+        return local
+    return bundle_fetch(model_sha256=model_version.sha256, labels=list(model_version.labels))
 
 
 def runner_for(model_version: ModelVersion) -> InferenceRunner:

@@ -105,6 +105,10 @@ class Case(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # "My cases" and the API list, newest first: read in index order, page by page.
+            models.Index(fields=["-created_at", "-id"], name="case_newest_first"),
+        ]
 
     def __str__(self) -> str:
         return f"Case {self.patient_ref}"
@@ -213,6 +217,10 @@ class InferenceJob(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # The jobs list (API), newest first.
+            models.Index(fields=["-created_at", "-id"], name="job_newest_first"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "succeeded", "failed"]), name="job_status_valid"
@@ -265,6 +273,16 @@ class Prediction(models.Model):
 
     class Meta:
         permissions = [("review_prediction", "Can review predictions and sign decisions")]
+        indexes = [
+            # The review queue's order (selectors.reviews.review_queue): walked in index
+            # order with the page's LIMIT, instead of sorting every pending item.
+            models.Index(
+                models.F("uncertain").desc(),
+                models.F("stage_rank").desc(),
+                "confidence",
+                name="prediction_queue_order",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Prediction {self.predicted_label} ({self.confidence:.2f})"

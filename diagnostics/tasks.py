@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cancerweb.celery import project_task
+from diagnostics.intake.storage import orphans_sweep
 from diagnostics.services.job_queue import INFERENCE_QUEUE, RUN_INFERENCE_TASK
 from diagnostics.services.jobs import job_run, job_sweep
 from diagnostics.services.notifications import reviews_notify_overdue
@@ -38,3 +39,10 @@ def process_slide_upload_task(*, upload_id: int) -> None:
 def sweep_slide_uploads_task() -> None:
     # Periodic: expired unfinished uploads are deleted, lost checks sent again.
     slide_uploads_sweep()
+
+
+@project_task(queue="default", name="diagnostics.sweep_storage")
+def sweep_storage_task() -> int:
+    # Periodic: removes objects a failed upload could not (the store was down then).
+    # Idempotent: a second sweep finds nothing more to delete.
+    return len(orphans_sweep())

@@ -25,6 +25,17 @@ def close_stale_connections(**kwargs: Any) -> None:
     close_old_connections()
 
 
+def check_storage(**kwargs: Any) -> None:
+    # Before the worker takes any job: a bucket that does not exist or refused
+    # credentials stop it with the reason, instead of failing every job later.
+    from django.core import checks
+    from django.core.exceptions import ImproperlyConfigured
+
+    serious = [m for m in checks.run_checks(tags=["storage"]) if m.is_serious()]
+    if serious:
+        raise ImproperlyConfigured("; ".join(f"{m.msg} ({m.hint})" for m in serious))
+
+
 def import_ml_stack(**kwargs: Any) -> None:
     # In the worker's main process, before it forks its pool: import TensorFlow and
     # Keras (no model, no TF op: forking after a bare import is safe), so a pool child
@@ -82,6 +93,7 @@ def stop_heartbeat(**kwargs: Any) -> None:
 def connect() -> None:
     """Connect the handlers once per process (dispatch_uid makes a second call a no-op)."""
     signals.task_prerun.connect(close_stale_connections, dispatch_uid="cancerweb_close_stale_connections")
+    signals.worker_init.connect(check_storage, dispatch_uid="cancerweb_check_storage")
     signals.worker_init.connect(import_ml_stack, dispatch_uid="cancerweb_import_ml_stack")
     signals.worker_process_init.connect(warm_models, dispatch_uid="cancerweb_warm_models")
     signals.worker_ready.connect(start_heartbeat, dispatch_uid="cancerweb_start_heartbeat")

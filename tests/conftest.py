@@ -3,6 +3,7 @@ Redis configured by bin/test (DATABASE_URL, CELERY_BROKER_URL)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,17 @@ def active_model(db: None) -> ModelVersion:
 @pytest.fixture(autouse=True)
 def isolated_scan_storage(request: pytest.FixtureRequest, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Each test gets its own scan folder, so content-addressed files never leak
-    between tests. Tests with a real worker process share the configured folder."""
-    if any(request.node.get_closest_marker(m) for m in ("worker", "browser", "faults")):
+    between tests. Tests with a real worker process share the configured folder.
+
+    With the object store configured (bin/test's SeaweedFS pass, CANCERWEB_STORAGE_URL
+    set), each test gets its own prefix in the bucket instead."""
+    if any(request.node.get_closest_marker(m) for m in ("worker", "browser", "faults", "s3")):
+        return
+    if settings.OBJECT_STORAGE == "s3":
+        # Scans only: bundles are addressed by their model's hash, so tests share them.
+        backend = settings.STORAGES["scans"]
+        options = {**backend["OPTIONS"], "location": f"{backend['OPTIONS']['location']}/t-{uuid.uuid4().hex}"}
+        settings.STORAGES = {**settings.STORAGES, "scans": {**backend, "OPTIONS": options}}
         return
     scans = tmp_path / "scans"
     settings.SCAN_STORAGE_DIR = scans

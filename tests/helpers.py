@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from django.conf import settings
 from django.core.cache import cache
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -76,10 +75,10 @@ def sample_bytes(name: str = "pcam-metastasis-1.jpg") -> bytes:
 
 
 def stored_files() -> set[str]:
-    root = Path(settings.SCAN_STORAGE_DIR)
-    if not root.exists():
-        return set()
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    """Every object in the scan storage (a folder or the object store's prefix)."""
+    from diagnostics.intake import storage
+
+    return set(storage.iter_object_names())
 
 
 def api(user: User | None = None) -> APIClient:

@@ -20,7 +20,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.exceptions import ApplicationError, NotFound
+from core.exceptions import ApplicationError, NotFound, ServiceUnavailable
 
 
 class ApiError(exceptions.APIException):
@@ -90,6 +90,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, Http404 | NotFound):
         exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, ServiceUnavailable):
+        # A dependency (the image store) is down; nothing was saved, try again later.
+        exc = ApiError(code=exc.code, message=exc.message, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     elif isinstance(exc, ApplicationError):
         # A service's refusal that the view did not map to a field: its own code, 400.
         exc = ApiError(code=exc.code, message=exc.message)
@@ -106,6 +109,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None  # a server error: Django's 500 handler answers and logs it
     if isinstance(exc, ApiError):
         response.data = error_body(exc.error_code, exc.message, exc.fields)
+        if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            response["Retry-After"] = "30"
     elif isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.get_full_details())
         response.data = error_body("invalid", _validation_message(fields), fields)

@@ -47,6 +47,12 @@ def model_get(*, user: User, model_uuid: UUID) -> ModelVersion:
 
 
 def model_card_text(*, model_version: ModelVersion) -> str:
-    """The bundle's MODEL_CARD.md, or "" when the bundle has none."""
-    card_path = bundle_dir_for(model_version) / "MODEL_CARD.md"
+    """The bundle's MODEL_CARD.md, or "" when the bundle has none or is not reachable
+    from this host (not in its model folder, not in object storage)."""
+    from diagnostics.ml.bundle import BundleError
+
+    try:
+        card_path = bundle_dir_for(model_version) / "MODEL_CARD.md"
+    except BundleError:
+        return ""
     return card_path.read_text() if card_path.is_file() else ""

@@ -16,7 +16,7 @@ from diagnostics.models import (
     ReviewerPreference,
     ReviewItem,
 )
-from diagnostics.selectors.cases import WorklistFilter, cases_for_user, worklist_filtered
+from diagnostics.selectors.cases import WorklistFilter, case_visible, worklist_filtered
 from diagnostics.selectors.signatures import signature_check
 from diagnostics.signatures import SignatureCheck
 
@@ -49,7 +49,7 @@ def review_items_for_user(*, user: User) -> QuerySet[ReviewItem]:
     carries ``ai_hidden`` (see `_ai_hidden`), which every door obeys."""
     _require_reviewer(user)
     return (
-        ReviewItem.objects.filter(prediction__scan__case__in=cases_for_user(user=user))
+        ReviewItem.objects.filter(case_visible(user=user, case_field="prediction__scan__case_id"))
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
         .annotate(ai_hidden=_ai_hidden(user))
     )
@@ -108,18 +108,42 @@ def review_queue_filtered(*, user: User, filters: WorklistFilter) -> QuerySet[Re
     return worklist_filtered(items, filters, case="prediction__scan__case")
 
 
+def _after_in_queue(item: ReviewItem) -> Q:
+    """Items that come after ``item`` in review_queue's order (the same five keys)."""
+    p = item.prediction
+    same_u = Q(prediction__uncertain=p.uncertain)
+    same_s = same_u & Q(prediction__stage_rank=p.stage_rank)
+    same_c = same_s & Q(prediction__confidence=p.confidence)
+    same_t = same_c & Q(created_at=item.created_at)
+    return (
+        Q(prediction__uncertain__lt=p.uncertain)
+        | (same_u & Q(prediction__stage_rank__lt=p.stage_rank))
+        | (same_s & Q(prediction__confidence__gt=p.confidence))
+        | (same_c & Q(created_at__gt=item.created_at))
+        | (same_t & Q(id__gt=item.id))
+    )
+
+
+NEIGHBOUR_WINDOW = 2000
+
+
 def review_queue_neighbours(*, user: User, item: ReviewItem) -> tuple[ReviewItem | None, ReviewItem | None]:
     """Previous and next pending items in queue order, for the viewer's n / p keys. An
-    item already signed has no place in the queue: its "next" is the queue's head."""
-    uuids = list(review_queue(user=user).values_list("uuid", flat=True)[:2000])
-    if item.uuid not in uuids:
-        head = review_queue(user=user).first()
-        return None, head
-    i = uuids.index(item.uuid)
-    prev_uuid = uuids[i - 1] if i > 0 else None
-    next_uuid = uuids[i + 1] if i + 1 < len(uuids) else None
-    found = {it.uuid: it for it in ReviewItem.objects.filter(uuid__in=[u for u in (prev_uuid, next_uuid) if u])}
-    return found.get(prev_uuid) if prev_uuid else None, found.get(next_uuid) if next_uuid else None
+    item already signed has no place in the queue: its "next" is the queue's head.
+
+    Read from the queue's head down to the item (its ordering index, no sort), not
+    the first 2,000 items of the queue whatever the item: an item near the top costs
+    a few rows. Deeper than NEIGHBOUR_WINDOW items, "next" is the queue's head."""
+    queue = review_queue(user=user)
+    if item.status != ReviewItem.Status.PENDING:
+        return None, queue.first()
+    after = _after_in_queue(item)
+    upto = list(queue.exclude(after).values_list("uuid", flat=True)[: NEIGHBOUR_WINDOW + 1])
+    if not upto or upto[-1] != item.uuid:
+        return None, queue.first()
+    next_item = queue.filter(after).first()
+    previous = queue.get(uuid=upto[-2]) if len(upto) > 1 else None
+    return previous, next_item
 
 
 def reviewer_blinded_first(*, user: User) -> bool:

@@ -29,6 +29,7 @@ from diagnostics.models import (
 from diagnostics.selectors.cases import case_get, scan_get
 from diagnostics.selectors.model_registry import active_tasks
 from diagnostics.services.job_queue import job_enqueue
+from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def case_create(
             data={"new": {"body_site": case.body_site, "unit": str(unit.uuid), "task": case.task}},
             client_address=client_address,
         )
+        worklists_changed(unit_ids=[unit.pk])
         if files:
             _scans_upload_inner(
                 acting_user=acting_user,
@@ -175,11 +177,19 @@ def _stored_files_removed_on_failure() -> Iterator[list[str]]:
 
 
 def _cleanup(names: list[str]) -> None:
+    """Remove the objects a failed upload stored. When the database is what failed,
+    delete without asking it; when the store is (down mid-upload), what stays behind
+    is found and removed by the storage sweep once the store is back."""
     for name in names:
         try:
-            storage.delete_if_unreferenced(name)
-        except Exception:  # the database may be the thing that failed
-            storage.scan_storage().delete(name)
+            try:
+                storage.delete_if_unreferenced(name)
+            except storage.StorageUnavailable:
+                raise
+            except Exception:  # the database may be the thing that failed
+                storage.delete(name)
+        except storage.StorageUnavailable:
+            logger.warning("could not remove an object of a failed upload; the storage sweep will")
 
 
 def _scans_upload_inner(
@@ -266,6 +276,8 @@ def _scans_upload_inner(
         )
         job_enqueue(job)
         result.created.append(scan)
+    if result.created:
+        worklists_changed(unit_ids=[case.unit_id])
     return result
 
 

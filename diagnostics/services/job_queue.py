@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from cancerweb.celery import app as celery_app
-from diagnostics.models import InferenceJob, ModelVersion
+from diagnostics.intake import storage
+from diagnostics.models import Case, InferenceJob, ModelVersion
+from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +33,12 @@ def job_enqueue(job: InferenceJob) -> None:
     transaction.on_commit(lambda: job_send(job_id))
 
 
-def job_send(job_id: int) -> None:
+def job_send(job_id: int, *, countdown: float | None = None) -> None:
     """Publish the job's id (never image bytes or patient data). A broker that is down
     costs the caller about 1.5 s (the publish retry policy); the job row stays queued and
     the sweeper sends it again later."""
     try:
-        celery_app.send_task(RUN_INFERENCE_TASK, kwargs={"job_id": job_id}, queue=INFERENCE_QUEUE)
+        celery_app.send_task(RUN_INFERENCE_TASK, kwargs={"job_id": job_id}, queue=INFERENCE_QUEUE, countdown=countdown)
     except Exception:  # broker down: the job row stays queued for the sweeper
         logger.warning("could not enqueue inference job %s; it stays queued", job_id, exc_info=True)
 
@@ -48,12 +53,24 @@ def job_fail(job: InferenceJob, exc: Exception) -> None:
         # The database went away, not the job: it stays running and the sweeper puts
         # it back in the queue after the running deadline.
         raise exc
+    if isinstance(exc, storage.StorageUnavailable):
+        # The image store is down or restarting, not the job: back to the queue without
+        # spending an attempt, sent again after a pause (and by the sweeper, should this
+        # message be lost). /health/ reports the store meanwhile.
+        logger.warning("inference job %s waits for the image store: %s", job.uuid, exc.reason)
+        now = timezone.now()
+        if InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
+            status=InferenceJob.Status.QUEUED, attempts=Greatest(F("attempts") - 1, 0), updated_at=now
+        ):
+            job_send(job.id, countdown=settings.STORAGE_RETRY_DELAY_S)
+        return
     reason = str(exc) if isinstance(exc, JobError) else f"inference failed: {type(exc).__name__}"
     logger.warning("inference job %s failed: %s", job.uuid, reason)
     now = timezone.now()
-    InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
+    if InferenceJob.objects.filter(id=job.id, status=InferenceJob.Status.RUNNING).update(
         status=InferenceJob.Status.FAILED, error=reason, finished_at=now, updated_at=now
-    )
+    ):
+        worklists_changed(unit_ids=Case.objects.filter(scans__job__id=job.id).values_list("unit_id", flat=True))
 
 
 def active_model_for_task(task: str) -> ModelVersion:

@@ -35,6 +35,7 @@ from diagnostics.models import (
 from diagnostics.selectors.cases import cases_for_user
 from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, job_send
 from diagnostics.services.slides import slide_job_process
+from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,12 @@ def jobs_process(*, job_ids: list[int]) -> None:
     try:
         model_version = active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
+        from diagnostics.ml.bundle import BundleError
 
-        runner = runner_for(model_version)
+        try:
+            runner = runner_for(model_version)
+        except BundleError as exc:  # says which file or hash is wrong; never patient data
+            raise JobError(f"the model bundle cannot be used: {exc}") from exc
     except Exception as exc:
         for job in jobs:
             job_fail(job, exc)
@@ -263,6 +268,7 @@ def predictions_store(
                 return []
             Prediction.objects.bulk_create(predictions)
             ReviewItem.objects.bulk_create([ReviewItem(prediction=p) for p in predictions])
+            worklists_changed(unit_ids=Case.objects.filter(scans__job__in=jobs).values_list("unit_id", flat=True))
             finished = timezone.now()
             InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
                 status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""

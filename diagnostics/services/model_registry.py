@@ -10,6 +10,7 @@ from django.db import transaction
 
 from accounts.audit import audit_record
 from accounts.models import User
+from diagnostics.model_store import bundle_publish
 from diagnostics.models import (
     ModelVersion,
 )
@@ -52,6 +53,10 @@ def model_register(
         raise ValidationError({"bundle": ValidationError(str(exc), code="invalid_bundle")}) from exc
     stored_path = str(path.relative_to(Path(settings.MODEL_DIR).resolve()))
     task = (task or manifest.task).strip()
+    # Objects before rows (as for scans): once the version is registered, a worker host
+    # that never saw the folder can fetch it. Re-registering publishes a bundle that was
+    # registered before object storage was configured.
+    bundle_publish(folder=path, model_sha256=manifest.model_sha256)
     with transaction.atomic():
         existing = ModelVersion.objects.filter(name=manifest.name, version=manifest.version).first()
         if existing is not None:

@@ -25,6 +25,7 @@ from diagnostics.models import (
 )
 from diagnostics.selectors.reviews import review_item_ai_hidden, review_item_get
 from diagnostics.services.notifications import notify_case_signed
+from diagnostics.services.worklists import worklists_changed
 
 
 class SignatureError(ApplicationError):
@@ -141,6 +142,7 @@ def review_sign(
             client_address=client_address,
         )
         notify_case_signed(decision=decision)
+        worklists_changed(unit_ids=[review_item.prediction.scan.case.unit_id])
     if needs_code and signing_session is not None:
         signing_session[SESSION_OTP_SIGNED] = True
     return decision

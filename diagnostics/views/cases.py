@@ -11,7 +11,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.http import HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -20,7 +19,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.http import AuthedHttpRequest
 from accounts.roles import REVIEW_PERMISSION, UPLOAD_PERMISSION
 from accounts.services import user_units
-from core.http import client_address, worklist_queries
+from core.http import client_address, not_modified, worklist_queries
+from core.pagination import BoundedPaginator
 from diagnostics.forms import (
     CaseCreateForm,
     CaseFilterForm,
@@ -32,12 +32,14 @@ from diagnostics.intake.validation import accepted_extensions
 from diagnostics.models import Scan
 from diagnostics.selectors.cases import (
     case_get,
+    case_rows_with_status,
     case_scans_with_status,
     case_status_summary,
     cases_filtered,
     job_get,
 )
 from diagnostics.selectors.model_registry import active_tasks, stage_labels_known
+from diagnostics.selectors.worklists import worklist_etag
 from diagnostics.services.cases import (
     UploadBatchRejected,
     case_create,
@@ -70,21 +72,24 @@ def home(request: AuthedHttpRequest) -> HttpResponse:
 @login_required
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def case_list(request: AuthedHttpRequest) -> HttpResponse:
+    etag = None
+    if request.GET.get("fragment"):  # the 2 s poll: nothing changed in the units, nothing to run
+        etag = worklist_etag(user=request.user, kind="cases", query=request.GET.urlencode())
+        if (unchanged := not_modified(request, etag)) is not None:
+            return unchanged
     form = CaseFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         return render(request, "diagnostics/case_list.html", {"filter_form": form, "rows": []}, status=400)
     data = form.cleaned_data
-    cases = cases_filtered(user=request.user, filters=form.worklist_filter(), status=data["status"]).prefetch_related(
-        "scans__job"
-    )
-    page = Paginator(cases, 25).get_page(data["page"] or 1)
-    rows = []
-    for case in page:
-        statuses = [status for _, status in case_scans_with_status(case=case)]
-        rows.append((case, case_status_summary(statuses), len(statuses)))
+    cases = cases_filtered(user=request.user, filters=form.worklist_filter(), status=data["status"])
+    page = BoundedPaginator(cases, 25, page_hint=data["page"] or 1).get_page(data["page"] or 1)
+    rows = case_rows_with_status(cases=list(page))
     context = {"page": page, "rows": rows, "filter_form": form, **worklist_queries(request)}
     template = "diagnostics/_case_rows.html" if request.GET.get("fragment") else "diagnostics/case_list.html"
-    return render(request, template, context)
+    response = render(request, template, context)
+    if etag:
+        response["ETag"] = etag
+    return response
 
 
 @require_http_methods(["GET", "POST"])

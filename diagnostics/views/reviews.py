@@ -8,8 +8,7 @@ from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -19,7 +18,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.http import AuthedHttpRequest
 from accounts.roles import REVIEW_PERMISSION
 from accounts.services import user_units
-from core.http import client_address, worklist_queries
+from core.http import client_address, not_modified, worklist_queries
+from core.pagination import BoundedPaginator
 from diagnostics.forms import (
     BlindedReadForm,
     CorrectionForm,
@@ -41,6 +41,7 @@ from diagnostics.selectors.reviews import (
     review_queue_neighbours,
     reviewer_blinded_first,
 )
+from diagnostics.selectors.worklists import worklist_etag
 from diagnostics.services.reviews import (
     ReviewRuleError,
     SignatureError,
@@ -66,6 +67,15 @@ def review_heatmap(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponseB
 @never_cache
 @login_required
 def review_queue_page(request: AuthedHttpRequest) -> HttpResponse:
+    etag = None
+    if request.GET.get("fragment"):  # the 2 s poll: nothing changed in the units, nothing to run
+        if not request.user.has_perm(REVIEW_PERMISSION):  # the wrong role gets 403, never a 304
+            raise PermissionDenied("the review queue is for physicians")
+        # The rows also depend on the reader's blinded-first setting.
+        query = f"{request.GET.urlencode()}&blinded={reviewer_blinded_first(user=request.user)}"
+        etag = worklist_etag(user=request.user, kind="queue", query=query)
+        if (unchanged := not_modified(request, etag)) is not None:
+            return unchanged
     form = QueueFilterForm(request.GET, stages=stage_labels_known(), units=user_units(user=request.user))
     if not form.is_valid():
         review_queue(user=request.user)  # the wrong role gets 403 before any message
@@ -73,10 +83,13 @@ def review_queue_page(request: AuthedHttpRequest) -> HttpResponse:
         return render(request, "diagnostics/review_queue.html", refused, status=400)
     data = form.cleaned_data
     items = review_queue_filtered(user=request.user, filters=form.worklist_filter())
-    page = Paginator(items, 25).get_page(data["page"] or 1)
+    page = BoundedPaginator(items, 25, page_hint=data["page"] or 1).get_page(data["page"] or 1)
     template = "diagnostics/_review_rows.html" if request.GET.get("fragment") else "diagnostics/review_queue.html"
     context = {"page": page, "filter_form": form, "blinded_first": reviewer_blinded_first(user=request.user)}
-    return render(request, template, {**context, **worklist_queries(request)})
+    response = render(request, template, {**context, **worklist_queries(request)})
+    if etag:
+        response["ETag"] = etag
+    return response
 
 
 @require_http_methods(["GET", "POST"])

@@ -7,6 +7,7 @@
     var url = el.getAttribute("data-poll-url");
     var timer = null;
     var last = null;
+    var etag = null;
     function done() {
       var s = el.querySelector("[data-done]");
       return s && s.getAttribute("data-done") === "1";
@@ -18,16 +19,26 @@
     function tick() {
       timer = null;
       if (done()) { return; }
-      fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      var headers = { "X-Requested-With": "fetch" };
+      // The server answers 304 without running the worklist query when nothing in
+      // the user's care units changed since this version.
+      if (etag) { headers["If-None-Match"] = etag; }
+      fetch(url, { credentials: "same-origin", headers: headers, cache: "no-store" })
+        .then(function (r) {
+          if (r.status === 304) { return null; }
+          if (!r.ok) { return Promise.reject(r.status); }
+          etag = r.headers.get("ETag");
+          return r.text();
+        })
         .then(function (html) {
           // Only touch the DOM when something changed: keeps keyboard focus in place.
-          if (html !== last) { last = html; el.innerHTML = html; }
+          if (html !== null && html !== last) { last = html; el.innerHTML = html; }
         })
         .catch(function () { /* keep the last good view; try again next tick */ })
         .finally(function () { if (!timer) { schedule(2000); } });
     }
     el.addEventListener("cancerweb:refresh", function () {
+      etag = null;  // an upload from this page: fetch the rows, whatever the counters say
       var s = el.querySelector("[data-done]");
       if (s) { s.setAttribute("data-done", "0"); }
       schedule(200);

@@ -8,7 +8,7 @@ from diagnostics.models import InferenceJob, Prediction, ReviewItem
 from diagnostics.services.jobs import JobOutcome, job_run, predictions_store
 from tests.factories import make_scan
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 def test_job_runs_twice_acts_once(clinician, active_model):
@@ -59,12 +59,10 @@ def test_without_an_active_model_the_job_fails_with_a_stated_reason(clinician):
 
 
 def test_tampered_stored_bytes_fail_the_job(clinician, active_model):
-    from diagnostics.intake.storage import scan_storage
+    from diagnostics.intake import storage
 
     scan = make_scan(clinician)
-    path = scan_storage().path(scan.storage_name)
-    with open(path, "ab") as fh:
-        fh.write(b"tamper")
+    storage.write_raw(scan.storage_name, storage.read_raw(scan.storage_name) + b"tamper")
     job_run(job_id=scan.job.id)
     job = InferenceJob.objects.get(pk=scan.job.pk)
     assert job.status == InferenceJob.Status.FAILED
@@ -86,13 +84,12 @@ def test_one_job_takes_waiting_jobs_into_its_batch_and_their_messages_become_no_
 
 
 def test_a_bad_job_in_a_batch_fails_alone(clinician, active_model, settings):
-    from diagnostics.intake.storage import scan_storage
+    from diagnostics.intake import storage
 
     settings.INFERENCE_BATCH_SIZE = 8
     good = make_scan(clinician, ref="PSN-G", color=(10, 90, 30))
     bad = make_scan(clinician, ref="PSN-X", color=(99, 9, 30))
-    with open(scan_storage().path(bad.storage_name), "ab") as fh:
-        fh.write(b"tamper")
+    storage.write_raw(bad.storage_name, storage.read_raw(bad.storage_name) + b"tamper")
     job_run(job_id=good.job.id)
     assert InferenceJob.objects.get(pk=good.job.pk).status == InferenceJob.Status.SUCCEEDED
     assert InferenceJob.objects.get(pk=bad.job.pk).status == InferenceJob.Status.FAILED

@@ -15,7 +15,7 @@ from diagnostics.models import InferenceJob, Prediction
 from diagnostics.services.model_registry import model_register
 from tests.helpers import PASSWORD, login, otp_code, sample_bytes
 
-pytestmark = [pytest.mark.worker]
+pytestmark = [pytest.mark.worker, pytest.mark.storage]
 
 
 def test_upload_infer_review_sign_journey(celery_worker_process, clinician, physician):

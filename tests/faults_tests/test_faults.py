@@ -11,13 +11,13 @@ import signal
 import threading
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Count
 from django.utils import timezone
 
+from diagnostics.intake import storage
 from diagnostics.models import Case, InferenceJob, Prediction, ReviewItem, Scan
 from diagnostics.services.cases import IncomingFile, case_create, scans_upload
 from diagnostics.tasks import run_inference_task
@@ -103,7 +103,8 @@ def _outcome(stack: Stack, scan_ids: list[int]) -> dict[str, int]:
     referenced = set(Scan.objects.values_list("storage_name", flat=True)) | set(
         Prediction.objects.exclude(heatmap_storage_name="").values_list("heatmap_storage_name", flat=True)
     )
-    on_disk = {str(p.relative_to(stack.scan_dir)) for p in Path(stack.scan_dir).rglob("*") if p.is_file()}
+    # Listed through the storage API, so the same check holds on an object store.
+    on_disk = set(storage.iter_object_names())
     return {
         "accepted": len(scan_ids),
         "lost": lost,

@@ -17,7 +17,7 @@ from diagnostics.services.jobs import job_run, worker_heartbeat
 from tests.factories import make_scan
 from tests.helpers import free_port, image_bytes, login, stored_files
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 TOKEN = "monitoring-token-for-tests-0123456789"
 
