@@ -202,12 +202,12 @@ def test_a_job_that_finds_the_store_down_waits_and_then_succeeds(s3_storage, cli
 
 
 def test_rotation_on_the_object_store_replaces_each_object_in_one_put(s3_storage, settings, clinician):
-    from cancerweb.env import generate_key_entry
-    from diagnostics.intake.encryption import blob_key_id, parse_keyring
+    from cancerweb.env import generate_key_entry, parse_key_entries
+    from diagnostics.intake.encryption import blob_key_id
 
     scans = [make_scan(clinician, color=(i, 9, 9), ref=f"PSN-{i}") for i in range(2)]
     plain = {s.storage_name: storage.read_bytes(s.storage_name) for s in scans}
-    settings.ENCRYPTION_KEYS = [parse_keyring(generate_key_entry("k2")).keys[0], *settings.ENCRYPTION_KEYS]
+    settings.ENCRYPTION_KEYS = [parse_key_entries(generate_key_entry("k2"))[0], *settings.ENCRYPTION_KEYS]
     call_command("rotate_encryption_key", stdout=open(os.devnull, "w"))  # noqa: SIM115
     settings.ENCRYPTION_KEYS = settings.ENCRYPTION_KEYS[:1]  # the old key is gone
     for name, data in plain.items():
