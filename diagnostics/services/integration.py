@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 from django.conf import settings
@@ -31,7 +32,7 @@ from django.utils import timezone
 from PIL import Image
 
 from accounts import services as account_services
-from accounts.audit import audit_record
+from accounts.audit import audit_record, record_view
 from accounts.models import CareUnit, User
 from accounts.roles import Role, ensure_role_groups
 from cancerweb.celery import app as celery_app
@@ -48,6 +49,7 @@ from diagnostics.models import (
     Scan,
     StudyLink,
 )
+from diagnostics.selectors.integration import signed_decision_get
 from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
 
 logger = logging.getLogger(__name__)
@@ -727,3 +729,10 @@ def fhir_diagnostic_report(*, decision: ReviewDecision) -> dict[str, Any]:
         accession_number=study.get("accession_number"),
         amended=decision.supersedes_id is not None,
     )
+
+
+def fhir_report_open(*, acting_user: User, decision_uuid: UUID, client_address: str | None = None) -> dict[str, Any]:
+    """A signed result's FHIR DiagnosticReport opened for reading: audited like a case."""
+    decision = signed_decision_get(user=acting_user, decision_uuid=decision_uuid)
+    record_view(actor=acting_user, obj=decision, client_address=client_address)
+    return fhir_diagnostic_report(decision=decision)
