@@ -605,7 +605,7 @@ def result_send(*, exchange_id: int) -> Exchange | None:
 
     with transaction.atomic():
         exchange = (
-            Exchange.objects.select_for_update(skip_locked=True)
+            Exchange.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
                 pk=exchange_id,
                 direction=Exchange.Direction.OUTBOUND,
