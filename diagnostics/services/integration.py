@@ -378,6 +378,9 @@ def _dicomweb_client(url: str) -> Any:
     from dicomweb_client.api import DICOMwebClient
 
     client = DICOMwebClient(url=url)
+    # One attempt per call: retrying with back-off is the outbound exchange's job (it
+    # survives restarts); the client's own retries would hold the row lock for minutes.
+    client.set_http_retry_params(retry=False)
     client._session.request = _with_timeout(client._session.request)  # type: ignore[method-assign]
     return client
 
@@ -388,6 +391,20 @@ def _with_timeout(request: Any) -> Any:
         return request(*args, **kwargs)
 
     return call
+
+
+def _qido_studies(client: Any, url: str, filters: dict[str, Any]) -> Any:
+    """QIDO-RS study search. The query is built here so that the wildcards * and ? stay
+    literal (RFC 3986 allows them in a query): some servers, Orthanc among them, do not
+    match a percent-encoded %2A as a wildcard."""
+    from urllib.parse import urlencode
+
+    query = urlencode({**filters, "includefield": "NumberOfStudyRelatedInstances"}, safe="*?,")
+    response = client._session.get(f"{url}/studies?{query}", headers={"Accept": "application/dicom+json"})
+    response.raise_for_status()
+    if response.status_code == 204 or not response.content:
+        return []
+    return response.json()  # ValueError when the answer is not JSON
 
 
 def _qido_value(study: dict[str, Any], tag: str) -> Any:
@@ -414,7 +431,7 @@ def studies_pull(*, account: IntegrationAccount) -> PullReport:
         if account.pull_study_description:
             filters["StudyDescription"] = account.pull_study_description
         try:
-            studies = client.search_for_studies(search_filters=filters, fields=["NumberOfStudyRelatedInstances"])
+            studies = _qido_studies(client, account.dicomweb_url, filters)
         except ValueError:
             message = "the PACS answered the QIDO-RS search with something that is not DICOM JSON"
             exchange_refused(account=account, channel=Exchange.Channel.PULL, code="qido_not_json", message=message)
