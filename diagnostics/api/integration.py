@@ -9,7 +9,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -49,7 +49,8 @@ class IntegrationTokenAuthentication(BaseAuthentication):
         return account.user, account
 
     def authenticate_header(self, request: Any) -> str:
-        return 'Bearer realm="dicomweb"'
+        # Both keywords are accepted, as for user tokens (one challenge for the whole API).
+        return 'Token realm="api"'
 
 
 class IntegrationTokenScheme(OpenApiAuthenticationExtension):
@@ -80,7 +81,8 @@ class StowStudies(APIView):
     Instances Response: 200 all stored, 202 some failed, 409 none stored, with a
     FailedSOPSequence giving each refused instance's DICOM failure reason."""
 
-    authentication_classes = [IntegrationTokenAuthentication]
+    # Users authenticate too, so that a person's token is told it is the wrong kind (403).
+    authentication_classes = [IntegrationTokenAuthentication, ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [IsIntegrationAccount]
     renderer_classes = [DicomJsonRenderer, JSONRenderer]
     parser_classes: list[Any] = []
@@ -150,7 +152,6 @@ class StowStudies(APIView):
         return Response(
             dicomweb.stow_response(stored=stored, failed=failed),
             status=dicomweb.stow_status(stored=len(stored), failed=len(failed)),
-            content_type="application/dicom+json",
         )
 
 
@@ -163,13 +164,8 @@ class FhirDiagnosticReport(APIView):
     for the electronic health record. Visible to whoever may see the case; a decision
     that does not exist or is out of reach answers 404."""
 
-    authentication_classes = [IntegrationTokenAuthentication, ApiTokenAuthentication]
+    authentication_classes = [IntegrationTokenAuthentication, ApiTokenAuthentication, SessionAuthentication]
     renderer_classes = [FhirJsonRenderer, JSONRenderer]
-
-    def get_authenticators(self) -> list[BaseAuthentication]:
-        from rest_framework.authentication import SessionAuthentication
-
-        return [*super().get_authenticators(), SessionAuthentication()]
 
     @extend_schema(
         operation_id="fhir_diagnostic_report_retrieve",
@@ -179,4 +175,4 @@ class FhirDiagnosticReport(APIView):
         report = fhir_report_open(
             acting_user=request_user(request), decision_uuid=report_id, client_address=client_address(request)
         )
-        return Response(report, content_type="application/fhir+json")
+        return Response(report)  # application/fhir+json unless the client asks for application/json
