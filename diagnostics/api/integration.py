@@ -84,7 +84,9 @@ class StowStudies(APIView):
     # Users authenticate too, so that a person's token is told it is the wrong kind (403).
     authentication_classes = [IntegrationTokenAuthentication, ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [IsIntegrationAccount]
-    renderer_classes = [DicomJsonRenderer, JSONRenderer]
+    # A STOW-RS client asks for application/dicom+json; errors and clients that do not
+    # say are answered in application/json, like the whole API.
+    renderer_classes = [JSONRenderer, DicomJsonRenderer]
     parser_classes: list[Any] = []
 
     @extend_schema(
@@ -165,7 +167,9 @@ class FhirDiagnosticReport(APIView):
     that does not exist or is out of reach answers 404."""
 
     authentication_classes = [IntegrationTokenAuthentication, ApiTokenAuthentication, SessionAuthentication]
-    renderer_classes = [FhirJsonRenderer, JSONRenderer]
+    # application/json by default (and for errors, like the whole API); a FHIR client's
+    # Accept: application/fhir+json gets that media type.
+    renderer_classes = [JSONRenderer, FhirJsonRenderer]
 
     @extend_schema(
         operation_id="fhir_diagnostic_report_retrieve",
@@ -175,4 +179,4 @@ class FhirDiagnosticReport(APIView):
         report = fhir_report_open(
             acting_user=request_user(request), decision_uuid=report_id, client_address=client_address(request)
         )
-        return Response(report)  # application/fhir+json unless the client asks for application/json
+        return Response(report)

@@ -119,7 +119,7 @@ def test_a_signed_result_lands_in_the_original_study_as_sr_and_heat_map(
     # The FHIR report: validated by fhir.resources' R4B models, matching the decision,
     # and linked from the case's API.
     client = api(physician)
-    response = client.get(f"/api/v1/fhir/DiagnosticReport/{decision.uuid}")
+    response = client.get(f"/api/v1/fhir/DiagnosticReport/{decision.uuid}", HTTP_ACCEPT="application/fhir+json")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/fhir+json")
     report = DiagnosticReport.model_validate(response.json())
     assert report.status == "final"

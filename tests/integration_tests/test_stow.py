@@ -28,7 +28,9 @@ URL = "/api/v1/dicomweb/studies"
 def stow(token: str, body: bytes, content_type: str, **extra: str):  # type: ignore[no-untyped-def]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client.generic("POST", URL, data=body, content_type=content_type, **extra)
+    return client.generic(
+        "POST", URL, data=body, content_type=content_type, **{"HTTP_ACCEPT": "application/dicom+json", **extra}
+    )
 
 
 def failures(response) -> list[int]:  # type: ignore[no-untyped-def]
