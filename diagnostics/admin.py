@@ -125,7 +125,9 @@ class ExchangeAdmin(_IntegrationOperations, admin.ModelAdmin):
 
     list_display = ("created_at", "direction", "channel", "state", "reason", "attempts", "next_attempt_at", "account")
     list_filter = ("direction", "state", "channel")
-    readonly_fields = [f.name for f in Exchange._meta.fields]
+    # The case and decision are left out: the page is for operators, who see no clinical data.
+    exclude = ("case", "decision")
+    readonly_fields = [f.name for f in Exchange._meta.fields if f.name not in ("case", "decision")]
     actions = ["retry_selected"]
     list_per_page = 100
 

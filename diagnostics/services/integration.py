@@ -53,6 +53,9 @@ from diagnostics.selectors.integration import signed_decision_get
 from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
 
 logger = logging.getLogger(__name__)
+# dicomweb-client logs the study and instance UIDs it searches and retrieves at INFO;
+# nothing that identifies a study reaches the logs.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 SEND_RESULT_TASK = "diagnostics.send_result"
 TOKEN_PREFIX = "cwi_"  # noqa: S105  (a prefix to recognise the token, not a secret)

@@ -25,6 +25,8 @@ from diagnostics.services.integration import (
 )
 
 logger = logging.getLogger(__name__)
+# pynetdicom's debug output summarises data sets; keep only its warnings and errors.
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
