@@ -96,17 +96,23 @@ def test_studies_in_by_three_doors_and_the_signed_result_back_in_orthanc(
         assert _c_store(port, "STRANGER", pushed[0]) is None  # unknown calling AE title: association rejected
         assert _c_store(port, "MODALITY1", dicom_bytes(with_pixels=False)) == 0x0122  # refused, not stored
         assert _c_store(port, "MODALITY1", pushed[0]) == 0x0000  # and the receiver still serves
+        # An account made while the receiver runs is let in without a restart.
+        svc.integration_account_create(
+            acting_user=None, name="Ultrasound room", unit=account.unit, task=account.task, ae_titles=["MODALITY2"]
+        )
+        assert _c_store(port, "MODALITY2", study_bytes(1)[1][0]) == 0x0000
         assert receiver.poll() is None
     finally:
         receiver.terminate()
         receiver.wait(timeout=30)
-    assert Exchange.objects.filter(channel="c-store", state="received").count() == 1
+    assert Exchange.objects.filter(channel="c-store", state="received").count() == 2
+    assert Exchange.objects.get(channel="c-store", state="refused").detail["failure_reason"] == "0x0122"
 
     jobs = InferenceJob.objects.all()
-    assert jobs.count() == 3
+    assert jobs.count() == 4
     _wait(
         lambda: all(j.status == "succeeded" for j in InferenceJob.objects.all()),
-        "three predictions",
+        "four predictions",
         celery_worker_process,
     )
 
