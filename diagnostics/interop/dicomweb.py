@@ -29,6 +29,7 @@ FAILURE_REASONS: dict[str, int] = {
     "too_large": OUT_OF_RESOURCES,
     "too_many_pixels": OUT_OF_RESOURCES,
     "too_many_files": OUT_OF_RESOURCES,
+    "storage_unavailable": OUT_OF_RESOURCES,
     "dicom_unsupported_transfer_syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
     "dicom_no_pixel_data": SOP_CLASS_NOT_SUPPORTED,
     "dicom_unsupported_pixels": SOP_CLASS_NOT_SUPPORTED,

@@ -352,14 +352,14 @@ def instance_receive(
             exchange.full_clean()
             exchange.save()
     except UploadBatchRejected as err:
-        name, first = err.errors[0]
+        _, first = err.errors[0]
         return refuse(first.code, first.message)
     except ValidationError as err:
         return refuse("processing_failure", "; ".join(err.messages))
     except PermissionDenied as err:
         return refuse("not_authorized", str(err))
     except storage.StorageUnavailable:
-        return refuse("too_large", "the image store is unavailable; send the instance again later")
+        return refuse("storage_unavailable", "the image store is unavailable; send the instance again later")
     return InstanceOutcome(
         ids.sop_class_uid, ids.sop_instance_uid, case=link.case, scan=scan, repeated=not result.created
     )
