@@ -363,6 +363,18 @@ if MONITORING_TOKEN and len(MONITORING_TOKEN) < 24:
 CELERY_TASK_ALWAYS_EAGER = False
 # A job that found the image store down goes back to the queue and is sent again after this pause.
 STORAGE_RETRY_DELAY_S = env_int("CANCERWEB_STORAGE_RETRY_DELAY_S", 10, minimum=1)
+
+# Hospital integration (diagnostics/services/integration.py). A signed result the PACS
+# did not take is sent again after BASE, 2 x BASE, ... at most MAX seconds apart, up to
+# MAX_ATTEMPTS times (by default about a day at the cap) before it waits for an operator.
+INTEGRATION_RETRY_BASE_S = env_int("CANCERWEB_INTEGRATION_RETRY_BASE_S", 10, minimum=1)
+INTEGRATION_RETRY_MAX_S = env_int("CANCERWEB_INTEGRATION_RETRY_MAX_S", 300, minimum=1)
+INTEGRATION_SEND_MAX_ATTEMPTS = env_int("CANCERWEB_INTEGRATION_SEND_MAX_ATTEMPTS", 300, minimum=1)
+INTEGRATION_SWEEP_INTERVAL_S = env_int("CANCERWEB_INTEGRATION_SWEEP_INTERVAL_S", 30, minimum=1)
+INTEGRATION_PULL_INTERVAL_S = env_int("CANCERWEB_INTEGRATION_PULL_INTERVAL_S", 60, minimum=5)
+INTEGRATION_HTTP_TIMEOUT_S = env_int("CANCERWEB_INTEGRATION_HTTP_TIMEOUT_S", 20, minimum=1)
+# The largest STOW-RS request body: refused from its Content-Length before it is read.
+INTEGRATION_STOW_MAX_BYTES = env_int("CANCERWEB_INTEGRATION_STOW_MAX_BYTES", 512 * 1024 * 1024, minimum=1024)
 # The storage sweep deletes unreferenced content-addressed objects older than this (an
 # upload still inside its transaction is younger), every STORAGE_SWEEP_INTERVAL_S.
 STORAGE_ORPHAN_GRACE_S = env_int("CANCERWEB_STORAGE_ORPHAN_GRACE_S", 3600, minimum=60)
@@ -382,6 +394,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-inference-jobs": {"task": "diagnostics.sweep_jobs", "schedule": float(JOB_SWEEP_INTERVAL_S)},
     "sweep-slide-uploads": {"task": "diagnostics.sweep_slide_uploads", "schedule": float(JOB_SWEEP_INTERVAL_S)},
     "sweep-storage-orphans": {"task": "diagnostics.sweep_storage", "schedule": float(STORAGE_SWEEP_INTERVAL_S)},
+    "send-signed-results": {"task": "diagnostics.sweep_results", "schedule": float(INTEGRATION_SWEEP_INTERVAL_S)},
+    "pull-pacs-studies": {"task": "diagnostics.pull_studies", "schedule": float(INTEGRATION_PULL_INTERVAL_S)},
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")

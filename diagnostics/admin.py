@@ -15,7 +15,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from accounts.http import request_user
-from diagnostics.models import ModelVersion
+from diagnostics.models import Exchange, IntegrationAccount, ModelVersion
+from diagnostics.selectors.integration import exchanges_recent
+from diagnostics.services.integration import IntegrationError, exchange_retry, may_operate_integration
 from diagnostics.services.model_registry import model_activate, model_register, model_retire
 
 
@@ -94,3 +96,71 @@ class ModelVersionAdmin(admin.ModelAdmin):
         for mv in queryset:
             model_retire(acting_user=request_user(request), model_version=mv)
         self.message_user(request, f"Retired {queryset.count()} version(s).")
+
+
+class _IntegrationOperations:
+    """Admins who read the audit trail run the integration; nobody edits an exchange."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may_operate_integration(request_user(request))
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_operate_integration(request_user(request))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Exchange)
+class ExchangeAdmin(_IntegrationOperations, admin.ModelAdmin):
+    """Inbound and outbound exchanges with the hospital systems, newest first: what was
+    received or refused (and why), which signed results were sent, are retrying or
+    failed. No clinical data: states, reasons, counts and generated UIDs."""
+
+    list_display = ("created_at", "direction", "channel", "state", "reason", "attempts", "next_attempt_at", "account")
+    list_filter = ("direction", "state", "channel")
+    # The case and decision are left out: the page is for operators, who see no clinical data.
+    exclude = ("case", "decision")
+    readonly_fields = [f.name for f in Exchange._meta.fields if f.name not in ("case", "decision")]
+    actions = ["retry_selected"]
+    list_per_page = 100
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Exchange]:
+        return exchanges_recent()
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return may_operate_integration(request_user(request))
+
+    @admin.action(description="Send the selected outbound results again now", permissions=["retry"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Exchange]) -> None:
+        sent, refused = 0, 0
+        for exchange in queryset:
+            try:
+                exchange_retry(acting_user=request_user(request), exchange=exchange)
+                sent += 1
+            except IntegrationError:
+                refused += 1
+        if sent:
+            self.message_user(request, f"{sent} result(s) queued to be sent again.")
+        if refused:
+            self.message_user(
+                request,
+                f"{refused} exchange(s) skipped: only outbound results not yet sent can be retried.",
+                messages.WARNING,
+            )
+
+
+@admin.register(IntegrationAccount)
+class IntegrationAccountAdmin(_IntegrationOperations, admin.ModelAdmin):
+    """Integration accounts are made with `manage.py integration_account_create` (it
+    prints the token once); here they are listed."""
+
+    list_display = ("name", "unit", "task", "ae_titles", "dicomweb_url", "pull_enabled", "active", "created_at")
+    readonly_fields = [f.name for f in IntegrationAccount._meta.fields if f.name != "token_hash"]
+    exclude = ("token_hash",)

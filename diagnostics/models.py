@@ -483,3 +483,128 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname} ({self.last_seen:%Y-%m-%d %H:%M:%S})"
+
+
+# --- Hospital integration: PACS in, signed results out --------------------------------
+
+
+class IntegrationAccount(models.Model):
+    """A hospital system (PACS, modality, router) that sends studies to CancerWeb.
+
+    It acts through its own service user, a clinician-role member of exactly one care
+    unit, so every rule an upload obeys (care-unit scope, validation, audit) holds for
+    it unchanged; its cases are analysed for ``task``."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True, help_text="The sending system, e.g. 'Radiology PACS'.")
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="integration")
+    unit = models.ForeignKey("accounts.CareUnit", on_delete=models.PROTECT, related_name="integrations")
+    task = models.CharField(max_length=200, help_text="The task the received studies are analysed for.")
+    body_site = models.CharField(max_length=100, default="PACS study", help_text="Body site given to new cases.")
+    token_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the bearer token.")
+    token_prefix = models.CharField(max_length=12)
+    ae_titles = models.JSONField(
+        default=list, blank=True, help_text="Calling AE titles allowed to push by DICOM C-STORE."
+    )
+    dicomweb_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The PACS's DICOMweb root: studies are pulled from it (when pulling is on) and signed "
+        "results are stored into it by STOW-RS. Empty: results are kept for the FHIR API only.",
+    )
+    pull_enabled = models.BooleanField(default=False)
+    pull_modalities = models.CharField(max_length=100, blank=True, help_text="Comma-separated, e.g. 'CT,MR'.")
+    pull_study_description = models.CharField(
+        max_length=200, blank=True, help_text="QIDO-RS StudyDescription filter (wildcards * and ?)."
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StudyLink(models.Model):
+    """The case made for one original study, and what is needed to put a result back
+    into that study: the original Study Instance UID, accession number and the
+    patient/study attributes a PACS files a new object under, AES-256-GCM encrypted.
+    Only the integration service decrypts it; ``study_key`` (a keyed hash of the
+    original UID) finds the case without decrypting anything."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    account = models.ForeignKey(IntegrationAccount, on_delete=models.PROTECT, related_name="studies")
+    case = models.OneToOneField(Case, on_delete=models.PROTECT, related_name="study_link")
+    study_key = models.CharField(max_length=64, unique=True)
+    identifiers = models.BinaryField(help_text="Encrypted JSON: original study UID, accession, patient/study module.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Study link {self.uuid}"
+
+
+class InstanceLink(models.Model):
+    """The original Series and SOP Instance UIDs (and SOP class) of a received
+    instance, encrypted, so the SR can reference the images the physician saw."""
+
+    study = models.ForeignKey(StudyLink, on_delete=models.PROTECT, related_name="instances")
+    scan = models.OneToOneField(Scan, on_delete=models.PROTECT, related_name="instance_link")
+    identifiers = models.BinaryField(help_text="Encrypted JSON: original SOP class, SOP instance and series UIDs.")
+
+    def __str__(self) -> str:
+        return f"Instance link of scan {self.scan_id}"
+
+
+class Exchange(models.Model):
+    """One message between CancerWeb and a hospital system: an instance received or
+    refused, or a signed result on its way out. Holds no clinical data, only states,
+    reasons and counts; the outbound row is the source of truth for retries."""
+
+    class Direction(models.TextChoices):
+        INBOUND = "inbound", "Inbound"
+        OUTBOUND = "outbound", "Outbound"
+
+    class Channel(models.TextChoices):
+        STOW_RS = "stow-rs", "DICOMweb STOW-RS (received)"
+        PULL = "pull", "DICOMweb QIDO/WADO pull"
+        C_STORE = "c-store", "DICOM C-STORE"
+        SR_STOW = "sr-stow", "DICOM SR + heat map by STOW-RS"
+
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received"
+        REFUSED = "refused", "Refused"
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        RETRYING = "retrying", "Retrying"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    state = models.CharField(max_length=10, choices=State.choices, db_index=True)
+    reason = models.TextField(blank=True, help_text="Why it was refused or why the last attempt failed.")
+    account = models.ForeignKey(
+        IntegrationAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="exchanges"
+    )
+    case = models.ForeignKey(Case, null=True, blank=True, on_delete=models.PROTECT, related_name="exchanges")
+    decision = models.ForeignKey(
+        ReviewDecision, null=True, blank=True, on_delete=models.PROTECT, related_name="exchanges"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    detail = models.JSONField(default=dict, blank=True, help_text="Counts, status codes, generated UIDs.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["decision"], condition=Q(direction="outbound"), name="exchange_one_outbound_per_decision"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.channel} {self.state}"

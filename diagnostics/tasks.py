@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cancerweb.celery import project_task
 from diagnostics.intake.storage import orphans_sweep
+from diagnostics.services.integration import SEND_RESULT_TASK, result_send, results_sweep, studies_pull_all
 from diagnostics.services.job_queue import INFERENCE_QUEUE, RUN_INFERENCE_TASK
 from diagnostics.services.jobs import job_run, job_sweep
 from diagnostics.services.notifications import reviews_notify_overdue
@@ -46,3 +47,22 @@ def sweep_storage_task() -> int:
     # Periodic: removes objects a failed upload could not (the store was down then).
     # Idempotent: a second sweep finds nothing more to delete.
     return len(orphans_sweep())
+
+
+@project_task(queue="default", name=SEND_RESULT_TASK)
+def send_result_task(*, exchange_id: int) -> None:
+    # Claimed under a row lock with a state guard: a second delivery, or one before the
+    # exchange is due, is a quiet no-op. Retries are the sweep's, not the broker's.
+    result_send(exchange_id=exchange_id)
+
+
+@project_task(queue="default", name="diagnostics.sweep_results")
+def sweep_results_task() -> int:
+    # Periodic: sends outbound exchanges that are due (first attempt lost, or retrying).
+    return results_sweep()
+
+
+@project_task(queue="default", name="diagnostics.pull_studies")
+def pull_studies_task() -> int:
+    # Periodic: QIDO/WADO pull for accounts with pulling on; a study seen twice is one case.
+    return sum(r.instances_stored for r in studies_pull_all().values())

@@ -106,6 +106,21 @@ def test_the_ml_core_imports_no_django() -> None:
             assert not apps, f"{module} imports {apps}"
 
 
+def test_the_interop_formats_import_no_django() -> None:
+    """The DICOMweb, SR and FHIR builders are plain functions of their inputs."""
+    for module, path in _modules().items():
+        if module.startswith("diagnostics.interop"):
+            banned = sorted(
+                n
+                for n in _imports(path, module)
+                if n.split(".")[0] in ("django", "rest_framework", "accounts", "cancerweb")
+            )
+            assert not banned, f"{module} imports {banned}"
+            assert not any(
+                n.startswith("diagnostics.") and not n.startswith("diagnostics.interop") for n in _imports(path, module)
+            )
+
+
 @pytest.mark.django_db
 def test_migrations_make_the_audit_trail_append_only_and_create_the_roles() -> None:
     with connection.cursor() as cursor:

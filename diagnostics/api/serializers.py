@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -56,6 +57,12 @@ class SignedResultOut(serializers.Serializer):
     stage = serializers.CharField(help_text="The physician's stage: the result.")
     signer_name = serializers.CharField()
     signed_at = serializers.DateTimeField()
+    fhir_diagnostic_report = serializers.SerializerMethodField(
+        help_text="The FHIR R4 DiagnosticReport of this signed result (for the health record)."
+    )
+
+    def get_fhir_diagnostic_report(self, obj: ReviewDecision) -> str:
+        return reverse("api_fhir_diagnostic_report", kwargs={"report_id": obj.uuid})
 
 
 class ScanOut(serializers.ModelSerializer):

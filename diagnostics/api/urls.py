@@ -1,6 +1,6 @@
 from django.urls import path
 
-from diagnostics.api import cases, model_registry, reviews, slides
+from diagnostics.api import cases, integration, model_registry, reviews, slides
 
 urlpatterns = [
     path("cases/", cases.CaseListCreate.as_view(), name="api_cases"),
@@ -20,6 +20,12 @@ urlpatterns = [
     path("review-items/<uuid:item_uuid>/", reviews.ReviewItemDetail.as_view(), name="api_review_item"),
     path("review-items/<uuid:item_uuid>/blinded-read/", reviews.BlindedReadCreate.as_view(), name="api_blinded_read"),
     path("review-items/<uuid:item_uuid>/decisions/", reviews.ReviewDecisionCreate.as_view(), name="api_review_sign"),
+    path("dicomweb/studies", integration.StowStudies.as_view(), name="api_dicomweb_studies"),
+    path(
+        "fhir/DiagnosticReport/<uuid:report_id>",
+        integration.FhirDiagnosticReport.as_view(),
+        name="api_fhir_diagnostic_report",
+    ),
     path("models/", model_registry.ModelListRegister.as_view(), name="api_models"),
     path("models/<uuid:model_uuid>/", model_registry.ModelDetail.as_view(), name="api_model_detail"),
     path("models/<uuid:model_uuid>/activate/", model_registry.ModelActivate.as_view(), name="api_model_activate"),

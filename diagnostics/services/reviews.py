@@ -24,6 +24,7 @@ from diagnostics.models import (
     ReviewItem,
 )
 from diagnostics.selectors.reviews import review_item_ai_hidden, review_item_get
+from diagnostics.services.integration import result_queue
 from diagnostics.services.notifications import notify_case_signed
 from diagnostics.services.worklists import worklists_changed
 
@@ -142,6 +143,9 @@ def review_sign(
             client_address=client_address,
         )
         notify_case_signed(decision=decision)
+        # A case from a PACS gets its signed result back there (sent after commit,
+        # retried until the PACS takes it); signing never waits for the PACS.
+        result_queue(decision=decision)
         worklists_changed(unit_ids=[review_item.prediction.scan.case.unit_id])
     if needs_code and signing_session is not None:
         signing_session[SESSION_OTP_SIGNED] = True

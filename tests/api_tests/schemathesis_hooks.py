@@ -12,3 +12,10 @@ import schemathesis
 def tus_bytes(ctx: Any, value: Any) -> bytes:
     """A tus PATCH body: raw bytes."""
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+@schemathesis.serializer("multipart/related")
+def stow_body(ctx: Any, value: Any) -> bytes:
+    """A STOW-RS body: whatever was generated, as raw bytes (the endpoint must refuse
+    what is not a DICOM multipart with a 4xx, never a 5xx)."""
+    return value if isinstance(value, bytes) else str(value).encode()

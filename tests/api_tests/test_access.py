@@ -13,9 +13,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts import services as account_services
+from diagnostics.services.integration import integration_account_create
+from diagnostics.services.reviews import review_sign
 from diagnostics.services.slides import slide_upload_create
 from tests.factories import make_case, make_prediction
-from tests.helpers import api, image_bytes, login
+from tests.helpers import PASSWORD, api, image_bytes, login
 
 pytestmark = pytest.mark.django_db
 
@@ -33,6 +35,7 @@ class Endpoint:
     multipart: bool = False
     missing_404: bool = True  # a random UUID in place of the object answers 404
     extra: dict[str, Any] = field(default_factory=dict)  # request headers, e.g. tus's
+    raw: Callable[[], tuple[bytes, str]] | None = None  # (body, content type) sent as they are
 
 
 def _upload_body() -> dict[str, Any]:
@@ -42,6 +45,14 @@ def _upload_body() -> dict[str, Any]:
 CLINICAL_WRONG = ["admin_user", "outsider"]
 REVIEW_WRONG = ["clinician", "admin_user", "outsider"]
 ADMIN_WRONG = ["clinician", "physician", "outsider"]
+
+
+def _stow_body() -> tuple[bytes, str]:
+    from diagnostics.interop.dicomweb import encode_multipart
+    from tests.diagnostics_tests.dicom_factory import dicom_bytes
+
+    return encode_multipart([dicom_bytes()], boundary="b1"), 'multipart/related; type="application/dicom"; boundary=b1'
+
 
 ENDPOINTS = [
     Endpoint("cases_list", "get", "/api/v1/cases/", "clinician", 200, CLINICAL_WRONG, missing_404=False),
@@ -141,6 +152,30 @@ ENDPOINTS = [
     # (tests/slides_tests show a slide's map); the roles are what this row checks.
     Endpoint("slide_map", "get", "/api/v1/review-items/{item}/slide-map/", "physician", 404, REVIEW_WRONG),
     Endpoint("tokens_list", "get", "/api/v1/tokens/", "outsider", 200, [], missing_404=False),
+    # STOW-RS answers the integration account's token only; a person's token is the wrong kind.
+    Endpoint(
+        "dicomweb_studies",
+        "post",
+        "/api/v1/dicomweb/studies",
+        "integration",
+        200,
+        ["clinician", "physician", "admin_user", "outsider"],
+        raw=_stow_body,
+        missing_404=False,
+        extra={"HTTP_ACCEPT": "application/json"},
+    ),
+    # A signed result's FHIR report: whoever may see the case (its clinician, its unit's
+    # integration account); another unit's 404.
+    Endpoint(
+        "fhir_diagnostic_report",
+        "get",
+        "/api/v1/fhir/DiagnosticReport/{decision}",
+        "clinician",
+        200,
+        [],
+        "other_clinician",
+        extra={"HTTP_ACCEPT": "application/json"},
+    ),
     Endpoint("token_detail", "get", "/api/v1/tokens/{token}/", "clinician", 200, [], "other_clinician"),
     Endpoint("token_revoke", "delete", "/api/v1/tokens/{token}/", "clinician", 200, [], "other_clinician"),
 ]
@@ -156,6 +191,14 @@ def world(clinician, other_clinician, physician, admin_user, outsider, active_mo
     prediction = make_prediction(clinician, active_model, [0.3, 0.7], ref="PSN-REVIEW", color=(5, 6, 7))
     token, _ = account_services.api_token_create(acting_user=clinician, user=clinician, name="kept")
     upload = slide_upload_create(acting_user=clinician, case=case, filename="slide.tiff", length=1000)
+    signed = make_prediction(clinician, active_model, [0.2, 0.8], ref="PSN-SIGNED", color=(8, 9, 10))
+    decision = review_sign(
+        acting_user=physician, review_item=signed.review_item, outcome="confirmed", stage="", reason="",
+        password=PASSWORD, signing_session=None,
+    )  # fmt: skip
+    _, integration_token = integration_account_create(
+        acting_user=None, name="PACS", unit=case.unit, task=active_model.task
+    )
     from accounts.models import AuditEvent
 
     return {
@@ -175,10 +218,25 @@ def world(clinician, other_clinician, physician, admin_user, outsider, active_mo
         "event": AuditEvent.objects.first().uuid,  # type: ignore[union-attr]
         "token": token.uuid,
         "upload": upload.uuid,
+        "decision": decision.uuid,
+        "integration_token": integration_token,
     }
 
 
+def _client(world: dict[str, Any], persona: str):  # type: ignore[no-untyped-def]
+    if persona == "integration":
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {world['integration_token']}")
+        return client
+    return api(world["users"][persona])
+
+
 def _call(client, ep: Endpoint, url: str):  # type: ignore[no-untyped-def]
+    if ep.raw is not None:
+        data, content_type = ep.raw()
+        return client.generic(ep.method.upper(), url, data=data, content_type=content_type, **ep.extra)
     body = ep.body() if ep.body else None
     if ep.multipart:
         return getattr(client, ep.method)(url, body, format="multipart", **ep.extra)
@@ -188,7 +246,7 @@ def _call(client, ep: Endpoint, url: str):  # type: ignore[no-untyped-def]
 
 
 def _url(ep: Endpoint, world: dict[str, Any]) -> str:
-    return ep.url.format(**{k: v for k, v in world.items() if k != "users"})
+    return ep.url.format(**{k: v for k, v in world.items() if k not in ("users", "integration_token")})
 
 
 def _assert_error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
@@ -223,14 +281,14 @@ def test_somebody_elses_object_is_404(ep, world):
     "ep", [e for e in ENDPOINTS if e.missing_404], ids=[e.name for e in ENDPOINTS if e.missing_404]
 )
 def test_unknown_object_is_404(ep, world):
-    missing = {k: (uuid.uuid4() if k != "users" else v) for k, v in world.items()}
-    response = _call(api(world["users"][ep.own]), ep, _url(ep, missing))
+    missing = {k: (uuid.uuid4() if k not in ("users", "integration_token") else v) for k, v in world.items()}
+    response = _call(_client(world, ep.own), ep, _url(ep, missing))
     _assert_error(response, 404, "not_found")
 
 
 @pytest.mark.parametrize("ep", ENDPOINTS, ids=[e.name for e in ENDPOINTS])
 def test_own_object_succeeds(ep, world):
-    response = _call(api(world["users"][ep.own]), ep, _url(ep, world))
+    response = _call(_client(world, ep.own), ep, _url(ep, world))
     assert response.status_code == ep.status, response.content
     assert response["Content-Type"] == "application/json"
 
