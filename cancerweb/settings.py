@@ -455,6 +455,8 @@ GUARDIAN_RAISE_403 = False
 OTP_TOTP_ISSUER = "CancerWeb"
 OTP_DEMO_EXEMPT = DEMO and env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# A stale form answers the styled 403 page with a way on, not Django's technical one.
+CSRF_FAILURE_VIEW = "core.api.errors.csrf_failure"
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 

@@ -13,7 +13,7 @@ import pytest
 
 from diagnostics.models import ModelVersion, Scan
 from tests.browser_tests.conftest import shot
-from tests.browser_tests.journeys import login
+from tests.browser_tests.journeys import AXE, login, screen
 from tests.factories import PredictionFactory, ReviewDecisionFactory, make_case, store_heatmap
 from tests.helpers import PASSWORD, image_bytes
 
@@ -38,6 +38,8 @@ class Watch:
         self.problems: list[str] = []
         self.expected_status: dict[str, int] = {}
         context.add_init_script(WATCH_CSP)
+        # axe-core as an init script too: the CSP forbids adding it to the page later.
+        context.add_init_script(path=str(AXE))
         context.on("request", self._request)
         context.on("console", self._console)
         context.on("weberror", lambda e: self.problems.append(f"page error: {e.error}"))
@@ -123,7 +125,14 @@ def test_every_page_stays_on_this_host_under_the_csp(  # type: ignore[no-untyped
     watch_c.open(page, f"{base}/cases/{case.uuid}/")
     watch_c.open(page, f"{base}/notifications/")
     watch_c.open(page, f"{base}/review/", status=403)
+    assert page.locator("h1").inner_text() == "You may not open this page"
+    screen(page, "82-error-403")
+    page.click("text=Go to your start page")
+    page.wait_for_url("**/cases/")
     watch_c.open(page, f"{base}/cases/00000000-0000-0000-0000-000000000000/", status=404)
+    assert page.locator("h1").inner_text() == "Page not found"
+    assert page.locator("nav[aria-label=Main] >> text=My cases").count() == 1
+    screen(page, "83-error-404")
 
     # Physician.
     page, watch_p = watched("physician")
