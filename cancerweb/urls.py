@@ -24,6 +24,10 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
     path("redoc/", RedocDocsView.as_view(url_name="api_schema", permission_classes=[AllowAny]), name="api_redoc"),
 ]
 
+# The administration's "View site" link: "/" sends an admin (no clinical role) back to
+# the administration, a loop; the dashboard is the admins' page of the site.
+admin.site.site_url = "/dashboard/"
+
 urlpatterns = [
     # Browsers ask for /favicon.ico on pages that name no icon (the admin, the API docs).
     path("favicon.ico", RedirectView.as_view(url=static("img/favicon.svg"), permanent=True)),

@@ -2,6 +2,17 @@
 // A fragment marked done stops polling until something (an upload) sends "cancerweb:refresh".
 (function () {
   "use strict";
+  // "Analysis is queued" is true until the worker starts: once the fragment reports no
+  // queued image, that message goes (it would contradict the status beside it).
+  function dropStaleQueuedMessages(el) {
+    var s = el.querySelector("[data-queued]");
+    if (!s || s.getAttribute("data-queued") !== "0") { return; }
+    document.querySelectorAll(".messages li.analysis-queued").forEach(function (li) {
+      var list = li.parentNode;
+      list.removeChild(li);
+      if (!list.children.length && list.parentNode) { list.parentNode.removeChild(list); }
+    });
+  }
   var targets = document.querySelectorAll("[data-poll-url]");
   targets.forEach(function (el) {
     var url = el.getAttribute("data-poll-url");
@@ -32,7 +43,7 @@
         })
         .then(function (html) {
           // Only touch the DOM when something changed: keeps keyboard focus in place.
-          if (html !== null && html !== last) { last = html; el.innerHTML = html; }
+          if (html !== null && html !== last) { last = html; el.innerHTML = html; dropStaleQueuedMessages(el); }
         })
         .catch(function () { /* keep the last good view; try again next tick */ })
         .finally(function () { if (!timer) { schedule(2000); } });
@@ -43,6 +54,7 @@
       if (s) { s.setAttribute("data-done", "0"); }
       schedule(200);
     });
+    dropStaleQueuedMessages(el);
     schedule(2000);
   });
 })();

@@ -60,6 +60,7 @@ OBJECT_KIND = {
     "case_status": "case",
     "case_upload": "case",
     "scan_image": "scan",
+    "scan_thumbnail": "scan",
     "review_queue": None,
     "review_detail": "item",
     "login": None,
@@ -153,7 +154,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         if persona not in REVIEWERS:
             return 403
         return 400 if visible else 404  # an empty blinded read is refused
-    if name == "scan_image":
+    if name in ("scan_image", "scan_thumbnail"):
         return 200 if visible else 404
     if name in ("slide_dzi", "slide_tile"):
         return 404  # the world's scans are images, not slides (tests/slides_tests open real slides)
