@@ -8,6 +8,7 @@ urlpatterns = [
     path("cases/new/", cases.case_new, name="case_new"),
     path("cases/<uuid:case_uuid>/", cases.case_detail, name="case_detail"),
     path("cases/<uuid:case_uuid>/status/", cases.case_status_fragment, name="case_status"),
+    path("cases/<uuid:case_uuid>/images/", cases.case_images, name="case_images"),
     path("cases/<uuid:case_uuid>/upload/", cases.case_upload, name="case_upload"),
     path("cases/<uuid:case_uuid>/upload.json", cases.case_upload_file, name="case_upload_file"),
     path("jobs/<uuid:job_uuid>/retry/", cases.job_retry_page, name="job_retry"),

@@ -140,6 +140,18 @@ def case_detail(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
     return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
 
 
+@require_GET
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_images(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
+    """Every image of a case side by side, each with its file name and status; a
+    physician reaches each one's review from here. No AI answer is shown."""
+    case = case_open(acting_user=request.user, case_uuid=case_uuid, client_address=client_address(request))
+    scans = case_scans_with_status(case=case)
+    reviewer = request.user.has_perm(REVIEW_PERMISSION)
+    return render(request, "diagnostics/case_images.html", {"case": case, "scans": scans, "reviewer": reviewer})
+
+
 def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
     scans = case_scans_with_status(case=case)
     return {

@@ -58,6 +58,7 @@ OBJECT_KIND = {
     "case_new": None,
     "case_detail": "case",
     "case_status": "case",
+    "case_images": "case",
     "case_upload": "case",
     "scan_image": "scan",
     "scan_thumbnail": "scan",
@@ -137,7 +138,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
     if name == "review_queue":
         return 200 if persona in REVIEWERS else 403
     visible = (obj == "own" and persona in UNIT_A) or (obj == "foreign" and persona in UNIT_B)
-    if name in ("case_detail", "case_status", "case_upload", "case_upload_file"):
+    if name in ("case_detail", "case_status", "case_images", "case_upload", "case_upload_file"):
         if persona not in UPLOADERS:
             return 403
         if not visible:
