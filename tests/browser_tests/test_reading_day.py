@@ -125,9 +125,8 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
 
     # Two of three signed (by a colleague of the unit): one confirmed, one overruled with a reason.
     ReviewDecisionFactory(review_item=confident_tumour.review_item)
-    ReviewDecisionFactory(
-        review_item=uncertain.review_item, outcome="rejected", stage="no-metastasis", reason="no tumour cells in the sinus"
-    )
+    reason = "no tumour cells in the sinus"
+    ReviewDecisionFactory(review_item=uncertain.review_item, outcome="rejected", stage="no-metastasis", reason=reason)
     model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "busi-small-cnn", activate=True)
 
     context = browser.new_context(bypass_csp=True, viewport=DESKTOP)
@@ -139,7 +138,7 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     overruled = page.locator(f"tr[data-scan='{uncertain.scan.uuid}']")
     assert overruled.locator(".signed-stage").inner_text() == "no-metastasis"
     assert overruled.locator(".badge.overruled").inner_text() == "AI overruled"
-    assert overruled.locator(".decision-reason").inner_text() == "Reason: no tumour cells in the sinus"
+    assert overruled.locator(".decision-reason").inner_text() == f"Reason: {reason}"
     confirmed = page.locator(f"tr[data-scan='{confident_tumour.scan.uuid}']")
     assert confirmed.locator(".badge.overruled").count() == 0
     assert "confirmed the AI's suggestion" in confirmed.inner_text()
