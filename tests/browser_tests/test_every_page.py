@@ -123,7 +123,9 @@ def test_every_page_stays_on_this_host_under_the_csp(  # type: ignore[no-untyped
     watch_c.open(page, f"{base}/cases/")
     watch_c.open(page, f"{base}/cases/new/")
     watch_c.open(page, f"{base}/cases/{case.uuid}/")
+    watch_c.open(page, f"{base}/cases/{case.uuid}/images/")
     watch_c.open(page, f"{base}/notifications/")
+    watch_c.open(page, f"{base}/accounts/otp/setup/")
     watch_c.open(page, f"{base}/review/", status=403)
     assert page.locator("h1").inner_text() == "You may not open this page"
     screen(page, "82-error-403")
@@ -149,7 +151,11 @@ def test_every_page_stays_on_this_host_under_the_csp(  # type: ignore[no-untyped
     watch_a.open(page, f"{base}/admin/")
     watch_a.open(page, f"{base}/admin/diagnostics/modelversion/")
     watch_a.open(page, f"{base}/admin/diagnostics/modelversion/{active_model.pk}/change/")
+    watch_a.open(page, f"{base}/admin/diagnostics/modelversion/register/")
     watch_a.open(page, f"{base}/admin/accounts/user/")
+    watch_a.open(page, f"{base}/admin/accounts/user/{physician.pk}/change/")
+    watch_a.open(page, f"{base}/admin/accounts/careunit/")
+    watch_a.open(page, f"{base}/admin/accounts/auditevent/")
     watch_a.open(page, f"{base}/accounts/audit/")
     watch_a.open(page, f"{base}/dashboard/")
 
