@@ -8,6 +8,7 @@ page, audit trail and dashboard. Every screen is screenshotted and checked by ax
 from __future__ import annotations
 
 import io
+from collections import Counter
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from diagnostics.selectors.reviews import review_queue
 from diagnostics.services.model_registry import model_register
 from diagnostics.services.reviews import reviewer_preference_set
 from tests.browser_tests.journeys import login, screen
-from tests.factories import PredictionFactory, ReviewDecisionFactory, make_case, store_heatmap
+from tests.factories import PredictionFactory, ReviewDecisionFactory, make_case, make_prediction, store_heatmap
 from tests.helpers import PASSWORD, ROOT, image_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -56,6 +57,8 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
 
     context = browser.new_context(bypass_csp=True, viewport=DESKTOP)
     page = context.new_page()
+    thumbnails: list[str] = []
+    page.on("request", lambda r: thumbnails.append(r.url) if r.url.endswith("/thumbnail.png") else None)
     login(page, base, "physician", PASSWORD)
     page.wait_for_url("**/review/")
 
@@ -77,6 +80,15 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
         assert LYMPH in row.locator(".task").inner_text()
         assert re.fullmatch(r"\d+\xa0minutes?", row.locator(".waiting").inner_text())
     screen(page, "40-physician-queue-rows")
+    # A new item arrives: the live queue adds its row and keeps the thumbnails it shows
+    # (each fetch of a scan's picture is an audited opening).
+    assert len(thumbnails) == 3
+    make_prediction(clinician, active_model, [0.7, 0.3], ref="PSN-DAY-9", color=(9, 99, 9))
+    page.wait_for_function("document.querySelectorAll('#review-rows tbody tr').length === 4", timeout=30_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#review-rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+    )  # the new row's picture loaded (lazily: it is fetched once it is in view)
+    assert sorted(Counter(thumbnails).values()) == [1, 1, 1, 1]
 
     # The viewer: window control on the picture, the heat map's colour scale.
     page.goto(f"{base}/review/{confident_tumour.review_item.uuid}/")
@@ -105,8 +117,7 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     page.wait_for_url(f"**/cases/{case.uuid}/images/")
     figures = page.locator("#case-images figure")
     assert figures.count() == 3
-    for i in range(3):
-        assert figures.nth(i).locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    page.wait_for_function("[...document.querySelectorAll('#case-images img')].every(i => i.complete && i.naturalWidth)")
     assert page.locator("#case-images a:has-text('review')").count() == 3
     assert "metastasis" not in page.locator("#case-images").inner_text()  # no AI answer here
     screen(page, "42-physician-case-images")
@@ -115,10 +126,10 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     # of the AI's answer, its uncertainty included.
     reviewer_preference_set(acting_user=physician, blinded_first=True)
     page.goto(f"{base}/review/")
-    assert page.locator("#review-rows tbody tr").count() == 3
+    assert page.locator("#review-rows tbody tr").count() == 4
     assert page.locator("#review-rows .badge.uncertain, #review-rows tr.row-uncertain").count() == 0
-    assert page.locator("#review-rows .ai-hidden").count() == 3
-    assert page.locator("#review-rows img.thumb").count() == 3
+    assert page.locator("#review-rows .ai-hidden").count() == 4
+    assert page.locator("#review-rows img.thumb").count() == 4
     screen(page, "43-physician-queue-blinded")
     reviewer_preference_set(acting_user=physician, blinded_first=False)
     context.close()
