@@ -117,7 +117,8 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     page.wait_for_url(f"**/cases/{case.uuid}/images/")
     figures = page.locator("#case-images figure")
     assert figures.count() == 3
-    page.wait_for_function("[...document.querySelectorAll('#case-images img')].every(i => i.complete && i.width)")
+    all_loaded = "[...document.querySelectorAll('#case-images img')].every(i => i.complete && i.naturalWidth > 0)"
+    page.wait_for_function(all_loaded)
     assert page.locator("#case-images a:has-text('review')").count() == 3
     assert "metastasis" not in page.locator("#case-images").inner_text()  # no AI answer here
     screen(page, "42-physician-case-images")
