@@ -3,7 +3,7 @@ the operators' health and metrics endpoints."""
 
 from django.contrib import admin
 from django.templatetags.static import static
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, reverse_lazy
 from django.views.generic.base import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
@@ -26,7 +26,7 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
 
 # The administration's "View site" link: "/" sends an admin (no clinical role) back to
 # the administration, a loop; the dashboard is the admins' page of the site.
-admin.site.site_url = "/dashboard/"
+admin.site.site_url = reverse_lazy("dashboard")  # type: ignore[assignment]  # a lazy str renders as one
 
 urlpatterns = [
     # Browsers ask for /favicon.ico on pages that name no icon (the admin, the API docs).
