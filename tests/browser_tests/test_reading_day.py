@@ -153,7 +153,8 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     assert overruled.locator(".decision-reason").inner_text() == f"Reason: {reason}"
     confirmed = page.locator(f"tr[data-scan='{confident_tumour.scan.uuid}']")
     assert confirmed.locator(".badge.overruled").count() == 0
-    assert "confirmed the AI's suggestion" in confirmed.inner_text()
+    assert "agreed with the AI's suggestion" in confirmed.inner_text()
+    assert "The AI suggested metastasis" in overruled.inner_text()
     screen(page, "44-clinician-case-partly-signed")
 
     # New case: two tasks are active, none is preselected, and a missing one is refused.
