@@ -8,6 +8,7 @@ import csv
 import io
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from accounts.selectors import audit_values
@@ -15,7 +16,9 @@ from diagnostics.forms import CaseCreateForm
 from diagnostics.ml.metrics import wilson_interval
 from diagnostics.models import Case
 from diagnostics.selectors.cases import ScanStatus, case_status_summary
+from diagnostics.selectors.model_registry import active_tasks
 from diagnostics.services.cases import case_create
+from diagnostics.services.model_registry import model_register
 from tests.factories import ReviewDecisionFactory, make_prediction
 from tests.helpers import login
 
@@ -50,13 +53,10 @@ def test_a_case_summary_says_how_many_images_are_where(codes, summary):
     assert case_status_summary([ScanStatus(c, c) for c in codes]) == summary
 
 
-def test_new_case_form_preselects_no_task_and_names_a_missing_one(clinician, active_model, tmp_path):
-    from diagnostics.services.model_registry import model_register
-    from tests.diagnostics_tests.test_model_lifecycle import copy_bundle
-
-    model_register(acting_user=None, bundle_dir=copy_bundle(tmp_path, name="us", version="1", task="ultrasound"),
-                   activate=True)  # fmt: skip
-    form = CaseCreateForm(units=[], tasks=["Lymph-node metastasis in H&E patches", "ultrasound"])
+def test_new_case_form_preselects_no_task_and_names_a_missing_one(clinician, active_model):
+    # The second bundled model: two tasks are active, as in the demo.
+    model_register(acting_user=None, bundle_dir=settings.MODEL_DIR / "busi-small-cnn", activate=True)
+    form = CaseCreateForm(units=[], tasks=active_tasks())
     assert form.fields["task"].choices[0] == ("", "— choose the task —")  # type: ignore[attr-defined]
     assert form["task"].value() is None and form.fields["task"].required
     response = login(clinician).post(reverse("case_new"), {"patient_ref": "P-9", "body_site": "node"})
