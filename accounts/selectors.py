@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
@@ -77,3 +78,106 @@ def audit_event_get(*, user: User, event_uuid: UUID) -> AuditEvent:
         return audit_events_for_user(user=user).get(uuid=event_uuid)
     except AuditEvent.DoesNotExist as exc:
         raise NotFound("no such audit event") from exc
+
+
+# Objects the audit page names and links (administrative records, which admins manage).
+# Clinical records (cases, scans, predictions, reviews) are shown by kind and a short id
+# with a link to their own history in the trail: admins see no clinical data.
+_AUDIT_NAMED = {
+    "accounts.user": ("username", "admin:accounts_user_change"),
+    "accounts.careunit": ("name", "admin:accounts_careunit_change"),
+    "diagnostics.modelversion": (None, "admin:diagnostics_modelversion_change"),
+    "accounts.apitoken": ("name", None),
+}
+
+
+@dataclass(frozen=True)
+class AuditObject:
+    kind: str  # "Case", "Model version", ...
+    name: str  # what a person recognises: a user name, a model's name and version, a short id
+    admin_url: str = ""  # the record in the administration, for administrative records
+    full_id: str = ""
+
+
+def audit_object_names(events: list[AuditEvent]) -> dict[int, AuditObject]:
+    """For a page of audit events, each event's object by kind and name, looked up in
+    one query per kind of administrative record."""
+    from django.apps import apps
+    from django.urls import NoReverseMatch, reverse
+
+    wanted: dict[str, set[str]] = {}
+    for e in events:
+        if e.object_type in _AUDIT_NAMED:
+            wanted.setdefault(e.object_type, set()).add(e.object_id)
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for label, ids in wanted.items():
+        attr, url_name = _AUDIT_NAMED[label]
+        try:
+            model = apps.get_model(label)
+        except LookupError:
+            continue
+        uuid_ids = [i for i in ids if _is_uuid(i)]
+        rows = model._default_manager.filter(uuid__in=uuid_ids) if uuid_ids else []
+        for row in rows:
+            name = str(getattr(row, attr)) if attr else str(row)
+            url = ""
+            if url_name:
+                try:
+                    url = reverse(url_name, args=[row.pk])
+                except NoReverseMatch:
+                    url = ""
+            found[(label, str(row.uuid))] = (name, url)
+    result = {}
+    for e in events:
+        kind = _kind(e.object_type)
+        name, url = found.get((e.object_type, e.object_id), ("", ""))
+        if not name:
+            name = e.object_id[:8] if _is_uuid(e.object_id) else e.object_id
+        result[e.id] = AuditObject(kind=kind, name=name, admin_url=url, full_id=e.object_id)
+    return result
+
+
+def _kind(object_type: str) -> str:
+    model = object_type.split(".")[-1]
+    words = {
+        "user": "User", "careunit": "Care unit", "modelversion": "Model version", "apitoken": "API token",
+        "case": "Case", "scan": "Scan", "inferencejob": "Analysis job", "prediction": "Prediction",
+        "reviewitem": "Review item", "reviewdecision": "Signed decision", "blindedread": "Blinded read",
+        "slideupload": "Slide upload", "auditevent": "Audit trail",
+    }  # fmt: skip
+    return words.get(model, model.replace("_", " ").capitalize())
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def audit_values(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """An event's recorded values as (name, text) pairs a person can read: nested values
+    by their dotted name, lists joined, nothing shown as a Python or JSON literal."""
+    if isinstance(data, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, value in data.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                pairs.extend(audit_values(value, name))
+            else:
+                pairs.append((name.replace("_", " "), _text(value)))
+        return pairs
+    return [(prefix or "value", _text(data))]
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "" or value == {} or value == []:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
+    return str(value)

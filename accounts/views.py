@@ -107,7 +107,11 @@ def audit_list(request: AuthedHttpRequest) -> HttpResponse:
     page = BoundedPaginator(events, 50, page_hint=request.GET.get("page")).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "accounts/audit_list.html", {"form": form, "page": page, "query": query.urlencode()})
+    shown = list(page)
+    names = selectors.audit_object_names(shown)
+    rows = [(e, names[e.id], selectors.audit_values(e.data)) for e in shown]
+    context = {"form": form, "page": page, "rows": rows, "query": query.urlencode()}
+    return render(request, "accounts/audit_list.html", context)
 
 
 class _Echo:

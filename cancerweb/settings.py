@@ -432,9 +432,21 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = 12 * 60 * 60
 SESSION_ABSOLUTE_TIMEOUT_SECONDS = 12 * 60 * 60
 SESSION_IDLE_TIMEOUT_SECONDS = env_int("CANCERWEB_IDLE_TIMEOUT_SECONDS", 30 * 60, minimum=60)
-# Content Security Policy: everything from this site, no inline script, no framing.
+# Content Security Policy, one for every page: everything from this site, no inline
+# script and no 'unsafe-inline' style, no framing. "{nonce}" becomes a fresh value per
+# response (accounts.middleware.SecurityHeadersMiddleware): the <style> elements that a
+# vendored library makes at run time carry it (Redoc, OpenSeadragon's marker). Two
+# fixed ones Redoc makes while its bundle loads, before it can know the nonce, are
+# allowed by hash: an empty element (its rules then go in through the CSSOM) and the
+# bundle's own stylesheet. Upgrading drf-spectacular-sidecar may change the second:
+# tests/browser_tests/test_every_page.py fails on any violation and names the new hash.
+_CSP_STYLE_HASHES = (
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=' "  # the empty string
+    "'sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc='"  # Redoc 2.5.4's bundled CSS
+)
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; "
+    f"style-src 'self' 'nonce-{{nonce}}' {_CSP_STYLE_HASHES}; img-src 'self' data:; "
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 
@@ -457,6 +469,8 @@ GUARDIAN_RAISE_403 = False
 OTP_TOTP_ISSUER = "CancerWeb"
 OTP_DEMO_EXEMPT = DEMO and env_bool("CANCERWEB_DEMO_OTP_EXEMPT", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# A stale form answers the styled 403 page with a way on, not Django's technical one.
+CSRF_FAILURE_VIEW = "core.api.errors.csrf_failure"
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 

@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from accounts.http import request_user
 from diagnostics.models import Exchange, IntegrationAccount, ModelVersion
@@ -39,9 +40,42 @@ class RegisterBundleForm(forms.Form):
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ("name", "version", "task", "status", "registered_at", "registered_by")
     list_filter = ("status", "task")
-    readonly_fields = [f.name for f in ModelVersion._meta.fields]
+    # A registered version is a record, never edited: its page shows it read-only, in
+    # words (labels listed, figures on the model card), not as raw JSON with Save buttons.
+    fields = (
+        "name", "version", "task", "status", "stage_labels", "validation_figures", "model_card",
+        "temperature", "uncertain_below", "bundle_path", "sha256", "registered_by", "registered_at", "uuid",
+    )  # fmt: skip
+    readonly_fields = fields
     actions = ["activate_selected", "retire_selected"]
     change_list_template = "admin/diagnostics/modelversion/change_list.html"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The list keeps its actions (activate, retire: audited services); one version's
+        # page is view-only, so it offers no Save button for data that cannot change.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    @admin.display(description="Stage labels (least to most advanced)")
+    def stage_labels(self, obj: ModelVersion) -> str:
+        return " → ".join(str(label) for label in obj.labels)
+
+    @admin.display(description="Validation figures")
+    def validation_figures(self, obj: ModelVersion) -> str:
+        split = (obj.metrics or {}).get("split", "")
+        figures = (obj.metrics or {}).get(split, {}) if split else {}
+        names = ("accuracy", "balanced_accuracy", "roc_auc")
+        parts = [f"{n.replace('_', ' ')} {figures[n]:.3f}" for n in names if isinstance(figures.get(n), int | float)]
+        if not parts:
+            return "—"
+        n = figures.get("n")
+        return f"{split} split" + (f", n = {n}" if n else "") + ": " + ", ".join(parts)
+
+    @admin.display(description="Model card")
+    def model_card(self, obj: ModelVersion) -> str:
+        url = reverse("model_card", args=[obj.uuid])
+        return format_html('<a href="{}">Model card: every metric, the training summary and the data</a>', url)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # registering goes through the bundle form, which checks the hash

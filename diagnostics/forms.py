@@ -63,7 +63,10 @@ class CaseCreateForm(ScanUploadForm):
     task = forms.ChoiceField(
         label="Analyse for",
         help_text="The clinical question; only tasks with an active model are listed.",
-        error_messages={"invalid_choice": "Choose one of the listed tasks; %(value)s has no active model."},
+        error_messages={
+            "invalid_choice": "Choose one of the listed tasks; %(value)s has no active model.",
+            "required": "Choose the task to analyse for: the images go to that task's model.",
+        },
     )
 
     unit = forms.ModelChoiceField(
@@ -83,9 +86,14 @@ class CaseCreateForm(ScanUploadForm):
         if len(units) <= 1:
             # One unit: the case goes there, nothing to choose.
             del self.fields["unit"]
-        _choice_field(self, "task").choices = [(t, t) for t in tasks]
         if len(tasks) == 1:
+            _choice_field(self, "task").choices = [(t, t) for t in tasks]
             self.fields["task"].initial = tasks[0]
+        else:
+            # Several tasks: none is preselected (a browser would show the first one as
+            # chosen, and lymph-node patches would go to the breast-ultrasound model
+            # unless someone noticed); the user must choose.
+            _choice_field(self, "task").choices = [("", "— choose the task —"), *((t, t) for t in tasks)]
         # Nothing to choose with one task (or none yet): the service takes the one task
         # with an active model, or leaves the case waiting for one.
         self.fields["task"].required = len(tasks) > 1

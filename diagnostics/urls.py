@@ -8,10 +8,12 @@ urlpatterns = [
     path("cases/new/", cases.case_new, name="case_new"),
     path("cases/<uuid:case_uuid>/", cases.case_detail, name="case_detail"),
     path("cases/<uuid:case_uuid>/status/", cases.case_status_fragment, name="case_status"),
+    path("cases/<uuid:case_uuid>/images/", cases.case_images, name="case_images"),
     path("cases/<uuid:case_uuid>/upload/", cases.case_upload, name="case_upload"),
     path("cases/<uuid:case_uuid>/upload.json", cases.case_upload_file, name="case_upload_file"),
     path("jobs/<uuid:job_uuid>/retry/", cases.job_retry_page, name="job_retry"),
     path("scans/<uuid:scan_uuid>/image.png", cases.scan_image, name="scan_image"),
+    path("scans/<uuid:scan_uuid>/thumbnail.png", cases.scan_thumbnail, name="scan_thumbnail"),
     path("scans/<uuid:scan_uuid>/slide.dzi", slides.slide_dzi, name="slide_dzi"),
     path(
         "scans/<uuid:scan_uuid>/slide_files/<int:level>/<int:col>_<int:row>.jpeg",

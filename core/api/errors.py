@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -152,3 +153,11 @@ def handler500(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
         return JsonResponse(error_body("server_error", "Something went wrong on the server."), status=500)
     return defaults.server_error(request)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form posted with a missing or stale CSRF token: the styled page with a way on
+    (Django's own is a bare technical page). The API's views check CSRF themselves."""
+    if _is_api(request):
+        return JsonResponse(error_body("csrf_failed", "CSRF check failed; reload the page and retry."), status=403)
+    return render(request, "403_csrf.html", status=403)

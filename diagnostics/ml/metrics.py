@@ -86,6 +86,21 @@ def per_class_prf_from_confusion(confusion: ArrayLike) -> dict[str, FloatArray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95 % by default), or None when n is 0.
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a
+    single point at 0/n or n/n: 2 of 2 agreements give 0.342 to 1, not "1.000"."""
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n, got {successes} of {n}")
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> float:
     """Mean recall over the classes present in `y_true`."""
     cm = confusion_matrix(y_true, y_pred, n_classes)

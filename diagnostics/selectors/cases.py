@@ -127,25 +127,38 @@ def case_rows_with_status(*, cases: list[Case]) -> list[tuple[Case, str, int]]:
 
 
 def case_scans_with_status(*, case: Case) -> list[tuple[Scan, ScanStatus]]:
-    scans = case.scans.select_related("job", "prediction", "prediction__review_item").prefetch_related(
-        "prediction__review_item__decisions", "prediction__review_item__decisions__superseded_by"
-    )
+    scans = case.scans.select_related(
+        "job", "prediction", "prediction__review_item", "prediction__model_version"
+    ).prefetch_related("prediction__review_item__decisions", "prediction__review_item__decisions__superseded_by")
     return [(scan, scan_status(scan)) for scan in scans]
 
 
+_SUMMARY_LABELS = {
+    "failed": "Failed",
+    "queued": "Queued",
+    "running": "Running",
+    "awaiting_review": "Awaiting review",
+    "signed": "Signed",
+}
+_SUMMARY_PARTS = [("signed", "signed"), ("awaiting_review", "awaiting review"), ("running", "running"),
+                  ("queued", "queued"), ("failed", "failed")]  # fmt: skip
+
+
 def case_status_summary(statuses: list[ScanStatus]) -> str:
-    """A case is only as far along as its least advanced scan."""
-    order = ["failed", "queued", "running", "awaiting_review", "signed"]
+    """One word when every image is at the same step ("Awaiting review"); otherwise
+    how many images are where, signed first ("2 of 3 images signed; 1 awaiting review"),
+    so a partly signed case never reads as if nothing were signed."""
     if not statuses:
         return "No images"
-    code = min((s.code for s in statuses), key=order.index)
-    return {
-        "failed": "Failed",
-        "queued": "Queued",
-        "running": "Running",
-        "awaiting_review": "Awaiting review",
-        "signed": "Signed",
-    }[code]
+    counts = {code: sum(1 for s in statuses if s.code == code) for code, _ in _SUMMARY_PARTS}
+    present = [(code, words) for code, words in _SUMMARY_PARTS if counts[code]]
+    if len(present) == 1:
+        return _SUMMARY_LABELS[present[0][0]]
+    total = len(statuses)
+    first_code, first_words = present[0]
+    parts = [f"{counts[first_code]} of {total} images {first_words}"]
+    parts += [f"{counts[code]} {words}" for code, words in present[1:]]
+    return "; ".join(parts)
 
 
 def _scans_where(**lookups: object) -> Exists:

@@ -19,14 +19,26 @@ from diagnostics.ml import metrics
 from diagnostics.models import Case, ModelVersion, ReviewDecision, ReviewItem
 from diagnostics.selectors.cases import cases_for_user
 
+# Fewer signed items than this and the dashboard marks the figures as a small sample.
+SMALL_SAMPLE = 30
+
 
 @dataclass
 class StageMetrics:
+    """Per-stage agreement. None where the figure is undefined, not zero: precision when
+    the model never predicted the stage, recall when no item was signed as the stage,
+    F1 when either of them is undefined."""
+
     label: str
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
     support: int
+    predicted: int = 0  # items the model predicted as this stage
+
+    @property
+    def figures(self) -> tuple[float | None, float | None, float | None]:
+        return self.precision, self.recall, self.f1
 
 
 @dataclass
@@ -37,10 +49,15 @@ class ModelAgreement:
     model_version: ModelVersion
     labels: list[str]
     n: int
-    accuracy: float
+    accuracy: float | None  # None with no scored item
     stages: list[StageMetrics]
     confusion: list[list[int]]
     trend: list[tuple[date, int, float]] = field(default_factory=list)  # day, n, accuracy
+    accuracy_ci: tuple[float, float] | None = None  # Wilson 95 % interval
+
+    @property
+    def small_sample(self) -> bool:
+        return self.n < SMALL_SAMPLE
 
 
 @dataclass
@@ -104,30 +121,34 @@ def agreement_by_model(*, user: User) -> list[ModelAgreement]:
         for predicted, stage, n in by_model[model_id]:
             if stage in labels:  # a stage outside the version's labels cannot be scored
                 confusion[labels.index(stage), predicted] += n
-        prf = metrics.per_class_prf_from_confusion(confusion)
-        stages = [
-            StageMetrics(
-                label=label,
-                precision=float(prf["precision"][i]),
-                recall=float(prf["recall"][i]),
-                f1=float(prf["f1"][i]),
-                support=int(prf["support"][i]),
-            )
-            for i, label in enumerate(labels)
-        ]
+        stages = [_stage_metrics(label, confusion, i) for i, label in enumerate(labels)]
         total = int(confusion.sum())
+        hits = int(np.trace(confusion))
         result.append(
             ModelAgreement(
                 model_version=mv,
                 labels=labels,
                 n=total,
-                accuracy=float(np.trace(confusion)) / total if total else 0.0,
+                accuracy=hits / total if total else None,
                 stages=stages,
                 confusion=confusion.tolist(),
                 trend=trends.get(model_id, []),
+                accuracy_ci=metrics.wilson_interval(hits, total),
             )
         )
     return result
+
+
+def _stage_metrics(label: str, confusion: Any, i: int) -> StageMetrics:
+    tp = int(confusion[i, i])
+    predicted = int(confusion[:, i].sum())
+    support = int(confusion[i, :].sum())
+    precision = tp / predicted if predicted else None
+    recall = tp / support if support else None
+    f1: float | None = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return StageMetrics(label=label, precision=precision, recall=recall, f1=f1, support=support, predicted=predicted)
 
 
 def _median_minutes(rows: QuerySet[Any], field: str, count: int) -> float | None:

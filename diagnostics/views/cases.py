@@ -50,6 +50,10 @@ from diagnostics.services.cases import (
 )
 from diagnostics.services.jobs import job_retry
 
+# A "queued" message is true only until the worker starts: the case page's poll
+# (static/js/poll.js) removes messages with this tag once no image of the case is queued.
+ANALYSIS_QUEUED_TAG = "analysis-queued"
+
 
 def _add_upload_errors(form: Any, exc: UploadBatchRejected) -> None:
     for name, err in exc.errors:
@@ -118,7 +122,11 @@ def case_new(request: AuthedHttpRequest) -> HttpResponse:
             except ValidationError as exc:
                 form.add_error(None, exc.messages)
             else:
-                messages.success(request, f"Case created with {case.scans.count()} image(s); analysis is queued.")
+                messages.success(
+                    request,
+                    f"Case created with {case.scans.count()} image(s); analysis is queued.",
+                    extra_tags=ANALYSIS_QUEUED_TAG,
+                )
                 return redirect("case_detail", case_uuid=case.uuid)
         status = 400
     return render(request, "diagnostics/case_new.html", {"form": form}, status=status)
@@ -132,12 +140,25 @@ def case_detail(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
     return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()))
 
 
+@require_GET
+@login_required
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def case_images(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
+    """Every image of a case side by side, each with its file name and status; a
+    physician reaches each one's review from here. No AI answer is shown."""
+    case = case_open(acting_user=request.user, case_uuid=case_uuid, client_address=client_address(request))
+    scans = case_scans_with_status(case=case)
+    reviewer = request.user.has_perm(REVIEW_PERMISSION)
+    return render(request, "diagnostics/case_images.html", {"case": case, "scans": scans, "reviewer": reviewer})
+
+
 def _case_context(case: Any, form: ScanUploadForm) -> dict[str, Any]:
     scans = case_scans_with_status(case=case)
     return {
         "case": case,
         "scans": scans,
         "summary": case_status_summary([s for _, s in scans]),
+        "queued_count": sum(1 for _, s in scans if s.code == "queued"),
         "all_done": all(s.code in ("signed", "failed") for _, s in scans),
         "form": form,
         # The upload page's client-side pre-checks; the server stays the authority.
@@ -180,7 +201,7 @@ def case_upload(request: AuthedHttpRequest, case_uuid: UUID) -> HttpResponse:
             text = f"{len(result.created)} image(s) uploaded; analysis is queued."
             if result.repeated:
                 text += f" {len(result.repeated)} already uploaded to this case, not added again."
-            messages.success(request, text)
+            messages.success(request, text, extra_tags=ANALYSIS_QUEUED_TAG)
             return redirect("case_detail", case_uuid=case.uuid)
     return render(request, "diagnostics/case_detail.html", _case_context(case, form), status=400)
 
@@ -197,7 +218,9 @@ def job_retry_page(request: AuthedHttpRequest, job_uuid: UUID) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return render(request, "diagnostics/case_detail.html", _case_context(case, ScanUploadForm()), status=409)
-    messages.success(request, f"Analysis of {job.scan.original_name or 'the image'} queued again.")
+    messages.success(
+        request, f"Analysis of {job.scan.original_name or 'the image'} queued again.", extra_tags=ANALYSIS_QUEUED_TAG
+    )
     return redirect("case_detail", case_uuid=case.uuid)
 
 
@@ -205,14 +228,29 @@ def job_retry_page(request: AuthedHttpRequest, job_uuid: UUID) -> HttpResponse:
 @login_required
 def scan_image(request: AuthedHttpRequest, scan_uuid: UUID) -> HttpResponseBase:
     """A PNG rendering of the scan (browsers cannot show TIFF or DICOM), at most 1024 px."""
+    return _scan_png(request, scan_uuid, max_side=1024)
+
+
+THUMBNAIL_PX = 128
+
+
+@require_GET
+@login_required
+def scan_thumbnail(request: AuthedHttpRequest, scan_uuid: UUID) -> HttpResponseBase:
+    """A small rendering for the worklists' rows (a page of 25 rows decodes 25 small images,
+    not 25 full ones). Opening it is audited like the full image."""
+    return _scan_png(request, scan_uuid, max_side=THUMBNAIL_PX)
+
+
+def _scan_png(request: AuthedHttpRequest, scan_uuid: UUID, *, max_side: int) -> HttpResponseBase:
     scan = scan_open(acting_user=request.user, scan_uuid=scan_uuid, client_address=client_address(request))
     if scan.kind == Scan.Kind.SLIDE:
         # Never the whole file into memory, and never the label or macro image.
         from diagnostics.views.slides import slide_thumbnail_png
 
-        png = slide_thumbnail_png(scan)
+        png = slide_thumbnail_png(scan, max_side=max_side)
     else:
-        rendered = imaging.to_rgb_image(storage.read_bytes(scan.storage_name), max_side=1024)
+        rendered = imaging.to_rgb_image(storage.read_bytes(scan.storage_name), max_side=max_side)
         out = io.BytesIO()
         rendered.save(out, format="PNG")
         png = out.getvalue()

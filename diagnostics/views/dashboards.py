@@ -11,7 +11,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts.http import AuthedHttpRequest
-from diagnostics.selectors.dashboards import dashboard_get
+from diagnostics.selectors.dashboards import SMALL_SAMPLE, dashboard_get
 from diagnostics.views import charts as charts_svg
 
 
@@ -21,7 +21,8 @@ from diagnostics.views import charts as charts_svg
 def dashboard(request: AuthedHttpRequest) -> HttpResponse:
     data = dashboard_get(user=request.user)
     charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in data.agreements]
-    return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": data.queue})
+    context = {"charts": charts, "stats": data.queue, "small_sample": SMALL_SAMPLE}
+    return render(request, "diagnostics/dashboard.html", context)
 
 
 @require_GET
@@ -37,10 +38,13 @@ def dashboard_csv(request: AuthedHttpRequest) -> HttpResponse:
     for a in agreements:
         model = str(a.model_version)
         writer.writerow(["overall", model, "", "", "n", a.n])
-        writer.writerow(["overall", model, "", "", "accuracy", f"{a.accuracy:.6f}"])
+        writer.writerow(["overall", model, "", "", "accuracy", _figure(a.accuracy)])
+        low, high = a.accuracy_ci or (None, None)
+        writer.writerow(["overall", model, "", "", "accuracy_ci95_low", _figure(low)])
+        writer.writerow(["overall", model, "", "", "accuracy_ci95_high", _figure(high)])
         for st in a.stages:
             for metric in ("precision", "recall", "f1"):
-                writer.writerow(["per_stage", model, st.label, "", metric, f"{getattr(st, metric):.6f}"])
+                writer.writerow(["per_stage", model, st.label, "", metric, _figure(getattr(st, metric))])
             writer.writerow(["per_stage", model, st.label, "", "support", st.support])
         for i, row in enumerate(a.confusion):
             for j, count in enumerate(row):
@@ -51,3 +55,8 @@ def dashboard_csv(request: AuthedHttpRequest) -> HttpResponse:
         value = getattr(stats, metric)
         writer.writerow(["queue", "", "", "", metric, "" if value is None else f"{value:.2f}"])
     return response
+
+
+def _figure(value: float | None) -> str:
+    """An undefined figure (no case to count) is an empty cell, never 0."""
+    return "" if value is None else f"{value:.6f}"

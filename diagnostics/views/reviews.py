@@ -3,9 +3,13 @@ reads, review settings, heat maps."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -14,6 +18,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from PIL import Image
 
 from accounts.http import AuthedHttpRequest
 from accounts.roles import REVIEW_PERMISSION
@@ -28,6 +33,7 @@ from diagnostics.forms import (
     SignForm,
 )
 from diagnostics.intake import storage
+from diagnostics.ml.heatmap import colorize
 from diagnostics.models import ReviewDecision
 from diagnostics.selectors.model_registry import stage_labels_known
 from diagnostics.selectors.reviews import (
@@ -153,6 +159,18 @@ def review_detail(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponse:
     return render(request, "diagnostics/review_detail.html", context, status=status)
 
 
+@functools.cache
+def heat_legend_uri() -> str:
+    """The heat map's colour scale as a small PNG (a data: address), drawn by the same
+    function that colours the maps, so the legend cannot drift from the overlay."""
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :].repeat(12, axis=0)
+    rgba = colorize(ramp)
+    rgba[..., 3] = 255  # the overlay's alpha also rises with the value; the legend shows the colour
+    out = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
 def _heatmap_url(prediction: Any) -> str | None:
     # The viewer's heat-map layer exists only when the worker stored a Grad-CAM map.
     if prediction.heatmap_storage_name:
@@ -172,6 +190,8 @@ def _review_viewer_context(
         "previous_item": previous_item,
         "next_item": next_item,
         "heatmap_url": None if blinded else _heatmap_url(prediction),
+        "heat_legend": heat_legend_uri(),
+        "case_image_count": prediction.scan.case.scans.count(),
         "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
         "predicted_number": prediction.predicted_index + 1,
         "slide": _slide_context(item, prediction, blinded),

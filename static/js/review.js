@@ -87,6 +87,38 @@
     document.getElementById("zoom-out").addEventListener("click", function () { viewer.viewport.zoomBy(1 / 1.5); });
     document.getElementById("zoom-home").addEventListener("click", function () { viewer.viewport.goHome(); });
   }
+  // Window (level / width) of the picture as shown: a linear grey-scale mapping
+  // out = (in - level) / width + 0.5 through an SVG filter on the viewer's canvas, all in
+  // the browser (the stored image and what other readers see are unchanged).
+  var level = document.getElementById("window-level");
+  var width = document.getElementById("window-width");
+  function applyWindow() {
+    if (!level || !width || !el) { return; }
+    var c = parseInt(level.value, 10) / 100;
+    var w = Math.max(parseInt(width.value, 10), 1) / 100;
+    var slope = 1 / w;
+    var intercept = 0.5 - c / w;
+    ["window-r", "window-g", "window-b"].forEach(function (id) {
+      var f = document.getElementById(id);
+      f.setAttribute("slope", slope.toFixed(4));
+      f.setAttribute("intercept", intercept.toFixed(4));
+    });
+    var plain = level.value === "50" && width.value === "100";
+    var canvas = el.querySelector(".openseadragon-canvas");
+    if (canvas) { canvas.style.filter = plain ? "" : "url(#window-filter)"; }
+    document.getElementById("window-level-value").textContent = level.value + " %";
+    document.getElementById("window-width-value").textContent = width.value + " %";
+    el.setAttribute("data-window", plain ? "" : level.value + "/" + width.value);
+  }
+  function resetWindow() {
+    if (!level) { return; }
+    level.value = "50"; width.value = "100"; applyWindow();
+  }
+  if (level) {
+    level.addEventListener("input", applyWindow);
+    width.addEventListener("input", applyWindow);
+    document.getElementById("window-reset").addEventListener("click", resetWindow);
+  }
   if (toggle) { toggle.addEventListener("change", applyHeat); }
   if (slider) { slider.addEventListener("input", applyHeat); }
 
@@ -149,6 +181,7 @@
       case "x": if (outcome("rejected")) { field("#id_stage").focus(); } break;
       case "s": if (field("#id_password")) { field("#id_password").focus(); } break;
       case "h": if (toggle) { toggle.checked = !toggle.checked; applyHeat(); } break;
+      case "w": resetWindow(); break;
       case "+": case "=": if (viewer) { viewer.viewport.zoomBy(1.5); } break;
       case "-": if (viewer) { viewer.viewport.zoomBy(1 / 1.5); } break;
       case "0": if (viewer) { viewer.viewport.goHome(); } break;

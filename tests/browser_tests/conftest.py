@@ -29,8 +29,8 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def shot(page: object, name: str) -> Path:
+def shot(page: object, name: str, *, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=full_page)  # type: ignore[attr-defined]
     return path

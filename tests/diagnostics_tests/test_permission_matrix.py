@@ -58,8 +58,10 @@ OBJECT_KIND = {
     "case_new": None,
     "case_detail": "case",
     "case_status": "case",
+    "case_images": "case",
     "case_upload": "case",
     "scan_image": "scan",
+    "scan_thumbnail": "scan",
     "review_queue": None,
     "review_detail": "item",
     "login": None,
@@ -136,7 +138,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
     if name == "review_queue":
         return 200 if persona in REVIEWERS else 403
     visible = (obj == "own" and persona in UNIT_A) or (obj == "foreign" and persona in UNIT_B)
-    if name in ("case_detail", "case_status", "case_upload", "case_upload_file"):
+    if name in ("case_detail", "case_status", "case_images", "case_upload", "case_upload_file"):
         if persona not in UPLOADERS:
             return 403
         if not visible:
@@ -153,7 +155,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         if persona not in REVIEWERS:
             return 403
         return 400 if visible else 404  # an empty blinded read is refused
-    if name == "scan_image":
+    if name in ("scan_image", "scan_thumbnail"):
         return 200 if visible else 404
     if name in ("slide_dzi", "slide_tile"):
         return 404  # the world's scans are images, not slides (tests/slides_tests open real slides)
