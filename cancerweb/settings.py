@@ -139,8 +139,16 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from exc
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The demo's worker and web server share one SQLite file: wait for locks instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # The demo's worker and web server threads share one SQLite file. WAL lets readers
+    # (thumbnails, pages) go on while one writer commits; every transaction starts with
+    # BEGIN IMMEDIATE, so a writer queues for the write lock at its start (waiting up to
+    # the busy timeout) instead of failing with "database is locked" when a read
+    # transaction tries to become a write one; synchronous=NORMAL is WAL's safe setting.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": env_int("CANCERWEB_SQLITE_BUSY_TIMEOUT_S", 30, minimum=1),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     # A request or worker must not hang on an unreachable database: fail fast and
