@@ -126,29 +126,29 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 # API's shape under /api/, and the usual pages elsewhere.
 
 
-def _is_api(request: HttpRequest) -> bool:
+def is_api_request(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("bad_request", "The request could not be understood."), status=400)
     return defaults.bad_request(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("permission_denied", "You may not do this."), status=403)
     return defaults.permission_denied(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("not_found", "Not found."), status=404)
     return defaults.page_not_found(request, exception)
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("server_error", "Something went wrong on the server."), status=500)
     return defaults.server_error(request)

@@ -1,17 +1,21 @@
 """The embedded default under a burst: bin/demo (SQLite, the filesystem broker, its
 worker storing predictions meanwhile) answers 20 parallel API uploads and thumbnail
-loads without one 503 ("database is locked")."""
+loads without one 503 ("database is locked"); its beat runs the job sweeper, which
+puts back a job left running past its deadline."""
 
 from __future__ import annotations
 
 import io
 import re
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import requests
+from django.utils import timezone
 from PIL import Image
 
 from tests.api_tests.conftest import demo_token
@@ -94,3 +98,23 @@ def test_demo_answers_parallel_uploads_and_thumbnails_without_a_503(demo: dict[s
     assert all(r.headers["Content-Type"] == "image/png" for r in thumbnail_answers)
     scans = api.get(f"{base}/api/v1/cases/{case_id}/", timeout=30).json()["scans"]
     assert len(scans) == PARALLEL + 1
+
+    # A job whose worker was lost: still `running`, long past the running deadline. The
+    # demo's beat (worker -B) runs the sweeper, which puts it back in the queue (audited).
+    job_uuid = first.json()["created"][0]["job"].replace("-", "")
+    long_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(demo["data_dir"] / "db.sqlite3", timeout=30) as db:
+        db.execute(
+            "UPDATE diagnostics_inferencejob SET status = 'running', started_at = ? WHERE uuid = ?",
+            (long_ago, job_uuid),
+        )
+    deadline = time.monotonic() + 45
+    requeued = 0
+    while not requeued:
+        assert time.monotonic() < deadline, "the demo's sweeper did not put the stuck job back"
+        time.sleep(1)
+        with sqlite3.connect(demo["data_dir"] / "db.sqlite3", timeout=30) as db:
+            requeued = db.execute(
+                "SELECT count(*) FROM accounts_auditevent WHERE action = 'job.requeue' AND object_id = ?",
+                (first.json()["created"][0]["job"],),
+            ).fetchone()[0]
