@@ -432,6 +432,10 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 
+# Signing: after this many wrong passwords or authenticator codes in one session the
+# signing form locks and the session must log in again (a token is revoked).
+SIGNING_MAX_FAILURES = env_int("CANCERWEB_SIGNING_MAX_FAILURES", 5, minimum=1)
+
 # Lockout (django-axes): 5 failures per user name and, separately, per address lock
 # that name or address out for 15 minutes: the 5th failure already answers "locked",
 # and the 6th attempt is refused even with the right password.
