@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
@@ -77,3 +78,18 @@ def audit_event_get(*, user: User, event_uuid: UUID) -> AuditEvent:
         return audit_events_for_user(user=user).get(uuid=event_uuid)
     except AuditEvent.DoesNotExist as exc:
         raise NotFound("no such audit event") from exc
+
+
+def security_overview(*, user: User) -> dict[str, Any]:
+    """For admins: who is locked out of logging in now, and the latest failed and
+    locked signing attempts (21 CFR 11.300(d): attempts at unauthorised use reported)."""
+    from accounts.lockout import current_lockouts  # axes' models need the app registry
+
+    if not (user.is_authenticated and user.is_staff and user.has_perm("accounts.change_user")):
+        raise PermissionDenied("the security page is for admins")
+    signing = (
+        AuditEvent.objects.select_related("actor")
+        .filter(action__in=["review.sign_failed", "review.sign_locked"])
+        .order_by("-id")[:100]
+    )
+    return {"lockouts": current_lockouts(), "signing_attempts": list(signing)}

@@ -224,6 +224,35 @@ def login_failed_recorded(*, username: str, client_address: str | None, locked_o
         )
 
 
+LOCKOUT_PERMISSION = "accounts.change_user"
+
+
+def login_lockout_release(
+    *, acting_user: User, username: str, ip_address: str, client_address: str | None = None
+) -> int:
+    """An admin lifts a login lockout: a user name at an address, every name at an
+    address (``username`` empty), or a name everywhere (``ip_address`` empty). Audited;
+    answers how many lockout records were removed."""
+    from axes.utils import reset  # axes' models need the app registry
+
+    if not (acting_user.is_staff and acting_user.has_perm(LOCKOUT_PERMISSION)):
+        raise PermissionDenied("only admins can unlock logins")
+    username, ip_address = username.strip(), ip_address.strip()
+    if not username and not ip_address:
+        raise ValidationError("name a user name, an address or both to unlock")
+    with transaction.atomic():
+        removed = reset(ip=ip_address or None, username=username or None)
+        audit_record(
+            actor=acting_user,
+            action="auth.unlock",
+            object_type="axes.accessattempt",
+            object_id=f"{username or '*'}@{ip_address or '*'}"[:64],
+            data={"username": username[:150], "ip_address": ip_address, "records_removed": removed},
+            client_address=client_address,
+        )
+    return int(removed)
+
+
 def audit_export_recorded(
     *, acting_user: User, filters: dict[str, str], rows: int, client_address: str | None = None
 ) -> None:

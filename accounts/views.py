@@ -1,4 +1,5 @@
-"""Second-factor enrolment and verification, and the admins' audit trail pages."""
+"""Second-factor enrolment and verification, the admins' audit trail pages and their
+login-lockout and signing-attempt page."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import csv
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -160,3 +163,34 @@ def audit_export(request: AuthedHttpRequest) -> HttpResponse | StreamingHttpResp
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
     return response
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+@login_required
+def lockouts(request: AuthedHttpRequest) -> HttpResponse:
+    """Admins: current login lockouts with an unlock button each, and failed signing
+    attempts. Unlocking is audited (auth.unlock)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("the security page is for admins")
+    if request.method == "POST":
+        username = request.POST.get("username", "")[:150]
+        ip_address = request.POST.get("ip_address", "")[:45]
+        try:
+            removed = services.login_lockout_release(
+                acting_user=request.user,
+                username=username,
+                ip_address=ip_address,
+                client_address=client_address(request),
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            who = " at ".join(p for p in (username, ip_address) if p)
+            messages.success(request, f"Unlocked {who} ({removed} record(s) removed).")
+        return redirect("lockouts")
+    context = selectors.security_overview(user=request.user)
+    context["login_limit"] = settings.AXES_FAILURE_LIMIT
+    context["address_limit"] = settings.LOGIN_ADDRESS_FAILURE_LIMIT
+    context["signing_limit"] = settings.SIGNING_MAX_FAILURES
+    return render(request, "accounts/lockouts.html", context)

@@ -436,12 +436,22 @@ CONTENT_SECURITY_POLICY = (
 # signing form locks and the session must log in again (a token is revoked).
 SIGNING_MAX_FAILURES = env_int("CANCERWEB_SIGNING_MAX_FAILURES", 5, minimum=1)
 
-# Lockout (django-axes): 5 failures per user name and, separately, per address lock
-# that name or address out for 15 minutes: the 5th failure already answers "locked",
-# and the 6th attempt is refused even with the right password.
-AXES_FAILURE_LIMIT = 5
+# Lockout (django-axes): CANCERWEB_LOGIN_FAILURE_LIMIT (5) failures for one user name
+# from one address lock that name at that address for 15 minutes (the 5th failure
+# already answers "locked", and the next attempt is refused even with the right
+# password); other users at the same workstation or NAT are not affected. An address
+# as a whole is locked after CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT (30) failures across
+# all names (accounts.lockout.LockoutHandler). Admins unlock at /accounts/lockouts/.
+AXES_FAILURE_LIMIT = env_int("CANCERWEB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
+if LOGIN_ADDRESS_FAILURE_LIMIT <= AXES_FAILURE_LIMIT:
+    raise ImproperlyConfigured(
+        f"CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT ({LOGIN_ADDRESS_FAILURE_LIMIT}) must exceed "
+        f"CANCERWEB_LOGIN_FAILURE_LIMIT ({AXES_FAILURE_LIMIT}): one user's typos must not lock a shared address"
+    )
 AXES_COOLOFF_TIME = timedelta(minutes=15)
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "accounts.lockout.LockoutHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False  # its log lines name the user; the audit trail records failures instead

@@ -68,6 +68,7 @@ OBJECT_KIND = {
     "otp_verify": None,
     "audit_list": None,
     "audit_export": None,
+    "lockouts": None,
     "case_upload_file": "case",
     "review_heatmap": "item",
     "job_retry": "job",
@@ -129,7 +130,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         return 200
     if name == "review_settings":
         return 200 if persona in REVIEWERS else 403
-    if name in ("audit_list", "audit_export"):
+    if name in ("audit_list", "audit_export", "lockouts"):
         return 200 if persona == "admin_user" else 403
     if name in ("case_list", "case_new"):
         return 200 if persona in UPLOADERS else 403
