@@ -9,6 +9,7 @@ mode that fills them with local defaults, and it binds to localhost only.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -269,6 +270,20 @@ def _encryption_keys() -> list[tuple[str, bytes]]:
 
 # Stored scans and heat maps are encrypted at rest with AES-256-GCM (diagnostics/storage.py).
 ENCRYPTION_KEYS = _encryption_keys()
+
+# Patient pseudonyms: the whole reference must match this pattern (Python regular
+# expression), checked by the case service on every door. The default: capitals,
+# digits, dot, dash and underscore, up to 64, starting with a capital or digit, e.g.
+# PSN-2026-0042; a name typed in the usual mixed case ("Smith_John") is refused. A site
+# sets its own scheme (e.g. ^HOSP-[0-9]{8}$) and a hint shown with the refusal.
+PSEUDONYM_PATTERN = os.environ.get("CANCERWEB_PSEUDONYM_PATTERN") or r"^[A-Z0-9][A-Z0-9._-]{0,63}$"
+PSEUDONYM_HINT = os.environ.get("CANCERWEB_PSEUDONYM_HINT") or (
+    "capital letters, digits, dot, dash or underscore, e.g. PSN-2026-0042"
+)
+try:
+    re.compile(PSEUDONYM_PATTERN)
+except re.error as exc:
+    raise ImproperlyConfigured(f"CANCERWEB_PSEUDONYM_PATTERN is not a valid regular expression: {exc}") from exc
 
 # Upload limits. A 4k x 4k slide photograph is 16 MP; a 60 MP cap leaves room for
 # large scanner exports while keeping the worker's decode under a few hundred MB.

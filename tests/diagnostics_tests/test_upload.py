@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
@@ -165,3 +166,28 @@ def test_upload_to_existing_case_with_bad_file_leaves_case_unchanged(clinician):
     assert "damaged or truncated" in response.content.decode()
     assert case.scans.count() == 1
     assert stored_files() == before
+
+
+def test_the_site_pseudonym_pattern_is_obeyed_by_page_api_and_dicom_upload(clinician, settings):
+    from diagnostics.services.cases import IncomingFile, case_create
+    from tests.diagnostics_tests.dicom_factory import dicom_bytes
+    from tests.helpers import api
+
+    # The default refuses a name typed as a reference, naming the rule.
+    page = _post_case(login(clinician), [_upload("a.png", image_bytes())], patient_ref="Smith_John")
+    assert page.status_code == 400
+    assert settings.PSEUDONYM_PATTERN in page.content.decode().replace("&#x27;", "'")
+    assert "never a name" in page.content.decode()
+    answer = api(clinician).post("/api/v1/cases/", {"patient_ref": "Smith_John", "body_site": "skin"}, format="json")
+    assert answer.status_code == 400
+    error = answer.json()["error"]["fields"]["patient_ref"][0]
+    assert error["code"] == "invalid_patient_ref" and settings.PSEUDONYM_PATTERN in error["message"]
+    # A site's own scheme: only HOSP- and eight digits.
+    settings.PSEUDONYM_PATTERN = r"HOSP-[0-9]{8}"
+    dicom = IncomingFile(name="ct.dcm", data=dicom_bytes())
+    with pytest.raises(ValidationError, match=r"HOSP-\[0-9\]\{8\}"):
+        case_create(acting_user=clinician, patient_ref="PSN-0001", body_site="chest", files=[dicom])
+    assert Case.objects.count() == 0 and stored_files() == set()
+    ok = api(clinician).post("/api/v1/cases/", {"patient_ref": "HOSP-00000042", "body_site": "skin"}, format="json")
+    assert ok.status_code == 201, ok.content
+    assert _post_case(login(clinician), [_upload("a.png", image_bytes())], patient_ref="HOSP-0042").status_code == 400
