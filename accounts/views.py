@@ -4,7 +4,6 @@ login-lockout and signing-attempt page."""
 from __future__ import annotations
 
 import base64
-import csv
 import json
 from typing import Any
 
@@ -23,6 +22,7 @@ from accounts import selectors, services
 from accounts.forms import AuditFilterForm, OTPTokenForm
 from accounts.http import AuthedHttpRequest
 from accounts.otp import confirmed_device
+from core.exports import csv_writer
 from core.http import client_address
 from core.pagination import BoundedPaginator
 
@@ -139,7 +139,7 @@ def audit_export(request: AuthedHttpRequest) -> HttpResponse | StreamingHttpResp
         rows=len(rows),
         client_address=client_address(request),
     )
-    writer = csv.writer(_Echo())
+    writer = csv_writer(_Echo())
 
     def lines():
         yield writer.writerow(CSV_COLUMNS)
