@@ -14,7 +14,9 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
+from django.template.loader import render_to_string
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -104,6 +106,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             message=f"Nothing was stored: {message}.",
             fields={"files": [{"code": "too_many_files", "message": message}]},
         )
+    elif isinstance(exc, exceptions.ParseError) and "header size" in str(exc.detail):
+        # DRF's multipart parser met Django's refusal of an over-long part header.
+        code, message = _unreadable_upload(MultiPartParserError(str(exc.detail))) or ("parse_error", str(exc))
+        exc = ApiError(code=code, message=message, fields={"files": [{"code": code, "message": message}]})
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # a server error: Django's 500 handler answers and logs it
@@ -130,9 +136,36 @@ def is_api_request(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
+def _unreadable_upload(exception: Exception | None) -> tuple[str, str] | None:
+    """A multipart body Django refused before any view ran, as a code and a message
+    that name the problem (instead of a bare "Bad Request")."""
+    if not isinstance(exception, MultiPartParserError):
+        return None
+    if "header size" in str(exception):
+        # Each part's headers (its file name among them) must fit in 1,024 bytes.
+        return (
+            "file_name_too_long",
+            "A file name is too long to be read (the upload's part headers are limited to 1,024 bytes); "
+            "rename the file to at most 255 characters and upload it again.",
+        )
+    return ("malformed_upload", "The upload could not be read: the multipart body is malformed.")
+
+
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    unreadable = _unreadable_upload(exception)
     if is_api_request(request):
+        if unreadable:
+            code, message = unreadable
+            return JsonResponse(error_body(code, message, {"files": [{"code": code, "message": message}]}), status=400)
         return JsonResponse(error_body("bad_request", "The request could not be understood."), status=400)
+    if unreadable:
+        code, message = unreadable
+        if request.path.endswith(".json"):
+            # The upload page's per-file endpoint: the shape its script shows next to the file.
+            return JsonResponse({"errors": [{"file": "this file", "code": code, "message": message}]}, status=400)
+        return HttpResponseBadRequest(
+            render_to_string("400.html", {"message": message}), content_type="text/html; charset=utf-8"
+        )
     return defaults.bad_request(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 

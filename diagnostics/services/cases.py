@@ -70,6 +70,17 @@ class UploadBatchRejected(Exception):
         self.errors = errors
 
 
+MAX_FILE_NAME = 255
+
+
+def file_name_too_long(length: int) -> UploadRejected:
+    return UploadRejected(
+        "file_name_too_long",
+        f"the file name has {length} characters; at most {MAX_FILE_NAME} are accepted: "
+        "rename the file and upload it again",
+    )
+
+
 def _safe_filename(name: str) -> str:
     base = Path(name or "").name
     return base[:255]
@@ -237,6 +248,10 @@ def _scans_upload_inner(
     checked = []
     for incoming in files:
         name = _safe_filename(incoming.name)
+        full_name = Path(incoming.name or "").name
+        if len(full_name) > MAX_FILE_NAME:
+            errors.append((full_name[:60] + "…", file_name_too_long(len(full_name))))
+            continue
         try:
             info = validate_image(
                 data=incoming.data,

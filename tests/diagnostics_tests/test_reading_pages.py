@@ -367,9 +367,7 @@ def test_worklists_filter_by_care_unit_for_members_of_several_units(clinician, p
     assert in_b.uuid and in_a.uuid
 
 
-def test_every_csv_export_escapes_cells_that_a_spreadsheet_would_run_as_formulas(
-    clinician, physician, admin_user
-):
+def test_every_csv_export_escapes_cells_that_a_spreadsheet_would_run_as_formulas(clinician, physician, admin_user):
     from accounts.audit import audit_record
     from core.exports import FORMULA_PREFIXES, safe_cell
 
@@ -377,11 +375,11 @@ def test_every_csv_export_escapes_cells_that_a_spreadsheet_would_run_as_formulas
     assert safe_cell("Stage II") == "Stage II" and safe_cell(-0.5) == -0.5 and safe_cell(None) is None
     # The audit trail: a user name and an object id that start like formulas.
     sly = UserFactory(username="-2+3")
-    audit_record(actor=sly, action="test.formula", object_type="x", object_id="=HYPERLINK(\"http://x\")", data={})
+    audit_record(actor=sly, action="test.formula", object_type="x", object_id='=HYPERLINK("http://x")', data={})
     export = login(admin_user).get(reverse("audit_export"), {"action": "test.formula"})
     [row] = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
     assert row["actor"] == "'-2+3"
-    assert row["object_id"] == "'=HYPERLINK(\"http://x\")"
+    assert row["object_id"] == '\'=HYPERLINK("http://x")'
     assert row["action"] == "test.formula"
     # The dashboard: stage labels and model names come from model bundles.
     model = ModelVersion.objects.create(
