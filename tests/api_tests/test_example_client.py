@@ -68,3 +68,8 @@ def test_example_client_runs_against_the_demo(demo, tmp_path):
     assert "uploaded scan" in output
     assert "the model has run; waiting for a physician" in output
     assert f"signed result: {stage} (confirmed) by Peter Physician at " in output
+    # The signing notified the clinician by e-mail: the demo writes it where bin/demo says.
+    assert f"Notification e-mails (written as files, never sent): {demo['data_dir']}/mail/" in demo["banner"]
+    mails = "".join(p.read_text() for p in (demo["data_dir"] / "mail").glob("*.log"))
+    assert "To: clinician@demo.invalid" in mails and "Subject: CancerWeb: case signed" in mails
+    assert "PSN-API-1" not in mails  # no patient reference leaves by mail

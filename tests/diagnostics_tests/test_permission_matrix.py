@@ -79,6 +79,7 @@ OBJECT_KIND = {
     "model_card": "model",
     "notification_list": None,
     "notification_read": None,
+    "notification_open": "item",  # a notification's uuid: none of these ids is one
     "dashboard": None,
     "dashboard_csv": None,
     "slide_dzi": "scan",
@@ -119,6 +120,8 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         )
     if name == "notification_list":
         return 200
+    if name == "notification_open":
+        return 404  # only one's own notifications open
     if name == "notification_read":
         return 302
     if name == "model_card":

@@ -390,3 +390,25 @@ def test_every_csv_export_escapes_cells_that_a_spreadsheet_would_run_as_formulas
     ours = [r for r in rows if r["model"].startswith("'@evil")]
     assert ours and {r["stage"] for r in ours if r["section"] == "per_stage"} == {"'=1+1", "Stage II"}
     assert not [cell for r in rows for cell in r.values() if cell and cell[0] in "=+@\t\r"]
+
+
+def test_clicking_a_notification_marks_it_read_and_opens_what_it_is_about(clinician, physician, active_model):
+    p = make_prediction(clinician, active_model, [0.2, 0.8])
+    _sign(physician, p, "metastasis")
+    note = Notification.objects.get(user=clinician)
+    client = login(clinician)
+    listing = client.get(reverse("notification_list")).content.decode()
+    opened = reverse("notification_open", args=[note.uuid])
+    assert f'href="{opened}"' in listing  # the list links through the open view
+    # Not someone else's to open (nor to mark read).
+    assert login(physician).get(opened).status_code == 404
+    note.refresh_from_db()
+    assert note.read_at is None
+    response = client.get(opened)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("case_detail", args=[p.scan.case.uuid])
+    note.refresh_from_db()
+    assert note.read_at is not None
+    # A link that is not this site's path leads to the list instead.
+    Notification.objects.filter(pk=note.pk).update(link="//evil.example/x")
+    assert client.get(opened)["Location"] == reverse("notification_list")
