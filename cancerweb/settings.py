@@ -473,6 +473,8 @@ AXES_HANDLER = "accounts.lockout.LockoutHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False  # its log lines name the user; the audit trail records failures instead
+# No unlock door in the Django admin: lockouts are lifted on /accounts/lockouts/, audited.
+AXES_ENABLE_ADMIN = False
 
 # Guardian: no shared "anonymous" user row; anonymous visitors see nothing clinical.
 ANONYMOUS_USER_NAME = None
