@@ -186,14 +186,35 @@ def otp_device_confirm(*, user: User, device: TOTPDevice, token: str, client_add
     return True
 
 
-def otp_verify_recorded(*, user: User, ok: bool, client_address: str | None = None) -> None:
-    audit_record(
-        actor=user,
-        action="auth.otp_verified" if ok else "auth.otp_failed",
-        obj=user,
-        data={},
-        client_address=client_address,
-    )
+SESSION_OTP_FAILURES = "cw_otp_failures"
+
+
+def otp_verify_recorded(*, user: User, ok: bool, client_address: str | None = None, session: Any = None) -> bool:
+    """Records a second-factor check. Wrong codes are counted in the login session:
+    after OTP_MAX_FAILURES the answer is True, and the caller must end the session
+    (the password has to be given again before more codes can be tried)."""
+    failures = 0
+    if session is not None and not ok:
+        failures = int(session.get(SESSION_OTP_FAILURES, 0)) + 1
+        session[SESSION_OTP_FAILURES] = failures
+    locked = failures >= settings.OTP_MAX_FAILURES
+    with transaction.atomic():
+        audit_record(
+            actor=user,
+            action="auth.otp_verified" if ok else "auth.otp_failed",
+            obj=user,
+            data={"attempt": failures} if failures else {},
+            client_address=client_address,
+        )
+        if locked:
+            audit_record(
+                actor=user,
+                action="auth.otp_locked",
+                obj=user,
+                data={"attempts": failures},
+                client_address=client_address,
+            )
+    return locked
 
 
 # --- authentication events (called from django.contrib.auth's signals) ----------

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, StreamingHttpResponse
@@ -75,7 +76,13 @@ def otp_verify(request: AuthedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             ok = device.verify_token(form.cleaned_data["token"])
-            services.otp_verify_recorded(user=request.user, ok=ok, client_address=client_address(request))
+            locked = services.otp_verify_recorded(
+                user=request.user, ok=ok, client_address=client_address(request), session=request.session
+            )
+            if locked:
+                logout(request)
+                messages.error(request, "Too many wrong codes: log in again to try more.")
+                return redirect("login")
             if ok:
                 otp_login(request, device)
                 return redirect(_next_url(request))

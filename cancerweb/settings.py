@@ -453,6 +453,8 @@ CONTENT_SECURITY_POLICY = (
 # Signing: after this many wrong passwords or authenticator codes in one session the
 # signing form locks and the session must log in again (a token is revoked).
 SIGNING_MAX_FAILURES = env_int("CANCERWEB_SIGNING_MAX_FAILURES", 5, minimum=1)
+# The same for the second factor after login: this many wrong codes end the session.
+OTP_MAX_FAILURES = env_int("CANCERWEB_OTP_MAX_FAILURES", 5, minimum=1)
 
 # Lockout (django-axes): CANCERWEB_LOGIN_FAILURE_LIMIT (5) failures for one user name
 # from one address lock that name at that address for 15 minutes (the 5th failure

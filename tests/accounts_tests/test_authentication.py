@@ -193,3 +193,19 @@ def test_password_validators_refuse_a_weak_password():
     with pytest.raises(ValidationError):
         validate_password("short9!", user)
     validate_password("a long and unusual passphrase 42", user)
+
+
+def test_wrong_second_factor_codes_end_the_login_session(physician, settings):
+    settings.OTP_MAX_FAILURES = 3
+    otp_device(physician)
+    client = Client()
+    assert _post_login(client, "physician", PASSWORD).status_code == 302
+    for _ in range(2):
+        assert client.post(reverse("otp_verify"), {"token": "000000"}).status_code == 400
+    ended = client.post(reverse("otp_verify"), {"token": "000000"}, follow=True)
+    assert ended.redirect_chain[0][0] == reverse("login")
+    assert "Too many wrong codes" in ended.content.decode()
+    assert "_auth_user_id" not in client.session
+    failed = AuditEvent.objects.filter(action="auth.otp_failed", actor=physician)
+    assert [e.data["attempt"] for e in failed.order_by("id")] == [1, 2, 3]
+    assert AuditEvent.objects.filter(action="auth.otp_locked", actor=physician).count() == 1
