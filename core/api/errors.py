@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import TooManyFilesSent
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.http.multipartparser import MultiPartParserError
@@ -139,6 +139,13 @@ def is_api_request(request: HttpRequest) -> bool:
 def _unreadable_upload(exception: Exception | None) -> tuple[str, str] | None:
     """A multipart body Django refused before any view ran, as a code and a message
     that name the problem (instead of a bare "Bad Request")."""
+    if isinstance(exception, RequestDataTooBig):
+        return (
+            "request_too_large",
+            "The request's form fields are larger than the server accepts; send files as file uploads.",
+        )
+    if isinstance(exception, TooManyFieldsSent):
+        return ("too_many_fields", "The request has more form fields than the server accepts.")
     if not isinstance(exception, MultiPartParserError):
         return None
     if "header size" in str(exception):

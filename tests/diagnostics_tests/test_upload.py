@@ -235,4 +235,10 @@ def test_an_overlong_file_name_gets_a_message_naming_it_on_every_upload_door(cli
         )
     [(_, error)] = refused.value.errors
     assert error.code == "file_name_too_long" and "404 characters; at most 255" in error.message
+    # Same class: a form field over Django's memory limit is named too, not a bare 400.
+    big = {"note": "x" * (3 * 1024 * 1024), "files": [SimpleUploadedFile("a.png", image_bytes())]}
+    too_big = machine.post(reverse("api_case_scans", args=[case.uuid]), big, format="multipart")
+    assert too_big.status_code == 400 and too_big.json()["error"]["code"] == "request_too_large"
+    page_big = browser.post(reverse("case_upload_file", args=[case.uuid]), big)
+    assert page_big.status_code == 400 and page_big.json()["errors"][0]["code"] == "request_too_large"
     assert not case.scans.exists() and stored_files() == set()
