@@ -270,6 +270,12 @@ def test_physician_reviews_three_items_by_keyboard_alone(live_server, browser, a
     page.click(".bell")
     assert page.locator(".notification.unread").count() == 3
     screen(page, "26-clinician-notifications")
+    # Clicking one opens its case and marks it read.
+    page.click(".notification.unread a >> nth=0")
+    page.wait_for_url(re.compile(r".*/cases/[0-9a-f-]{36}/$"))
+    assert page.locator(".bell-count").inner_text() == "2"
+    page.click(".bell")
+    assert page.locator(".notification.unread").count() == 2
     page.click("button:has-text('Mark all as read')")
     page.wait_for_load_state()
     assert page.locator(".bell-count").inner_text() == "0"
@@ -341,4 +347,19 @@ def test_admin_reads_the_dashboard_and_exports_csv(live_server, browser, active_
     page.set_viewport_size(TABLET)
     page.reload()
     screen(page, "31-admin-dashboard-tablet")
+
+    # Five wrong passwords lock clara at this workstation; the admin lifts it.
+    from django.test import Client
+
+    for _ in range(5):
+        Client().post("/accounts/login/", {"username": "clara", "password": "wrong-password"})
+    page.set_viewport_size(DESKTOP)
+    page.click("nav >> text=Lockouts")
+    row = page.locator("tr[data-lockout='clara@127.0.0.1']")
+    assert row.count() == 1
+    screen(page, "32-admin-lockouts")
+    row.locator("button:has-text('Unlock')").click()
+    page.wait_for_load_state()
+    assert "Unlocked clara at 127.0.0.1" in page.locator(".messages").inner_text()
+    assert page.locator("tr[data-lockout='clara@127.0.0.1']").count() == 0
     context.close()
