@@ -200,6 +200,9 @@ def test_wrong_signing_passwords_lock_the_session_on_every_door_and_are_audited(
     listing = login(admin_user).get(reverse("audit_list"), {"action": "review.sign_failed"})
     assert listing.status_code == 200
     assert listing.content.decode().count("review.sign_failed") >= 6
+    security = login(admin_user).get(reverse("lockouts")).content.decode()
+    assert security.count("<td>wrong password</td>") == 6
+    assert security.count("<td>signing locked, logged out</td>") == 2
 
     # A new login is a new session: signing works again.
     otp_device(physician).throttle_reset()
