@@ -25,7 +25,16 @@ def _post_login(client: Client, username: str, password: str, **extra: str):  # 
     return client.post(reverse("login"), {"username": username, "password": password}, **extra)
 
 
-def test_lockout_on_the_sixth_attempt_per_user_at_that_address(clinician, physician, admin_user):
+def _fast_passwords(settings, *users) -> None:  # type: ignore[no-untyped-def]
+    """These tests count attempts, not hashing strength: a fast hasher for their users."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for user in users:
+        user.set_password(PASSWORD)
+        user.save(update_fields=["password"])
+
+
+def test_lockout_on_the_sixth_attempt_per_user_at_that_address(clinician, physician, admin_user, settings):
+    _fast_passwords(settings, clinician, physician, admin_user)
     client = Client()
     for _ in range(4):
         response = _post_login(client, "clinician", "wrong-password")
@@ -45,6 +54,7 @@ def test_lockout_on_the_sixth_attempt_per_user_at_that_address(clinician, physic
 
 
 def test_an_address_is_locked_as_a_whole_only_at_the_higher_limit(clinician, settings):
+    _fast_passwords(settings, clinician)
     settings.LOGIN_ADDRESS_FAILURE_LIMIT = 8
     client = Client(REMOTE_ADDR="10.1.2.3")
     for i in range(7):
@@ -56,7 +66,8 @@ def test_an_address_is_locked_as_a_whole_only_at_the_higher_limit(clinician, set
     assert _post_login(Client(REMOTE_ADDR="10.1.2.4"), "clinician", PASSWORD).status_code == 302
 
 
-def test_admin_sees_and_lifts_a_lockout_on_the_lockouts_page_audited(clinician, physician, admin_user):
+def test_admin_sees_and_lifts_a_lockout_on_the_lockouts_page_audited(clinician, physician, admin_user, settings):
+    _fast_passwords(settings, clinician, physician, admin_user)
     for _ in range(5):
         _post_login(Client(REMOTE_ADDR="10.7.7.7"), "clinician", "wrong-password")
     assert _post_login(Client(REMOTE_ADDR="10.7.7.7"), "clinician", PASSWORD).status_code == 429
@@ -196,6 +207,7 @@ def test_password_validators_refuse_a_weak_password():
 
 
 def test_wrong_second_factor_codes_end_the_login_session(physician, settings):
+    _fast_passwords(settings, physician)
     settings.OTP_MAX_FAILURES = 3
     otp_device(physician)
     client = Client()

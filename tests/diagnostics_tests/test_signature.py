@@ -155,6 +155,11 @@ def test_wrong_signing_passwords_lock_the_session_on_every_door_and_are_audited(
     from tests.helpers import api
 
     settings.SIGNING_MAX_FAILURES = 3
+    # This test counts attempts, not hashing strength: a fast hasher for its users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for user in (physician, admin_user):
+        user.set_password(PASSWORD)
+        user.save(update_fields=["password"])
     item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
     url = reverse("review_detail", args=[item.uuid])
 
