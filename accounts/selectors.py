@@ -181,3 +181,18 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
     return str(value)
+
+
+def security_overview(*, user: User) -> dict[str, Any]:
+    """For admins: who is locked out of logging in now, and the latest failed and
+    locked signing attempts (21 CFR 11.300(d): attempts at unauthorised use reported)."""
+    from accounts.lockout import current_lockouts  # axes' models need the app registry
+
+    if not (user.is_authenticated and user.is_staff and user.has_perm("accounts.change_user")):
+        raise PermissionDenied("the security page is for admins")
+    signing = (
+        AuditEvent.objects.select_related("actor")
+        .filter(action__in=["review.sign_failed", "review.sign_locked"])
+        .order_by("-id")[:100]
+    )
+    return {"lockouts": current_lockouts(), "signing_attempts": list(signing)}

@@ -186,14 +186,35 @@ def otp_device_confirm(*, user: User, device: TOTPDevice, token: str, client_add
     return True
 
 
-def otp_verify_recorded(*, user: User, ok: bool, client_address: str | None = None) -> None:
-    audit_record(
-        actor=user,
-        action="auth.otp_verified" if ok else "auth.otp_failed",
-        obj=user,
-        data={},
-        client_address=client_address,
-    )
+SESSION_OTP_FAILURES = "cw_otp_failures"
+
+
+def otp_verify_recorded(*, user: User, ok: bool, client_address: str | None = None, session: Any = None) -> bool:
+    """Records a second-factor check. Wrong codes are counted in the login session:
+    after OTP_MAX_FAILURES the answer is True, and the caller must end the session
+    (the password has to be given again before more codes can be tried)."""
+    failures = 0
+    if session is not None and not ok:
+        failures = int(session.get(SESSION_OTP_FAILURES, 0)) + 1
+        session[SESSION_OTP_FAILURES] = failures
+    locked = failures >= settings.OTP_MAX_FAILURES
+    with transaction.atomic():
+        audit_record(
+            actor=user,
+            action="auth.otp_verified" if ok else "auth.otp_failed",
+            obj=user,
+            data={"attempt": failures} if failures else {},
+            client_address=client_address,
+        )
+        if locked:
+            audit_record(
+                actor=user,
+                action="auth.otp_locked",
+                obj=user,
+                data={"attempts": failures},
+                client_address=client_address,
+            )
+    return locked
 
 
 # --- authentication events (called from django.contrib.auth's signals) ----------
@@ -222,6 +243,35 @@ def login_failed_recorded(*, username: str, client_address: str | None, locked_o
             data=data,
             client_address=client_address,
         )
+
+
+LOCKOUT_PERMISSION = "accounts.change_user"
+
+
+def login_lockout_release(
+    *, acting_user: User, username: str, ip_address: str, client_address: str | None = None
+) -> int:
+    """An admin lifts a login lockout: a user name at an address, every name at an
+    address (``username`` empty), or a name everywhere (``ip_address`` empty). Audited;
+    answers how many lockout records were removed."""
+    from axes.utils import reset  # axes' models need the app registry
+
+    if not (acting_user.is_staff and acting_user.has_perm(LOCKOUT_PERMISSION)):
+        raise PermissionDenied("only admins can unlock logins")
+    username, ip_address = username.strip(), ip_address.strip()
+    if not username and not ip_address:
+        raise ValidationError("name a user name, an address or both to unlock")
+    with transaction.atomic():
+        removed = reset(ip=ip_address or None, username=username or None)
+        audit_record(
+            actor=acting_user,
+            action="auth.unlock",
+            object_type="axes.accessattempt",
+            object_id=f"{username or '*'}@{ip_address or '*'}"[:64],
+            data={"username": username[:150], "ip_address": ip_address, "records_removed": removed},
+            client_address=client_address,
+        )
+    return int(removed)
 
 
 def audit_export_recorded(

@@ -9,5 +9,6 @@ urlpatterns = [
     path("otp/setup/", views.otp_setup, name="otp_setup"),
     path("otp/verify/", views.otp_verify, name="otp_verify"),
     path("audit/", views.audit_list, name="audit_list"),
+    path("lockouts/", views.lockouts, name="lockouts"),
     path("audit/export.csv", views.audit_export, name="audit_export"),
 ]

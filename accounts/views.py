@@ -1,14 +1,17 @@
-"""Second-factor enrolment and verification, and the admins' audit trail pages."""
+"""Second-factor enrolment and verification, the admins' audit trail pages and their
+login-lockout and signing-attempt page."""
 
 from __future__ import annotations
 
 import base64
-import csv
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -20,6 +23,7 @@ from accounts import selectors, services
 from accounts.forms import AuditFilterForm, OTPTokenForm
 from accounts.http import AuthedHttpRequest
 from accounts.otp import confirmed_device
+from core.exports import csv_writer
 from core.http import client_address
 from core.pagination import BoundedPaginator
 
@@ -72,7 +76,13 @@ def otp_verify(request: AuthedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             ok = device.verify_token(form.cleaned_data["token"])
-            services.otp_verify_recorded(user=request.user, ok=ok, client_address=client_address(request))
+            locked = services.otp_verify_recorded(
+                user=request.user, ok=ok, client_address=client_address(request), session=request.session
+            )
+            if locked:
+                logout(request)
+                messages.error(request, "Too many wrong codes: log in again to try more.")
+                return redirect("login")
             if ok:
                 otp_login(request, device)
                 return redirect(_next_url(request))
@@ -140,7 +150,7 @@ def audit_export(request: AuthedHttpRequest) -> HttpResponse | StreamingHttpResp
         rows=len(rows),
         client_address=client_address(request),
     )
-    writer = csv.writer(_Echo())
+    writer = csv_writer(_Echo())
 
     def lines():
         yield writer.writerow(CSV_COLUMNS)
@@ -164,3 +174,34 @@ def audit_export(request: AuthedHttpRequest) -> HttpResponse | StreamingHttpResp
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
     return response
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+@login_required
+def lockouts(request: AuthedHttpRequest) -> HttpResponse:
+    """Admins: current login lockouts with an unlock button each, and failed signing
+    attempts. Unlocking is audited (auth.unlock)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("the security page is for admins")
+    if request.method == "POST":
+        username = request.POST.get("username", "")[:150]
+        ip_address = request.POST.get("ip_address", "")[:45]
+        try:
+            removed = services.login_lockout_release(
+                acting_user=request.user,
+                username=username,
+                ip_address=ip_address,
+                client_address=client_address(request),
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            who = " at ".join(p for p in (username, ip_address) if p)
+            messages.success(request, f"Unlocked {who} ({removed} record(s) removed).")
+        return redirect("lockouts")
+    context = selectors.security_overview(user=request.user)
+    context["login_limit"] = settings.AXES_FAILURE_LIMIT
+    context["address_limit"] = settings.LOGIN_ADDRESS_FAILURE_LIMIT
+    context["signing_limit"] = settings.SIGNING_MAX_FAILURES
+    return render(request, "accounts/lockouts.html", context)

@@ -9,6 +9,7 @@ mode that fills them with local defaults, and it binds to localhost only.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -139,8 +140,16 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from exc
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The demo's worker and web server share one SQLite file: wait for locks instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # The demo's worker and web server threads share one SQLite file. WAL lets readers
+    # (thumbnails, pages) go on while one writer commits; every transaction starts with
+    # BEGIN IMMEDIATE, so a writer queues for the write lock at its start (waiting up to
+    # the busy timeout) instead of failing with "database is locked" when a read
+    # transaction tries to become a write one; synchronous=NORMAL is WAL's safe setting.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": env_int("CANCERWEB_SQLITE_BUSY_TIMEOUT_S", 30, minimum=1),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     # A request or worker must not hang on an unreachable database: fail fast and
@@ -261,6 +270,20 @@ def _encryption_keys() -> list[tuple[str, bytes]]:
 
 # Stored scans and heat maps are encrypted at rest with AES-256-GCM (diagnostics/storage.py).
 ENCRYPTION_KEYS = _encryption_keys()
+
+# Patient pseudonyms: the whole reference must match this pattern (Python regular
+# expression), checked by the case service on every door. The default: capitals,
+# digits, dot, dash and underscore, up to 64, starting with a capital or digit, e.g.
+# PSN-2026-0042; a name typed in the usual mixed case ("Smith_John") is refused. A site
+# sets its own scheme (e.g. ^HOSP-[0-9]{8}$) and a hint shown with the refusal.
+PSEUDONYM_PATTERN = os.environ.get("CANCERWEB_PSEUDONYM_PATTERN") or r"^[A-Z0-9][A-Z0-9._-]{0,63}$"
+PSEUDONYM_HINT = os.environ.get("CANCERWEB_PSEUDONYM_HINT") or (
+    "capital letters, digits, dot, dash or underscore, e.g. PSN-2026-0042"
+)
+try:
+    re.compile(PSEUDONYM_PATTERN)
+except re.error as exc:
+    raise ImproperlyConfigured(f"CANCERWEB_PSEUDONYM_PATTERN is not a valid regular expression: {exc}") from exc
 
 # Upload limits. A 4k x 4k slide photograph is 16 MP; a 60 MP cap leaves room for
 # large scanner exports while keeping the worker's decode under a few hundred MB.
@@ -399,10 +422,13 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")
+# The demo writes each e-mail as a file into EMAIL_FILE_PATH ($CANCERWEB_DATA_DIR/mail,
+# printed by bin/demo): the web server and the worker (overdue reminders) both send.
 EMAIL_BACKEND = os.environ.get(
     "DJANGO_EMAIL_BACKEND",
-    "django.core.mail.backends.console.EmailBackend" if DEMO else "django.core.mail.backends.smtp.EmailBackend",
+    "django.core.mail.backends.filebased.EmailBackend" if DEMO else "django.core.mail.backends.smtp.EmailBackend",
 )
+EMAIL_FILE_PATH = Path(os.environ.get("DJANGO_EMAIL_FILE_PATH") or DATA_DIR / "mail")
 EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "cancerweb@localhost")
@@ -450,15 +476,33 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 
-# Lockout (django-axes): 5 failures per user name and, separately, per address lock
-# that name or address out for 15 minutes: the 5th failure already answers "locked",
-# and the 6th attempt is refused even with the right password.
-AXES_FAILURE_LIMIT = 5
+# Signing: after this many wrong passwords or authenticator codes in one session the
+# signing form locks and the session must log in again (a token is revoked).
+SIGNING_MAX_FAILURES = env_int("CANCERWEB_SIGNING_MAX_FAILURES", 5, minimum=1)
+# The same for the second factor after login: this many wrong codes end the session.
+OTP_MAX_FAILURES = env_int("CANCERWEB_OTP_MAX_FAILURES", 5, minimum=1)
+
+# Lockout (django-axes): CANCERWEB_LOGIN_FAILURE_LIMIT (5) failures for one user name
+# from one address lock that name at that address for 15 minutes (the 5th failure
+# already answers "locked", and the next attempt is refused even with the right
+# password); other users at the same workstation or NAT are not affected. An address
+# as a whole is locked after CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT (30) failures across
+# all names (accounts.lockout.LockoutHandler). Admins unlock at /accounts/lockouts/.
+AXES_FAILURE_LIMIT = env_int("CANCERWEB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=1)
+if LOGIN_ADDRESS_FAILURE_LIMIT <= AXES_FAILURE_LIMIT:
+    raise ImproperlyConfigured(
+        f"CANCERWEB_LOGIN_ADDRESS_FAILURE_LIMIT ({LOGIN_ADDRESS_FAILURE_LIMIT}) must exceed "
+        f"CANCERWEB_LOGIN_FAILURE_LIMIT ({AXES_FAILURE_LIMIT}): one user's typos must not lock a shared address"
+    )
 AXES_COOLOFF_TIME = timedelta(minutes=15)
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "accounts.lockout.LockoutHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False  # its log lines name the user; the audit trail records failures instead
+# No unlock door in the Django admin: lockouts are lifted on /accounts/lockouts/, audited.
+AXES_ENABLE_ADMIN = False
 
 # Guardian: no shared "anonymous" user row; anonymous visitors see nothing clinical.
 ANONYMOUS_USER_NAME = None

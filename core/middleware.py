@@ -7,9 +7,10 @@ import logging
 from collections.abc import Callable
 
 from django.db import InterfaceError, OperationalError, connection
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
+from core.api.errors import error_body, is_api_request
 from core.exceptions import NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,16 @@ class DatabaseUnavailableMiddleware:
     def _unavailable(self, request: HttpRequest, exception: Exception, what: str = "The database") -> HttpResponse:
         # Only the error type: the message may quote SQL parameters.
         logger.error("unavailable (%s) on %s %s", type(exception).__name__, request.method, request.path)
-        # Rendered without the request: context processors would query the database again.
         # An upload that failed here rolled back and removed the files it had stored.
-        response = HttpResponse(render_to_string("503.html", {"what": what}), status=503)
+        response: HttpResponse
+        if is_api_request(request):
+            # The API's own error shape and a stable code, never an HTML page.
+            code = exception.code if isinstance(exception, ServiceUnavailable) else "database_unavailable"
+            message = f"{what} cannot be reached right now, so nothing was saved. Try again in 30 seconds."
+            response = JsonResponse(error_body(code, message), status=503)
+        else:
+            # Rendered without the request: context processors would query the database again.
+            response = HttpResponse(render_to_string("503.html", {"what": what}), status=503)
         response["Retry-After"] = "30"
         return response
 

@@ -29,6 +29,7 @@ urlpatterns = [
     path("models/<uuid:model_uuid>/card/", model_registry.model_card, name="model_card"),
     path("notifications/", notifications.notification_list, name="notification_list"),
     path("notifications/read/", notifications.notification_read, name="notification_read"),
+    path("notifications/<uuid:notification_uuid>/", notifications.notification_open, name="notification_open"),
     path("dashboard/", dashboards.dashboard, name="dashboard"),
     path("dashboard/agreement.csv", dashboards.dashboard_csv, name="dashboard_csv"),
 ]

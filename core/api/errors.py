@@ -12,9 +12,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import TooManyFilesSent
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -105,6 +106,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             message=f"Nothing was stored: {message}.",
             fields={"files": [{"code": "too_many_files", "message": message}]},
         )
+    elif isinstance(exc, exceptions.ParseError) and "header size" in str(exc.detail):
+        # DRF's multipart parser met Django's refusal of an over-long part header.
+        code, message = _unreadable_upload(MultiPartParserError(str(exc.detail))) or ("parse_error", str(exc))
+        exc = ApiError(code=code, message=message, fields={"files": [{"code": code, "message": message}]})
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # a server error: Django's 500 handler answers and logs it
@@ -127,30 +132,62 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 # API's shape under /api/, and the usual pages elsewhere.
 
 
-def _is_api(request: HttpRequest) -> bool:
+def is_api_request(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
+def _unreadable_upload(exception: Exception | None) -> tuple[str, str] | None:
+    """A multipart body Django refused before any view ran, as a code and a message
+    that name the problem (instead of a bare "Bad Request")."""
+    if isinstance(exception, RequestDataTooBig):
+        return (
+            "request_too_large",
+            "The request's form fields are larger than the server accepts; send files as file uploads.",
+        )
+    if isinstance(exception, TooManyFieldsSent):
+        return ("too_many_fields", "The request has more form fields than the server accepts.")
+    if not isinstance(exception, MultiPartParserError):
+        return None
+    if "header size" in str(exception):
+        # Each part's headers (its file name among them) must fit in 1,024 bytes.
+        return (
+            "file_name_too_long",
+            "A file name is too long to be read (the upload's part headers are limited to 1,024 bytes); "
+            "rename the file to at most 255 characters and upload it again.",
+        )
+    return ("malformed_upload", "The upload could not be read: the multipart body is malformed.")
+
+
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    unreadable = _unreadable_upload(exception)
+    if is_api_request(request):
+        if unreadable:
+            code, message = unreadable
+            return JsonResponse(error_body(code, message, {"files": [{"code": code, "message": message}]}), status=400)
         return JsonResponse(error_body("bad_request", "The request could not be understood."), status=400)
+    if unreadable:
+        code, message = unreadable
+        if request.path.endswith(".json"):
+            # The upload page's per-file endpoint: the shape its script shows next to the file.
+            return JsonResponse({"errors": [{"file": "this file", "code": code, "message": message}]}, status=400)
+        return render(request, "400.html", {"message": message}, status=400)
     return defaults.bad_request(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("permission_denied", "You may not do this."), status=403)
     return defaults.permission_denied(request, exception)  # type: ignore[arg-type]  # Django accepts None here
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("not_found", "Not found."), status=404)
     return defaults.page_not_found(request, exception)
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("server_error", "Something went wrong on the server."), status=500)
     return defaults.server_error(request)
 
@@ -158,6 +195,6 @@ def handler500(request: HttpRequest) -> HttpResponse:
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form posted with a missing or stale CSRF token: the styled page with a way on
     (Django's own is a bare technical page). The API's views check CSRF themselves."""
-    if _is_api(request):
+    if is_api_request(request):
         return JsonResponse(error_body("csrf_failed", "CSRF check failed; reload the page and retry."), status=403)
     return render(request, "403_csrf.html", status=403)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from django.contrib.auth import logout
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
@@ -23,6 +24,7 @@ from diagnostics.selectors.reviews import review_item_get, review_queue
 from diagnostics.services.reviews import (
     ReviewRuleError,
     SignatureError,
+    SigningLocked,
     blinded_read_record,
     review_item_open,
     review_sign,
@@ -134,7 +136,12 @@ class ReviewDecisionCreate(generics.GenericAPIView):
                 client_address=client_address(request),
                 otp_token=values["otp_token"],
                 signing_session=_signing_session(request),
+                api_token=request.auth if isinstance(request.auth, ApiToken) else None,
             )
+        except SigningLocked as exc:
+            if not isinstance(request.auth, ApiToken):
+                logout(request._request)  # the session must log in again (a token was revoked)
+            raise ApiError(code=exc.code, message=exc.message, status_code=status.HTTP_403_FORBIDDEN) from exc
         except SignatureError as exc:
             field = "otp_token" if exc.code == "second_factor_failed" else "password"
             raise ApiError(

@@ -3,6 +3,9 @@ clinical data, so not scoped to a user."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
@@ -19,6 +22,13 @@ def job_counts() -> dict[str, int]:
 def oldest_queued_age_s() -> float:
     oldest = InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED).aggregate(t=Min("created_at"))["t"]
     return max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0
+
+
+def stuck_running_count() -> int:
+    """Jobs still `running` past the running deadline: their worker was lost or stuck
+    (e.g. on a locked database), and no sweeper has put them back in the queue."""
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_RUNNING_DEADLINE_S)
+    return InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, started_at__lt=cutoff).count()
 
 
 def latest_heartbeat_age_s() -> float | None:

@@ -4,6 +4,7 @@ encrypted, all or nothing), and the audited opening of a case or a scan."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,9 +70,40 @@ class UploadBatchRejected(Exception):
         self.errors = errors
 
 
+MAX_FILE_NAME = 255
+
+
+def file_name_too_long(length: int) -> UploadRejected:
+    return UploadRejected(
+        "file_name_too_long",
+        f"the file name has {length} characters; at most {MAX_FILE_NAME} are accepted: "
+        "rename the file and upload it again",
+    )
+
+
 def _safe_filename(name: str) -> str:
     base = Path(name or "").name
     return base[:255]
+
+
+def patient_ref_check(patient_ref: str) -> str:
+    """The site's positive rule for pseudonyms (CANCERWEB_PSEUDONYM_PATTERN, the whole
+    reference must match): the one check every door passes through, so the page, the
+    API and a DICOM upload (whose stored Patient Name and ID are this reference) obey
+    it alike. Answers the reference without surrounding spaces."""
+    value = (patient_ref or "").strip()
+    if not re.fullmatch(settings.PSEUDONYM_PATTERN, value):
+        raise ValidationError(
+            {
+                "patient_ref": ValidationError(
+                    f"the patient reference must be this site's pseudonym, matching the pattern "
+                    f"{settings.PSEUDONYM_PATTERN} ({settings.PSEUDONYM_HINT}); never a name, birth date "
+                    "or national identifier",
+                    code="invalid_patient_ref",
+                )
+            }
+        )
+    return value
 
 
 def case_create(
@@ -98,10 +130,11 @@ def case_create(
         unit = units[0]
     elif unit.pk not in {u.pk for u in units}:
         raise ValidationError({"unit": "you can create cases only in your own care units"})
+    patient_ref = patient_ref_check(patient_ref)
     task = _case_task(task)
     with _stored_files_removed_on_failure() as created_names, transaction.atomic():
         case = Case(
-            patient_ref=patient_ref.strip(),
+            patient_ref=patient_ref,
             body_site=body_site.strip(),
             note=note,
             task=task,
@@ -215,6 +248,10 @@ def _scans_upload_inner(
     checked = []
     for incoming in files:
         name = _safe_filename(incoming.name)
+        full_name = Path(incoming.name or "").name
+        if len(full_name) > MAX_FILE_NAME:
+            errors.append((full_name[:60] + "…", file_name_too_long(len(full_name))))
+            continue
         try:
             info = validate_image(
                 data=incoming.data,

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
+from core.exceptions import NotFound
 from diagnostics.models import (
     Notification,
     ReviewDecision,
@@ -112,3 +113,21 @@ def notifications_mark_read(*, acting_user: User, notification_uuid: UUID | None
     if notification_uuid is not None:
         qs = qs.filter(uuid=notification_uuid)
     return qs.update(read_at=timezone.now())
+
+
+def notification_open(*, acting_user: User, notification_uuid: UUID) -> str:
+    """The user opens (clicks) one of their notifications: it is marked read, and the
+    answer is where it leads (this site's own path only; the list when it has none).
+    Another user's notification is not found."""
+    from django.urls import reverse
+
+    note = Notification.objects.filter(user=acting_user, uuid=notification_uuid).first()
+    if note is None:
+        raise NotFound("no such notification")
+    if note.read_at is None:
+        Notification.objects.filter(pk=note.pk, read_at__isnull=True).update(read_at=timezone.now())
+    link = note.link or ""
+    # A stored link is ours (reverse() made it), but never follow one off this site.
+    if not link.startswith("/") or link.startswith("//") or "\\" in link:
+        return reverse("notification_list")
+    return link

@@ -7,14 +7,16 @@ from collections.abc import MutableMapping
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import audit_record, record_view
-from accounts.models import User
+from accounts.models import ApiToken, AuditEvent, User
 from accounts.otp import confirmed_device
 from accounts.roles import REVIEW_PERMISSION
+from accounts.services import api_token_revoke
 from core.exceptions import ApplicationError
 from diagnostics import signatures
 from diagnostics.models import (
@@ -33,6 +35,11 @@ class SignatureError(ApplicationError):
     """The decision was not signed: a wrong password or authenticator code."""
 
 
+class SigningLocked(SignatureError):
+    """Too many wrong signing attempts in this session: signing is locked until the
+    user logs in again (pages log the session out; a token is revoked)."""
+
+
 class ReviewRuleError(ApplicationError):
     """A review rule refused the action (e.g. blinded-first: the physician's own stage
     must be recorded before the AI's answer is shown and a decision signed)."""
@@ -40,6 +47,74 @@ class ReviewRuleError(ApplicationError):
 
 # Set in the signing session after its first signature with the authenticator code.
 SESSION_OTP_SIGNED = "cw_otp_signed"
+# Wrong signing attempts (password or code) in this session.
+SESSION_SIGN_FAILURES = "cw_sign_failures"
+
+
+def _signing_failures(
+    *, user: User, signing_session: MutableMapping[str, Any] | None, api_token: ApiToken | None
+) -> int:
+    """Wrong signing attempts so far in this session. A browser session counts its own;
+    a token, which is a session of its own, counts the audit trail's attempts with it."""
+    if signing_session is not None:
+        return int(signing_session.get(SESSION_SIGN_FAILURES, 0))
+    if api_token is not None:
+        return AuditEvent.objects.filter(
+            actor=user, action="review.sign_failed", data__api_token=str(api_token.uuid)
+        ).count()
+    return 0
+
+
+def _locked_message() -> str:
+    return (
+        f"signing is locked after {settings.SIGNING_MAX_FAILURES} wrong attempts in this session; log in again to sign"
+    )
+
+
+def _signing_failed(
+    *,
+    user: User,
+    review_item: ReviewItem,
+    what: str,
+    signing_session: MutableMapping[str, Any] | None,
+    api_token: ApiToken | None,
+    client_address: str | None,
+) -> SignatureError:
+    """Records a wrong signing attempt (21 CFR 11.300(d): attempts at unauthorised use
+    are detected and reported) and answers the error to raise: the plain refusal, or
+    the lock once this session has used up its attempts."""
+    failures = _signing_failures(user=user, signing_session=signing_session, api_token=api_token) + 1
+    limit = settings.SIGNING_MAX_FAILURES
+    with transaction.atomic():
+        audit_record(
+            actor=user,
+            action="review.sign_failed",
+            obj=review_item,
+            data={
+                "reason": what,
+                "attempt": failures,
+                "limit": limit,
+                "api_token": str(api_token.uuid) if api_token is not None else None,
+            },
+            client_address=client_address,
+        )
+        if failures >= limit:
+            audit_record(
+                actor=user,
+                action="review.sign_locked",
+                obj=user,
+                data={"attempts": failures, "api_token": str(api_token.uuid) if api_token is not None else None},
+                client_address=client_address,
+            )
+            if api_token is not None:
+                api_token_revoke(acting_user=user, token=api_token, client_address=client_address)
+    if signing_session is not None:
+        signing_session[SESSION_SIGN_FAILURES] = failures
+    if failures >= limit:
+        return SigningLocked("signing_locked", _locked_message())
+    if what == "password":
+        return SignatureError("signature_failed", "the password is not correct; the decision was not signed")
+    return SignatureError("second_factor_failed", "the authenticator code is not correct; the decision was not signed")
 
 
 def second_factor_required(*, user: User, signing_session: MutableMapping[str, Any] | None) -> bool:
@@ -66,13 +141,18 @@ def review_sign(
     supersedes: ReviewDecision | None = None,
     client_address: str | None = None,
     otp_token: str = "",
+    api_token: ApiToken | None = None,
 ) -> ReviewDecision:
     """A physician confirms or rejects a prediction, or corrects a signed decision,
     and signs it by re-entering the password and, where an authenticator is
     enrolled, a code from it (see `second_factor_required`). Signed decisions are
     never edited. ``signing_session`` is the browser session the physician signs in
     (it remembers that the session's first signature carried the code), or None for
-    a request that has no continuous session."""
+    a request that has no continuous session (``api_token``: the token it came with).
+
+    After ``SIGNING_MAX_FAILURES`` wrong passwords or codes in one session, every
+    signing attempt of that session is refused (``signing_locked``) until the user
+    logs in again; a token is revoked. Each wrong attempt is an audit event."""
     if not acting_user.has_perm(REVIEW_PERMISSION):
         raise PermissionDenied("only physicians can sign review decisions")
     if review_item_ai_hidden(user=acting_user, item=review_item):
@@ -80,13 +160,25 @@ def review_sign(
             "blinded_read_required",
             "record your own stage first; the AI's answer is shown and signing opens after that",
         )
+    if _signing_failures(user=acting_user, signing_session=signing_session, api_token=api_token) >= (
+        settings.SIGNING_MAX_FAILURES
+    ):
+        raise SigningLocked("signing_locked", _locked_message())
+    wrong = ""
     if not password or not acting_user.check_password(password):
-        raise SignatureError("signature_failed", "the password is not correct; the decision was not signed")
+        wrong = "password"
     needs_code = second_factor_required(user=acting_user, signing_session=signing_session)
     device = confirmed_device(acting_user)
-    if needs_code and (device is None or not device.verify_token((otp_token or "").strip())):
-        raise SignatureError(
-            "second_factor_failed", "the authenticator code is not correct; the decision was not signed"
+    if not wrong and needs_code and (device is None or not device.verify_token((otp_token or "").strip())):
+        wrong = "second_factor"
+    if wrong:
+        raise _signing_failed(
+            user=acting_user,
+            review_item=review_item,
+            what=wrong,
+            signing_session=signing_session,
+            api_token=api_token,
+            client_address=client_address,
         )
     labels = list(review_item.prediction.labels)
     reason = reason.strip()

@@ -87,6 +87,12 @@ def slide_upload_create(
     name = _safe_filename(filename)
     if not name:
         raise UploadProblem("invalid", "name the file (tus metadata 'filename')")
+    if len(PurePath(filename).name) > 255:
+        raise UploadProblem(
+            "file_name_too_long",
+            f"the file name has {len(PurePath(filename).name)} characters; at most 255 are accepted: "
+            "rename the file and upload it again",
+        )
     extension = PurePath(name).suffix.lower()
     if extension in MULTI_FILE_EXTENSIONS:
         raise UploadProblem(

@@ -120,7 +120,10 @@ def case_new(request: AuthedHttpRequest) -> HttpResponse:
             except UploadBatchRejected as exc:
                 _add_upload_errors(form, exc)
             except ValidationError as exc:
-                form.add_error(None, exc.messages)
+                # Next to the field it names (the pseudonym rule, the unit, the task).
+                by_field = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+                for field, errors in by_field.items():
+                    form.add_error(field if field in form.fields else None, errors)
             else:
                 messages.success(
                     request,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import render
@@ -11,6 +9,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts.http import AuthedHttpRequest
+from core.exports import csv_writer
 from diagnostics.selectors.dashboards import SMALL_SAMPLE, dashboard_get
 from diagnostics.views import charts as charts_svg
 
@@ -33,7 +32,7 @@ def dashboard_csv(request: AuthedHttpRequest) -> HttpResponse:
     agreements, stats = data.agreements, data.queue
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="cancerweb-agreement.csv"'
-    writer = csv.writer(response)
+    writer = csv_writer(response)
     writer.writerow(["section", "model", "stage", "predicted_stage", "metric", "value"])
     for a in agreements:
         model = str(a.model_version)

@@ -31,7 +31,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from diagnostics.intake import storage
 from diagnostics.models import InferenceJob
-from diagnostics.selectors.monitoring import job_counts, latest_heartbeat_age_s, oldest_queued_age_s
+from diagnostics.selectors.monitoring import (
+    job_counts,
+    latest_heartbeat_age_s,
+    oldest_queued_age_s,
+    stuck_running_count,
+)
 
 # Seconds from upload to a stored prediction; a healthy queue answers in seconds,
 # a backlog or a sweeper recovery in minutes.
@@ -59,11 +64,22 @@ def _forbidden() -> JsonResponse:
     )
 
 
+class CheckFailed(Exception):
+    """A check that ran and found something wrong: its figures are still reported."""
+
+    def __init__(self, reason: str, detail: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
 def _check(name: str, results: dict[str, Any], fn: Any) -> None:
     started = time.perf_counter()
     try:
         detail = fn() or {}
         results[name] = {"ok": True, **detail}
+    except CheckFailed as exc:  # our own reason, no data in it
+        results[name] = {"ok": False, "error": exc.reason, **exc.detail}
     except Exception as exc:  # report the kind of failure, never its text (may hold data)
         results[name] = {"ok": False, "error": type(exc).__name__}
     results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -106,11 +122,17 @@ def _queue() -> dict[str, Any]:
     detail = {
         "depth": counts["queued"],
         "running": counts["running"],
+        "running_past_deadline": stuck_running_count(),
+        "running_deadline_s": settings.JOB_RUNNING_DEADLINE_S,
         "oldest_queued_age_s": round(age, 1),
         "max_queued_age_s": settings.HEALTH_MAX_QUEUED_AGE_S,
     }
     if age > settings.HEALTH_MAX_QUEUED_AGE_S:
-        raise TimeoutError("oldest queued job is too old")
+        raise CheckFailed("oldest queued job is too old", detail)
+    if detail["running_past_deadline"]:
+        # The sweeper should have put them back in the queue: it is not running, or
+        # it cannot (the database refuses its writes).
+        raise CheckFailed("jobs running past their deadline (is the sweeper running?)", detail)
     return detail
 
 

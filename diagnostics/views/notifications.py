@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthedHttpRequest
 from diagnostics.selectors.notifications import notifications_for_user
+from diagnostics.services.notifications import notification_open as notification_open_service
 from diagnostics.services.notifications import notifications_mark_read
 
 
@@ -37,3 +38,11 @@ def notification_read(request: AuthedHttpRequest) -> HttpResponse:
             return HttpResponse("notification must be a UUID", status=400, content_type="text/plain")
     notifications_mark_read(acting_user=request.user, notification_uuid=target)
     return redirect("notification_list")
+
+
+@require_GET
+@never_cache
+@login_required
+def notification_open(request: AuthedHttpRequest, notification_uuid: UUID) -> HttpResponse:
+    """Where a notification's link goes: marks it read, then on to what it is about."""
+    return redirect(notification_open_service(acting_user=request.user, notification_uuid=notification_uuid))

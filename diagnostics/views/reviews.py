@@ -11,7 +11,9 @@ from uuid import UUID
 
 import numpy as np
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
@@ -51,6 +53,7 @@ from diagnostics.selectors.worklists import worklist_etag
 from diagnostics.services.reviews import (
     ReviewRuleError,
     SignatureError,
+    SigningLocked,
     blinded_read_record,
     review_item_open,
     review_sign,
@@ -133,6 +136,11 @@ def review_detail(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponse:
                     otp_token=data.get("otp_token") or "",
                     signing_session=request.session,
                 )
+            except SigningLocked as exc:
+                # The rule is the service's; the page ends the session it locked.
+                logout(request)
+                messages.error(request, exc.message[:1].upper() + exc.message[1:] + ".")
+                return redirect_to_login(request.get_full_path())
             except SignatureError as exc:
                 form.add_error("otp_token" if exc.code == "second_factor_failed" else "password", exc.message)
             except ReviewRuleError as exc:

@@ -48,9 +48,33 @@
   function finish(ui, state, message) {
     ui.li.setAttribute("data-state", state);
     ui.text.textContent = message;
-    if (state === "error") { ui.li.classList.add("error"); ui.text.setAttribute("role", "alert"); }
+    if (state === "error") {
+      ui.li.classList.add("error");
+      ui.text.setAttribute("role", "alert");
+      ui.bar.value = 0; // a refused or failed file must not look finished
+    }
     active -= 1;
     next();
+  }
+
+  // A failure that may pass on its own (the server busy or down, the connection lost)
+  // gets a Retry button that sends the same file again; a refusal names its reason.
+  function offerRetry(item) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "upload-retry";
+    button.textContent = "Retry";
+    button.setAttribute("aria-label", "Retry uploading " + item.file.name);
+    button.addEventListener("click", function () {
+      button.remove();
+      item.ui.li.classList.remove("error");
+      item.ui.text.removeAttribute("role");
+      item.ui.li.setAttribute("data-state", "waiting");
+      item.ui.text.textContent = "Waiting";
+      queue.push(item);
+      next();
+    });
+    item.ui.li.appendChild(button);
   }
 
   function send(item) {
@@ -74,10 +98,15 @@
       } else if (body.errors && body.errors.length) {
         finish(ui, "error", "Refused. " + body.errors.map(function (e) { return e.file + ": " + e.message; }).join("; "));
       } else {
-        finish(ui, "error", "Failed: the server answered " + xhr.status);
+        var why = body.error && body.error.message ? ": " + body.error.message : "";
+        finish(ui, "error", "Failed: the server answered " + xhr.status + why);
+        if (xhr.status >= 500 || xhr.status === 429) { offerRetry(item); }
       }
     });
-    xhr.addEventListener("error", function () { finish(ui, "error", "Failed: the connection was lost"); });
+    xhr.addEventListener("error", function () {
+      finish(ui, "error", "Failed: the connection was lost");
+      offerRetry(item);
+    });
     ui.text.textContent = "Uploading";
     ui.li.setAttribute("data-state", "uploading");
     xhr.send(data);

@@ -25,31 +25,69 @@ def _post_login(client: Client, username: str, password: str, **extra: str):  # 
     return client.post(reverse("login"), {"username": username, "password": password}, **extra)
 
 
-def test_lockout_on_the_sixth_attempt_per_user(clinician):
+def _fast_passwords(settings, *users) -> None:  # type: ignore[no-untyped-def]
+    """These tests count attempts, not hashing strength: a fast hasher for their users."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for user in users:
+        user.set_password(PASSWORD)
+        user.save(update_fields=["password"])
+
+
+def test_lockout_on_the_sixth_attempt_per_user_at_that_address(clinician, physician, admin_user, settings):
+    _fast_passwords(settings, clinician, physician, admin_user)
     client = Client()
     for _ in range(4):
         response = _post_login(client, "clinician", "wrong-password")
         assert response.status_code == 200 and "did not match" in response.content.decode()
-    # The 5th failure locks the name at once and says so.
+    # The 5th failure locks the name at this address at once and says so.
     assert _post_login(client, "clinician", "wrong-password").status_code == 429
-    # The 6th attempt is refused even with the right password, from another address too.
-    locked = _post_login(Client(REMOTE_ADDR="10.9.9.9"), "clinician", PASSWORD)
+    # The 6th attempt from there is refused even with the right password.
+    locked = _post_login(Client(), "clinician", PASSWORD)
     assert locked.status_code == 429
-    assert "locked for 15 minutes" in locked.content.decode()
+    assert "locked at this address for 15 minutes" in locked.content.decode()
     assert "_auth_user_id" not in Client().session
     assert AuditEvent.objects.filter(action="auth.login_failed", object_id=str(clinician.uuid)).count() == 6
     assert AuditEvent.objects.filter(action="auth.login_failed", data__locked_out=True).exists()
+    # The physician and the admin at the same workstation are not locked out.
+    assert _post_login(Client(), "physician", PASSWORD).status_code == 302
+    assert _post_login(Client(), "admin", PASSWORD).status_code == 302
 
 
-def test_lockout_per_address(clinician):
+def test_an_address_is_locked_as_a_whole_only_at_the_higher_limit(clinician, settings):
+    _fast_passwords(settings, clinician)
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 8
     client = Client(REMOTE_ADDR="10.1.2.3")
-    for i in range(4):
+    for i in range(7):
         assert _post_login(client, f"nobody{i}", "wrong-password").status_code == 200
-    assert _post_login(client, "nobody4", "wrong-password").status_code == 429
-    # A different, correct user from the same address is refused on the 6th attempt ...
+    # Seven names tried once each lock nobody; the 8th failure locks the address.
+    assert _post_login(client, "nobody7", "wrong-password").status_code == 429
     assert _post_login(client, "clinician", PASSWORD).status_code == 429
     # ... while the same user from another address logs in.
     assert _post_login(Client(REMOTE_ADDR="10.1.2.4"), "clinician", PASSWORD).status_code == 302
+
+
+def test_admin_sees_and_lifts_a_lockout_on_the_lockouts_page_audited(clinician, physician, admin_user, settings):
+    _fast_passwords(settings, clinician, physician, admin_user)
+    for _ in range(5):
+        _post_login(Client(REMOTE_ADDR="10.7.7.7"), "clinician", "wrong-password")
+    assert _post_login(Client(REMOTE_ADDR="10.7.7.7"), "clinician", PASSWORD).status_code == 429
+    url = reverse("lockouts")
+    # Staff only: a physician gets no page, nor can unlock.
+    doctor = login(physician)
+    assert doctor.get(url).status_code == 403
+    assert doctor.post(url, {"username": "clinician", "ip_address": "10.7.7.7"}).status_code == 403
+    admin = login(admin_user)
+    page = admin.get(url)
+    assert page.status_code == 200
+    assert 'data-lockout="clinician@10.7.7.7"' in page.content.decode()
+    done = admin.post(url, {"username": "clinician", "ip_address": "10.7.7.7"}, follow=True)
+    assert "Unlocked clinician at 10.7.7.7" in done.content.decode()
+    assert 'data-lockout="clinician@10.7.7.7"' not in done.content.decode()
+    assert _post_login(Client(REMOTE_ADDR="10.7.7.7"), "clinician", PASSWORD).status_code == 302
+    unlock = AuditEvent.objects.get(action="auth.unlock")
+    assert unlock.actor == admin_user
+    assert unlock.data["username"] == "clinician" and unlock.data["ip_address"] == "10.7.7.7"
+    assert unlock.data["records_removed"] >= 1
 
 
 def test_five_failures_then_success_is_not_locked(clinician):
@@ -166,3 +204,20 @@ def test_password_validators_refuse_a_weak_password():
     with pytest.raises(ValidationError):
         validate_password("short9!", user)
     validate_password("a long and unusual passphrase 42", user)
+
+
+def test_wrong_second_factor_codes_end_the_login_session(physician, settings):
+    _fast_passwords(settings, physician)
+    settings.OTP_MAX_FAILURES = 3
+    otp_device(physician)
+    client = Client()
+    assert _post_login(client, "physician", PASSWORD).status_code == 302
+    for _ in range(2):
+        assert client.post(reverse("otp_verify"), {"token": "000000"}).status_code == 400
+    ended = client.post(reverse("otp_verify"), {"token": "000000"}, follow=True)
+    assert ended.redirect_chain[0][0] == reverse("login")
+    assert "Too many wrong codes" in ended.content.decode()
+    assert "_auth_user_id" not in client.session
+    failed = AuditEvent.objects.filter(action="auth.otp_failed", actor=physician)
+    assert [e.data["attempt"] for e in failed.order_by("id")] == [1, 2, 3]
+    assert AuditEvent.objects.filter(action="auth.otp_locked", actor=physician).count() == 1

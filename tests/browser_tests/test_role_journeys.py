@@ -80,9 +80,34 @@ def test_clinician_uploads_several_files_and_watches_them_progress(
     page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": data_transfer})
     page.wait_for_selector(".upload-item[data-file='dropped.png'][data-state=done]", timeout=60_000)
 
+    # A file the server could not take this time (503): its bar does not look finished,
+    # and Retry sends it again.
+    answered = []
+
+    def busy_once(route) -> None:  # type: ignore[no-untyped-def]
+        if answered:
+            route.continue_()
+            return
+        answered.append(503)
+        route.fulfill(status=503, content_type="text/html", body="<h1>Service temporarily unavailable</h1>")
+
+    page.route("**/upload.json", busy_once)
+    page.set_input_files(
+        "#id_files", files=[{"name": "retried.png", "mimeType": "image/png", "buffer": image_bytes(color=(9, 99, 9))}]
+    )
+    page.click("button:has-text('Upload')")
+    failed = page.locator(".upload-item[data-file='retried.png'][data-state=error]")
+    failed.wait_for(timeout=60_000)
+    assert "the server answered 503" in failed.inner_text()
+    assert failed.locator("progress").evaluate("p => p.value") == 0
+    failed.locator("button.upload-retry").click()
+    page.wait_for_selector(".upload-item[data-file='retried.png'][data-state=done]", timeout=60_000)
+    assert page.locator(".upload-item[data-file='retried.png'] button.upload-retry").count() == 0
+    page.unroute("**/upload.json")
+
     # No reload: the status table follows the worker until every image awaits review.
     page.wait_for_function(
-        "document.querySelectorAll('.status-awaiting_review').length === 4", timeout=300_000, polling=1000
+        "document.querySelectorAll('.status-awaiting_review').length === 5", timeout=300_000, polling=1000
     )
     assert page.url == case_url
     assert page.locator(".status-summary").inner_text() == "Awaiting review"
@@ -245,6 +270,12 @@ def test_physician_reviews_three_items_by_keyboard_alone(live_server, browser, a
     page.click(".bell")
     assert page.locator(".notification.unread").count() == 3
     screen(page, "26-clinician-notifications")
+    # Clicking one opens its case and marks it read.
+    page.click(".notification.unread a >> nth=0")
+    page.wait_for_url(re.compile(r".*/cases/[0-9a-f-]{36}/$"))
+    assert page.locator(".bell-count").inner_text() == "2"
+    page.click(".bell")
+    assert page.locator(".notification.unread").count() == 2
     page.click("button:has-text('Mark all as read')")
     page.wait_for_load_state()
     assert page.locator(".bell-count").inner_text() == "0"
@@ -316,4 +347,19 @@ def test_admin_reads_the_dashboard_and_exports_csv(live_server, browser, active_
     page.set_viewport_size(TABLET)
     page.reload()
     screen(page, "31-admin-dashboard-tablet")
+
+    # Five wrong passwords lock clara at this workstation; the admin lifts it.
+    from django.test import Client
+
+    for _ in range(5):
+        Client().post("/accounts/login/", {"username": "clara", "password": "wrong-password"})
+    page.set_viewport_size(DESKTOP)
+    page.click("nav >> text=Lockouts")
+    row = page.locator("tr[data-lockout='clara@127.0.0.1']")
+    assert row.count() == 1
+    screen(page, "32-admin-lockouts")
+    row.locator("button:has-text('Unlock')").click()
+    page.wait_for_load_state()
+    assert "Unlocked clara at 127.0.0.1" in page.locator(".messages").inner_text()
+    assert page.locator("tr[data-lockout='clara@127.0.0.1']").count() == 0
     context.close()

@@ -41,7 +41,7 @@ def _session(token: str) -> requests.Session:
 
 
 def _upload(clinician: requests.Session, web: str, name: str) -> dict:
-    case = clinician.post(f"{web}/api/v1/cases/", json={"patient_ref": f"PSN-{name}", "body_site": "lymph node",
+    case = clinician.post(f"{web}/api/v1/cases/", json={"patient_ref": f"PSN-{name.upper()}", "body_site": "lymph node",
                                                         "task": TASK}, timeout=60)  # fmt: skip
     assert case.status_code == 201, case.text
     with (SAMPLES / "pcam-metastasis-1.jpg").open("rb") as fh:

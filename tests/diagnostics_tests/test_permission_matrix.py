@@ -70,6 +70,7 @@ OBJECT_KIND = {
     "otp_verify": None,
     "audit_list": None,
     "audit_export": None,
+    "lockouts": None,
     "case_upload_file": "case",
     "review_heatmap": "item",
     "job_retry": "job",
@@ -80,6 +81,7 @@ OBJECT_KIND = {
     "model_card": "model",
     "notification_list": None,
     "notification_read": None,
+    "notification_open": "item",  # a notification's uuid: none of these ids is one
     "dashboard": None,
     "dashboard_csv": None,
     "slide_dzi": "scan",
@@ -120,6 +122,8 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         )
     if name == "notification_list":
         return 200
+    if name == "notification_open":
+        return 404  # only one's own notifications open
     if name == "notification_read":
         return 302
     if name == "model_card":
@@ -131,7 +135,7 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         return 200
     if name == "review_settings":
         return 200 if persona in REVIEWERS else 403
-    if name in ("audit_list", "audit_export"):
+    if name in ("audit_list", "audit_export", "lockouts"):
         return 200 if persona == "admin_user" else 403
     if name in ("case_list", "case_new"):
         return 200 if persona in UPLOADERS else 403

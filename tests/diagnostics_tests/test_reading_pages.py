@@ -365,3 +365,50 @@ def test_worklists_filter_by_care_unit_for_members_of_several_units(clinician, p
     queue = login(physician).get(reverse("review_queue"), {"unit": str(care_unit.uuid)}).content.decode()
     assert "PSN-UA" in queue
     assert in_b.uuid and in_a.uuid
+
+
+def test_every_csv_export_escapes_cells_that_a_spreadsheet_would_run_as_formulas(clinician, physician, admin_user):
+    from accounts.audit import audit_record
+    from core.exports import FORMULA_PREFIXES, safe_cell
+
+    assert [safe_cell(p + "x") for p in FORMULA_PREFIXES] == ["'" + p + "x" for p in FORMULA_PREFIXES]
+    assert safe_cell("Stage II") == "Stage II" and safe_cell(-0.5) == -0.5 and safe_cell(None) is None
+    # The audit trail: a user name and an object id that start like formulas.
+    sly = UserFactory(username="-2+3")
+    audit_record(actor=sly, action="test.formula", object_type="x", object_id='=HYPERLINK("http://x")', data={})
+    export = login(admin_user).get(reverse("audit_export"), {"action": "test.formula"})
+    [row] = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert row["actor"] == "'-2+3"
+    assert row["object_id"] == '\'=HYPERLINK("http://x")'
+    assert row["action"] == "test.formula"
+    # The dashboard: stage labels and model names come from model bundles.
+    model = ModelVersion.objects.create(
+        name="@evil", version="1", task="t", labels=["=1+1", "Stage II"], bundle_path="x", sha256="1" * 64
+    )
+    _sign(physician, make_prediction(clinician, model, [0.8, 0.2], ref="PSN-CSV1"), "=1+1")
+    rows = list(csv.DictReader(io.StringIO(login(admin_user).get(reverse("dashboard_csv")).content.decode())))
+    ours = [r for r in rows if r["model"].startswith("'@evil")]
+    assert ours and {r["stage"] for r in ours if r["section"] == "per_stage"} == {"'=1+1", "Stage II"}
+    assert not [cell for r in rows for cell in r.values() if cell and cell[0] in "=+@\t\r"]
+
+
+def test_clicking_a_notification_marks_it_read_and_opens_what_it_is_about(clinician, physician, active_model):
+    p = make_prediction(clinician, active_model, [0.2, 0.8])
+    _sign(physician, p, "metastasis")
+    note = Notification.objects.get(user=clinician)
+    client = login(clinician)
+    listing = client.get(reverse("notification_list")).content.decode()
+    opened = reverse("notification_open", args=[note.uuid])
+    assert f'href="{opened}"' in listing  # the list links through the open view
+    # Not someone else's to open (nor to mark read).
+    assert login(physician).get(opened).status_code == 404
+    note.refresh_from_db()
+    assert note.read_at is None
+    response = client.get(opened)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("case_detail", args=[p.scan.case.uuid])
+    note.refresh_from_db()
+    assert note.read_at is not None
+    # A link that is not this site's path leads to the list instead.
+    Notification.objects.filter(pk=note.pk).update(link="//evil.example/x")
+    assert client.get(opened)["Location"] == reverse("notification_list")

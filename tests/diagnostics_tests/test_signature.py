@@ -10,7 +10,7 @@ from django.urls import reverse
 from accounts.models import AuditEvent
 from diagnostics.models import ModelVersion, ReviewDecision
 from diagnostics.selectors.signatures import signature_check
-from diagnostics.services.reviews import SignatureError, review_sign
+from diagnostics.services.reviews import SignatureError, SigningLocked, review_sign
 from diagnostics.signatures import content_sha256
 from tests.factories import make_prediction
 from tests.helpers import PASSWORD, login, otp_code, otp_device
@@ -147,3 +147,70 @@ def test_forger_who_recomputes_the_decision_hash_is_still_caught(signed):
     decision = ReviewDecision.objects.get(pk=signed.pk)
     check = signature_check(decision)
     assert not check.verifies and "recorded when it was signed" in check.problem
+
+
+def test_wrong_signing_passwords_lock_the_session_on_every_door_and_are_audited(
+    clinician, physician, admin_user, model, settings
+):
+    from tests.helpers import api
+
+    settings.SIGNING_MAX_FAILURES = 3
+    # This test counts attempts, not hashing strength: a fast hasher for its users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for user in (physician, admin_user):
+        user.set_password(PASSWORD)
+        user.save(update_fields=["password"])
+    item = make_prediction(clinician, model, [0.1, 0.2, 0.7]).review_item
+    url = reverse("review_detail", args=[item.uuid])
+
+    # The page: two refusals on the form, the third locks and logs the session out.
+    page = login(physician)
+    wrong = {"outcome": "confirmed", "password": "wrong-password", "otp_token": "123456"}
+    for _ in range(2):
+        assert page.post(url, wrong).status_code == 400
+    locked = page.post(url, wrong)
+    assert locked.status_code == 302 and locked["Location"].startswith(reverse("login"))
+    assert "_auth_user_id" not in page.session
+    again = page.post(url, {"outcome": "confirmed", "password": PASSWORD, "otp_token": otp_code(physician)})
+    assert again.status_code == 302 and again["Location"].startswith(reverse("login"))
+    assert not ReviewDecision.objects.exists()
+
+    # The service itself: a session that used up its attempts cannot sign, even rightly.
+    session = {"cw_sign_failures": 3}
+    with pytest.raises(SigningLocked, match="log in again"):
+        review_sign(
+            signing_session=session,
+            acting_user=physician,
+            review_item=item,
+            outcome="confirmed",
+            stage="",
+            reason="",
+            password=PASSWORD,
+        )
+
+    # The API with a token: the token is the session; the third wrong password revokes it.
+    machine = api(physician)
+    sign_url = reverse("api_review_sign", args=[item.uuid])
+    answers = [machine.post(sign_url, {"outcome": "confirmed", "password": "nope"}, format="json") for _ in range(3)]
+    assert [a.status_code for a in answers] == [400, 400, 403]
+    assert [a.json()["error"]["code"] for a in answers] == ["signature_failed", "signature_failed", "signing_locked"]
+    assert machine.post(sign_url, {"outcome": "confirmed", "password": PASSWORD}, format="json").status_code == 401
+    assert not ReviewDecision.objects.exists()
+
+    # Every failed attempt is in the audit trail, with the lock; admins find them there.
+    failed = AuditEvent.objects.filter(action="review.sign_failed", actor=physician)
+    assert failed.count() == 6
+    assert all(e.data["reason"] == "password" and e.object_id == str(item.uuid) for e in failed)
+    assert AuditEvent.objects.filter(action="review.sign_locked", actor=physician).count() == 2
+    listing = login(admin_user).get(reverse("audit_list"), {"action": "review.sign_failed"})
+    assert listing.status_code == 200
+    assert listing.content.decode().count("review.sign_failed") >= 6
+    security = login(admin_user).get(reverse("lockouts")).content.decode()
+    assert security.count("<td>wrong password</td>") == 6
+    assert security.count("<td>signing locked, logged out</td>") == 2
+
+    # A new login is a new session: signing works again.
+    otp_device(physician).throttle_reset()
+    fresh = login(physician).post(url, {"outcome": "confirmed", "password": PASSWORD, "otp_token": otp_code(physician)})
+    assert fresh.status_code == 302 and not fresh["Location"].startswith(reverse("login"))
+    assert ReviewDecision.objects.count() == 1

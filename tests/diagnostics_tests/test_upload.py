@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
@@ -165,3 +166,79 @@ def test_upload_to_existing_case_with_bad_file_leaves_case_unchanged(clinician):
     assert "damaged or truncated" in response.content.decode()
     assert case.scans.count() == 1
     assert stored_files() == before
+
+
+def test_the_site_pseudonym_pattern_is_obeyed_by_page_api_and_dicom_upload(clinician, settings):
+    from diagnostics.services.cases import IncomingFile, case_create
+    from tests.diagnostics_tests.dicom_factory import dicom_bytes
+    from tests.helpers import api
+
+    # The default refuses a name typed as a reference, naming the rule.
+    page = _post_case(login(clinician), [_upload("a.png", image_bytes())], patient_ref="Smith_John")
+    assert page.status_code == 400
+    assert settings.PSEUDONYM_PATTERN in page.content.decode().replace("&#x27;", "'")
+    assert "never a name" in page.content.decode()
+    answer = api(clinician).post("/api/v1/cases/", {"patient_ref": "Smith_John", "body_site": "skin"}, format="json")
+    assert answer.status_code == 400
+    error = answer.json()["error"]["fields"]["patient_ref"][0]
+    assert error["code"] == "invalid_patient_ref" and settings.PSEUDONYM_PATTERN in error["message"]
+    # A site's own scheme: only HOSP- and eight digits.
+    settings.PSEUDONYM_PATTERN = r"HOSP-[0-9]{8}"
+    dicom = IncomingFile(name="ct.dcm", data=dicom_bytes())
+    with pytest.raises(ValidationError, match=r"HOSP-\[0-9\]\{8\}"):
+        case_create(acting_user=clinician, patient_ref="PSN-0001", body_site="chest", files=[dicom])
+    assert Case.objects.count() == 0 and stored_files() == set()
+    ok = api(clinician).post("/api/v1/cases/", {"patient_ref": "HOSP-00000042", "body_site": "skin"}, format="json")
+    assert ok.status_code == 201, ok.content
+    assert _post_case(login(clinician), [_upload("a.png", image_bytes())], patient_ref="HOSP-0042").status_code == 400
+
+
+def _raw_multipart(filename: str, data: bytes) -> tuple[bytes, str]:
+    # Built by hand: Django's test client shortens file names to 255 characters.
+    boundary = "cwboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_an_overlong_file_name_gets_a_message_naming_it_on_every_upload_door(clinician):
+    from diagnostics.services.cases import IncomingFile, UploadBatchRejected, case_create, scans_upload
+    from tests.helpers import api
+
+    case = case_create(acting_user=clinician, patient_ref="PSN-9", body_site="skin")
+    browser, machine = login(clinician), api(clinician)
+    thousand = "a" * 996 + ".png"
+    body, content_type = _raw_multipart(thousand, image_bytes())
+    # The upload page's per-file endpoint (what the drop zone sends).
+    page = browser.post(reverse("case_upload_file", args=[case.uuid]), body, content_type=content_type)
+    assert page.status_code == 400
+    assert page.json()["errors"][0]["code"] == "file_name_too_long"
+    assert "file name is too long" in page.json()["errors"][0]["message"]
+    # The case page's form.
+    form = browser.post(reverse("case_upload", args=[case.uuid]), body, content_type=content_type)
+    assert form.status_code == 400 and "file name is too long" in form.content.decode()
+    # The API.
+    answer = machine.post(reverse("api_case_scans", args=[case.uuid]), body, content_type=content_type)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "file_name_too_long"
+    # Django shortens names up to the header limit to 255 characters on the way in; a
+    # door that hands the service a longer name gets its length named.
+    with pytest.raises(UploadBatchRejected) as refused:
+        scans_upload(
+            acting_user=clinician, case=case, files=[IncomingFile(name="b" * 400 + ".png", data=image_bytes())]
+        )
+    [(_, error)] = refused.value.errors
+    assert error.code == "file_name_too_long" and "404 characters; at most 255" in error.message
+    # Same class: a form field over Django's memory limit is named too, not a bare 400.
+    big = {"note": "x" * (3 * 1024 * 1024), "files": [SimpleUploadedFile("a.png", image_bytes())]}
+    too_big = machine.post(reverse("api_case_scans", args=[case.uuid]), big, format="multipart")
+    assert too_big.status_code == 400 and too_big.json()["error"]["code"] == "request_too_large"
+    page_big = browser.post(reverse("case_upload_file", args=[case.uuid]), big)
+    assert page_big.status_code == 400 and page_big.json()["errors"][0]["code"] == "request_too_large"
+    assert not case.scans.exists() and stored_files() == set()

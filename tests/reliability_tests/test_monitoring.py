@@ -109,3 +109,46 @@ def test_an_upload_while_postgresql_is_unreachable_gets_a_clear_503_and_stores_n
     assert "nothing was saved" in response.content.decode()
     assert stored_files() == set()
     assert not case.scans.exists()
+
+
+def test_health_is_503_while_jobs_stay_running_past_their_deadline(clinician, settings):
+    worker_heartbeat(hostname="w1@host", pid=123)
+    job = make_scan(clinician).job
+    started = timezone.now() - timedelta(seconds=settings.JOB_RUNNING_DEADLINE_S + 60)
+    InferenceJob.objects.filter(pk=job.pk).update(status=InferenceJob.Status.RUNNING, started_at=started)
+    response = Client().get(reverse("health"))
+    assert response.status_code == 503
+    queue = response.json()["checks"]["queue"]
+    assert queue["ok"] is False
+    assert queue["running_past_deadline"] == 1
+    assert "running past their deadline" in queue["error"]
+    # A job still within its deadline is healthy work.
+    InferenceJob.objects.filter(pk=job.pk).update(started_at=timezone.now())
+    assert Client().get(reverse("health")).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_503_under_the_api_has_the_api_error_shape(clinician):
+    from tests.helpers import api
+
+    case = case_create(acting_user=clinician, patient_ref="PSN-9", body_site="skin")
+    client = api(clinician)
+    real_port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = str(free_port())
+    try:
+        response = client.post(
+            reverse("api_case_scans", args=[case.uuid]),
+            {"files": [SimpleUploadedFile("a.png", image_bytes())]},
+            format="multipart",
+        )
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = real_port
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/json"
+    assert response["Retry-After"] == "30"
+    error = response.json()["error"]
+    assert error["code"] == "database_unavailable"
+    assert "nothing was saved" in error["message"]
+    assert stored_files() == set()

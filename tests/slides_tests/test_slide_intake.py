@@ -177,6 +177,10 @@ def test_an_mrxs_and_an_oversized_file_are_refused_before_any_byte_is_sent(clini
     assert "data files" in answer.json()["error"]["message"]
     answer = _create(client, case, "slide.svs", settings.SLIDE_UPLOAD_MAX_BYTES + 1)
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "file_too_large"
+    # A name longer than any file system keeps: the refusal says so.
+    answer = _create(client, case, "s" * 996 + ".svs", 1000)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "file_name_too_long"
+    assert "1000 characters; at most 255" in answer.json()["error"]["message"]
     assert SlideUpload.objects.count() == 0
 
 

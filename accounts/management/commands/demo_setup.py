@@ -46,6 +46,9 @@ class Command(BaseCommand):
             )
             if created:
                 user.set_password(password)
+            # An address of the reserved .invalid domain: the demo's notification
+            # e-mails are written to files (bin/demo prints the folder), never sent.
+            user.email = user.email or f"{username}@demo.invalid"
             user.is_staff = staff
             user.is_superuser = False
             user.save()
