@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 from django import forms
@@ -224,3 +226,46 @@ class ReviewerPreferenceForm(forms.Form):
         required=False,
         label="Blinded first: record my stage before the AI's answer is shown",
     )
+
+
+class ReaderStudyForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    arm = forms.ChoiceField(choices=[], widget=forms.RadioSelect, label="Arm")
+    readers: forms.ModelMultipleChoiceField[Any] = forms.ModelMultipleChoiceField(
+        queryset=None, label="Readers", help_text="Physicians; at least two. Hold Ctrl to choose several."
+    )
+    scans = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        label="Scans",
+        help_text="Scan ids, one per line (or separated by spaces or commas). Every reader must be able to see "
+        "every scan's case.",
+    )
+
+    def __init__(self, *args: Any, physicians: Any, arms: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["readers"].queryset = physicians  # type: ignore[attr-defined]
+        _choice_field(self, "arm").choices = arms
+
+    def clean_scans(self) -> list[uuid.UUID]:
+        out = []
+        for token in re.split(r"[\s,;]+", self.cleaned_data["scans"].strip()):
+            if not token:
+                continue
+            try:
+                out.append(uuid.UUID(token))
+            except ValueError as exc:
+                raise forms.ValidationError(f"{token[:40]!r} is not a scan id") from exc
+        if not out:
+            raise forms.ValidationError("give at least one scan id")
+        return out
+
+
+class StudyStageForm(forms.Form):
+    scan = forms.UUIDField(widget=forms.HiddenInput)
+    stage = forms.ChoiceField(label="Your stage", widget=forms.RadioSelect)
+
+    def __init__(self, *args: Any, labels: list[str], required: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = _choice_field(self, "stage")
+        field.choices = ([] if required else [("", "no reference")]) + [(label, label) for label in labels]
+        field.required = required
