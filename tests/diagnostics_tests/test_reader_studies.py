@@ -138,7 +138,7 @@ def _worklist_pages(client, study: ReaderStudy) -> list[str]:  # type: ignore[no
 SCAN_IMAGE = re.compile(r'src="/scans/([0-9a-f-]{36})/image.png"')
 
 
-def test_unaided_reader_sees_only_the_studys_scans_and_no_ai_or_other_answer(world):  # type: ignore[no-untyped-def]
+def test_unaided_reader_sees_only_the_studys_scans_and_no_ai_or_other_answer(world, clinician):  # type: ignore[no-untyped-def]
     study = _study(world, scans=world["scans"][:2])
     physician, second = world["readers"]
     reader_study_read_record(acting_user=second, study=study, scan_uuid=world["scans"][0].uuid, stage="III")
@@ -155,11 +155,28 @@ def test_unaided_reader_sees_only_the_studys_scans_and_no_ai_or_other_answer(wor
     # The other reader sees their own answer only.
     assert [e.own_stage for e in reader_worklist(user=second, study=study) if e.own_stage] == ["III"]
 
+    # A study read is not a sign-off: no decision, the review item still pending, no result anywhere.
+    scan = world["scans"][1]
+    client = login(physician)
+    url = reverse("study_read", args=[study.uuid])
+    assert client.post(url, {"scan": str(scan.uuid), "stage": "III"}).status_code == 302
+    assert client.post(url, {"scan": str(scan.uuid), "stage": "II"}).status_code == 400  # recorded once
+    assert client.post(url, {"scan": str(world["scans"][0].uuid), "stage": "IV"}).status_code == 400
+    assert client.post(url, {"scan": str(world["foreign_scan"].uuid), "stage": "I"}).status_code == 404
+    assert list(ReaderStudyRead.objects.filter(reader=physician).values_list("stage", flat=True)) == ["III"]
+    assert not ReviewDecision.objects.exists()
+    assert set(ReviewItem.objects.values_list("status", flat=True)) == {"pending"}
+    assert AuditEvent.objects.filter(action="reader_study.read", actor=physician).count() == 1
+    assert api(clinician).get(f"/api/v1/scans/{scan.uuid}/").json()["result"] is None
+    case_page = login(clinician).get(reverse("case_detail", args=[scan.case.uuid])).content.decode()
+    assert "Awaiting review" in case_page and "III</strong>" not in case_page
 
-def test_each_reader_has_an_order_of_their_own_and_keeps_it(world):  # type: ignore[no-untyped-def]
-    study = _study(world)
+
+@pytest.mark.django_db(False)
+def test_each_reader_has_an_order_of_their_own_and_keeps_it():
+    study = ReaderStudy(seed=12345)
     scans = [Scan(pk=n) for n in range(1, 21)]
-    physician, second = world["readers"]
+    physician, second = User(pk=1), User(pk=2)
     first = [s.pk for s in _reader_order(study, physician, scans)]
     assert first == [s.pk for s in _reader_order(study, physician, list(reversed(scans)))]
     assert first != [s.pk for s in _reader_order(study, second, scans)]
@@ -179,43 +196,7 @@ def test_ai_shown_arm_shows_the_prediction_under_the_review_rules(world):  # typ
     assert all(e.ai is None for e in reader_worklist(user=physician, study=study))
 
 
-def test_a_study_read_is_no_sign_off_and_never_a_result(world, clinician):  # type: ignore[no-untyped-def]
-    study = _study(world)
-    physician = world["readers"][0]
-    scan = world["scans"][1]
-    client = login(physician)
-    url = reverse("study_read", args=[study.uuid])
-    assert client.post(url, {"scan": str(scan.uuid), "stage": "III"}).status_code == 302
-    assert client.post(url, {"scan": str(scan.uuid), "stage": "II"}).status_code == 400  # recorded once
-    assert client.post(url, {"scan": str(world["scans"][0].uuid), "stage": "IV"}).status_code == 400
-    assert client.post(url, {"scan": str(world["foreign_scan"].uuid), "stage": "I"}).status_code == 404
-    assert list(ReaderStudyRead.objects.values_list("stage", flat=True)) == ["III"]
-    assert not ReviewDecision.objects.exists()
-    assert set(ReviewItem.objects.values_list("status", flat=True)) == {"pending"}
-    assert AuditEvent.objects.filter(action="reader_study.read", data__stage="III").count() == 1
-    assert api(clinician).get(f"/api/v1/scans/{scan.uuid}/").json()["result"] is None
-    case_page = login(clinician).get(reverse("case_detail", args=[scan.case.uuid])).content.decode()
-    assert "Awaiting review" in case_page and "III</strong>" not in case_page
-
-
-def test_foreign_users_get_404_on_study_pages(world, physician, other_unit_physician, clinician):  # type: ignore[no-untyped-def]
-    study = _study(world)
-    owner_pages = [reverse(n, args=[study.uuid]) for n in ("study_detail", "study_csv")]
-    read_page = reverse("study_read", args=[study.uuid])
-    other_lead = login(world["other_lead"])  # may define studies, but this one is not theirs
-    for url in [*owner_pages, read_page]:
-        assert other_lead.get(url).status_code == 404, url
-    assert other_lead.post(reverse("study_reference", args=[study.uuid]), {}).status_code == 404
-    assert login(other_unit_physician).get(read_page).status_code == 404  # not a reader
-    assert login(world["admin"]).get(read_page).status_code == 403  # not a physician
-    for url in owner_pages:
-        assert login(physician).get(url).status_code == 403  # a reader, not a definer
-        assert login(clinician).get(url).status_code == 403
-    listing = login(world["other_lead"]).get(reverse("study_list")).content.decode()
-    assert str(study.uuid) not in listing
-
-
-def test_statistics_page_and_csv(world):  # type: ignore[no-untyped-def]
+def test_statistics_page_csv_and_who_may_see_them(world, physician, other_unit_physician, clinician):  # type: ignore[no-untyped-def]
     physician, second = world["readers"]
     second.first_name = "=HYPERLINK(1)"
     second.save()
@@ -254,3 +235,18 @@ def test_statistics_page_and_csv(world):  # type: ignore[no-untyped-def]
     assert [v.agreement.value for v in again.stats.versus_reference] == [1.0, 0.0, 1.0]
     with pytest.raises(ReaderStudyError):
         reader_study_reference_set(acting_user=world["admin"], study=study, scan_uuid=world["scans"][0].uuid, stage="V")
+
+    # Foreign users: a lead physician whose study it is not, a physician who is not a reader.
+    owner_pages = [reverse(n, args=[study.uuid]) for n in ("study_detail", "study_csv")]
+    read_page = reverse("study_read", args=[study.uuid])
+    other_lead = login(world["other_lead"])  # may define studies, but this one is not theirs
+    for url in [*owner_pages, read_page]:
+        assert other_lead.get(url).status_code == 404, url
+    assert other_lead.post(reverse("study_reference", args=[study.uuid]), {}).status_code == 404
+    assert login(other_unit_physician).get(read_page).status_code == 404  # not a reader
+    assert login(world["admin"]).get(read_page).status_code == 403  # not a physician
+    for url in owner_pages:
+        assert login(physician).get(url).status_code == 403  # a reader, not a definer
+        assert login(clinician).get(url).status_code == 403
+    listing = login(world["other_lead"]).get(reverse("study_list")).content.decode()
+    assert str(study.uuid) not in listing
