@@ -8,6 +8,11 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+# Frozen: what this migration adds to accounts.roles.ROLE_PERMISSIONS (the first copy is
+# in accounts/migrations/0002_roles.py; tests/test_architecture.py checks both together).
+ADDED_ROLE_PERMISSIONS = {"admin": ["diagnostics.define_reader_study"]}
+
+
 def grant_admins(apps, schema_editor):
     """Admins define reader studies; a lead physician gets the permission directly."""
     from django.contrib.auth.management import create_permissions
@@ -18,9 +23,12 @@ def grant_admins(apps, schema_editor):
         app_config.models_module = None
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
-    perm = Permission.objects.get(content_type__app_label="diagnostics", codename="define_reader_study")
-    for group in Group.objects.filter(name="admin"):
-        group.permissions.add(perm)
+    for role, perms in ADDED_ROLE_PERMISSIONS.items():
+        for dotted in perms:
+            app_label, codename = dotted.split(".")
+            perm = Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            for group in Group.objects.filter(name=role):
+                group.permissions.add(perm)
 
 
 class Migration(migrations.Migration):
