@@ -5,7 +5,8 @@ not read a scan (or the AI has no prediction, or there is no reference).
 Point estimates come from the libraries that define them: scikit-learn's
 ``cohen_kappa_score`` (unweighted and ``weights="quadratic"``) and statsmodels'
 ``fleiss_kappa``. The bootstrap needs thousands of replicates per statistic, so it
-uses the same formulas vectorised over the replicates with numpy;
+uses the same formulas over all replicates at once (each replicate's tables as one
+matrix product of draw counts) with numpy;
 tests/ml_tests/test_agreement.py checks that these kernels give the libraries' values.
 
 Which scans count: a pair's kappa uses the scans both readers read; Fleiss' kappa the
@@ -123,37 +124,46 @@ def _weights(k: int, weights: str | None) -> NDArray[np.float64]:
     return w
 
 
-def confusion_batch(a: Ints, b: Ints, k: int) -> Ints:
-    """Replicates × k × k confusion counts of row-aligned index arrays (B × n)."""
-    reps = a.shape[0]
-    codes = a * k + b + (np.arange(reps)[:, None] * k * k)
-    counts: Ints = np.bincount(codes.ravel(), minlength=reps * k * k).reshape(reps, k, k)
-    return counts
+def confusion_weighted(w: NDArray[np.float64], a: Ints, b: Ints, k: int) -> NDArray[np.float64]:
+    """Replicates × k × k confusion counts. ``w`` is replicates × subjects: how often
+    each subject is drawn in each bootstrap replicate (all ones: the sample itself), so
+    a replicate's table is one matrix product instead of indexing a resampled copy."""
+    onehot = np.zeros((len(a), k * k))
+    onehot[np.arange(len(a)), a * k + b] = 1.0
+    confusion: NDArray[np.float64] = (w @ onehot).reshape(w.shape[0], k, k)
+    return confusion
 
 
-def kappa_batch(a: Ints, b: Ints, k: int, *, weights: str | None = None) -> NDArray[np.float64]:
-    """Cohen's kappa, 1 - Σ w·observed / Σ w·expected, for each replicate (row)."""
-    observed = confusion_batch(a, b, k).astype(np.float64)
+def kappa_weighted(
+    w: NDArray[np.float64], a: Ints, b: Ints, k: int, *, weights: str | None = None
+) -> NDArray[np.float64]:
+    """Cohen's kappa, 1 - Σ w·observed / Σ w·expected, for each replicate (row of ``w``)."""
+    observed = confusion_weighted(w, a, b, k)
     n = observed.sum(axis=(1, 2), keepdims=True)
     expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n
-    w = _weights(k, weights)
+    cost = _weights(k, weights)
     with np.errstate(divide="ignore", invalid="ignore"):
-        kappa: NDArray[np.float64] = 1.0 - (w * observed).sum(axis=(1, 2)) / (w * expected).sum(axis=(1, 2))
+        kappa: NDArray[np.float64] = 1.0 - (cost * observed).sum(axis=(1, 2)) / (cost * expected).sum(axis=(1, 2))
     return kappa
 
 
-def fleiss_batch(counts: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Fleiss' kappa for each replicate of a B × subjects × categories count table."""
+def fleiss_weighted(w: NDArray[np.float64], counts: Ints) -> NDArray[np.float64]:
+    """Fleiss' kappa for each replicate of a subjects × categories count table."""
     c = counts.astype(np.float64)
-    raters = c[0, 0].sum() if c.size else 0.0
-    subjects = c.shape[1]
-    p_j = c.sum(axis=1) / (subjects * raters)
-    p_i = ((c * c).sum(axis=2) - raters) / (raters * (raters - 1))
-    p_bar = p_i.mean(axis=1)
+    raters = c[0].sum() if c.size else 0.0
+    subjects = w.sum(axis=1)
+    p_j = (w @ c) / (subjects * raters)[:, None]
+    p_i = ((c * c).sum(axis=1) - raters) / (raters * (raters - 1))
+    p_bar = (w @ p_i) / subjects
     p_e = (p_j * p_j).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa: NDArray[np.float64] = (p_bar - p_e) / (1.0 - p_e)
     return kappa
+
+
+def sample_weights(n: int) -> NDArray[np.float64]:
+    """The weights of the sample itself: one replicate, every subject once."""
+    return np.ones((1, n))
 
 
 def _interval(replicates: NDArray[np.float64]) -> tuple[float | None, float | None]:
@@ -164,9 +174,12 @@ def _interval(replicates: NDArray[np.float64]) -> tuple[float | None, float | No
     return float(low), float(high)
 
 
-def _resamples(n: int, replicates: int, seed: int, stream: int) -> Ints:
+def _resamples(n: int, replicates: int, seed: int, stream: int) -> NDArray[np.float64]:
+    """Replicates × n draw counts: n subjects drawn with replacement, per replicate."""
     rng = np.random.default_rng([seed, stream])
-    return rng.integers(0, n, size=(replicates, n), dtype=np.int64)
+    idx = rng.integers(0, n, size=(replicates, n), dtype=np.int64) + (np.arange(replicates)[:, None] * n)
+    counts = np.bincount(idx.ravel(), minlength=replicates * n).reshape(replicates, n)
+    return counts.astype(np.float64)
 
 
 # --- a whole study -------------------------------------------------------------------
@@ -186,23 +199,31 @@ def study_statistics(
     (all MISSING, or None: the readers' majority is the reference)."""
     ratings = np.asarray(ratings, dtype=np.int64)
     n_scans, n_readers = ratings.shape
-    streams = iter(range(1, 10_000))
+    cache: dict[int, NDArray[np.float64]] = {}
+
+    def draws_for(n: int) -> NDArray[np.float64]:
+        """One set of resamples per sample size, shared by every statistic over that many
+        scans (with complete reads: all of them, so the figures move together)."""
+        if n not in cache:
+            cache[n] = _resamples(n, replicates, seed, stream=n)
+        return cache[n]
 
     def pair_estimates(a: Ints, b: Ints) -> tuple[Estimate, Estimate]:
         out = []
         for weights in (None, "quadratic"):
-            stream = next(streams)
             value = cohen_kappa(a, b, k, weights=weights)
             if value is None or len(a) < 2:
                 out.append(Estimate(value, None, None, len(a)))
                 continue
-            idx = _resamples(len(a), replicates, seed, stream)
-            low, high = _interval(kappa_batch(a[idx], b[idx], k, weights=weights))
+            draws = draws_for(len(a))
+            low, high = _interval(kappa_weighted(draws, a, b, k, weights=weights))
             out.append(Estimate(value, low, high, len(a)))
         return out[0], out[1]
 
     def confusion(a: Ints, b: Ints) -> list[list[int]]:
-        return confusion_batch(a[None, :], b[None, :], k)[0].tolist() if len(a) else [[0] * k for _ in range(k)]
+        if not len(a):
+            return [[0] * k for _ in range(k)]
+        return [[int(round(x)) for x in row] for row in confusion_weighted(sample_weights(len(a)), a, b, k)[0]]
 
     pairs = []
     for i in range(n_readers):
@@ -217,10 +238,9 @@ def study_statistics(
         complete = (ratings != MISSING).all(axis=1)
         counts = category_counts(ratings[complete], k)
         value = fleiss_kappa(counts)
-        stream = next(streams)
         if value is not None and len(counts) >= 2:
-            idx = _resamples(len(counts), replicates, seed, stream)
-            low, high = _interval(fleiss_batch(counts[idx]))
+            draws = draws_for(len(counts))
+            low, high = _interval(fleiss_weighted(draws, counts))
             fleiss = Estimate(value, low, high, len(counts))
         else:
             fleiss = Estimate(value, None, None, len(counts))
@@ -237,12 +257,11 @@ def study_statistics(
     for rater, stages in raters:
         usable = (stages != MISSING) & (ref != MISSING)
         a, r = stages[usable], ref[usable]
-        stream = next(streams)
         if len(a):
             share = float((a == r).mean())
             if len(a) >= 2:
-                idx = _resamples(len(a), replicates, seed, stream)
-                low, high = _interval((a[idx] == r[idx]).mean(axis=1))
+                draws = draws_for(len(a))
+                low, high = _interval((draws @ (a == r).astype(np.float64)) / len(a))
             else:
                 low = high = None
             agreement = Estimate(share, low, high, len(a))

@@ -10,10 +10,11 @@ from diagnostics.ml.agreement import (
     MISSING,
     category_counts,
     cohen_kappa,
-    fleiss_batch,
     fleiss_kappa,
-    kappa_batch,
+    fleiss_weighted,
+    kappa_weighted,
     majority,
+    sample_weights,
     study_statistics,
 )
 
@@ -49,7 +50,7 @@ def test_fleiss_kappa_of_the_published_example():
     assert fleiss_kappa(FLEISS_TABLE) == pytest.approx(0.20993, abs=5e-5)
     assert round(fleiss_kappa(FLEISS_TABLE), 3) == 0.210
     # The vectorised bootstrap kernel gives the same value on the original sample.
-    assert fleiss_batch(FLEISS_TABLE[None])[0] == pytest.approx(0.20993, abs=5e-5)
+    assert fleiss_weighted(sample_weights(10), FLEISS_TABLE)[0] == pytest.approx(0.20993, abs=5e-5)
 
 
 def test_cohen_kappa_of_the_textbook_yes_no_example():
@@ -58,7 +59,7 @@ def test_cohen_kappa_of_the_textbook_yes_no_example():
     a, b = _pairs([[20, 5], [10, 15]])
     assert len(a) == 50
     assert cohen_kappa(a, b, 2) == pytest.approx(0.4)
-    assert kappa_batch(a[None], b[None], 2)[0] == pytest.approx(0.4)
+    assert kappa_weighted(sample_weights(50), a, b, 2)[0] == pytest.approx(0.4)
 
 
 def test_quadratic_weighted_kappa_by_hand():
@@ -69,7 +70,7 @@ def test_quadratic_weighted_kappa_by_hand():
     a, b = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 2, 2])
     assert cohen_kappa(a, b, 3, weights="quadratic") == pytest.approx(0.75)
     assert cohen_kappa(a, b, 3) == pytest.approx(0.5)
-    assert kappa_batch(a[None], b[None], 3, weights="quadratic")[0] == pytest.approx(0.75)
+    assert kappa_weighted(sample_weights(6), a, b, 3, weights="quadratic")[0] == pytest.approx(0.75)
 
 
 def test_kappa_is_undefined_when_everybody_says_the_same():
@@ -83,12 +84,12 @@ def test_bootstrap_kernels_match_the_libraries_on_random_tables():
     for k in (2, 3, 5):
         a, b = rng.integers(0, k, 40), rng.integers(0, k, 40)
         for weights in (None, "quadratic"):
-            assert kappa_batch(a[None], b[None], k, weights=weights)[0] == pytest.approx(
+            assert kappa_weighted(sample_weights(40), a, b, k, weights=weights)[0] == pytest.approx(
                 cohen_kappa(a, b, k, weights=weights)
             )
         ratings = rng.integers(0, k, (30, 4))
         counts = category_counts(ratings, k)
-        assert fleiss_batch(counts[None])[0] == pytest.approx(fleiss_kappa(counts))
+        assert fleiss_weighted(sample_weights(30), counts)[0] == pytest.approx(fleiss_kappa(counts))
 
 
 def test_majority_leaves_ties_and_unread_scans_out():
@@ -126,3 +127,21 @@ def test_an_adjudicated_reference_replaces_the_majority():
     assert stats.reference_kind == "adjudicated"
     assert stats.versus_reference[0].agreement.value == pytest.approx(0.5)
     assert stats.versus_reference[0].agreement.n == 2
+
+
+def test_a_replicate_of_draw_counts_is_the_resampled_table():
+    """Each bootstrap replicate is computed from how often each scan was drawn; it must
+    equal the library's value on the explicitly resampled scans."""
+    from diagnostics.ml.agreement import _resamples
+
+    rng = np.random.default_rng(11)
+    a, b = rng.integers(0, 3, 25), rng.integers(0, 3, 25)
+    ratings = rng.integers(0, 3, (25, 4))
+    counts = category_counts(ratings, 3)
+    draws = _resamples(25, 5, seed=1, stream=1)
+    assert (draws.sum(axis=1) == 25).all()
+    for row, weights in zip(kappa_weighted(draws, a, b, 3, weights="quadratic"), draws, strict=True):
+        picked = np.repeat(np.arange(25), weights.astype(int))
+        assert row == pytest.approx(cohen_kappa(a[picked], b[picked], 3, weights="quadratic"))
+    for row, weights in zip(fleiss_weighted(draws, counts), draws, strict=True):
+        assert row == pytest.approx(fleiss_kappa(counts[np.repeat(np.arange(25), weights.astype(int))]))
