@@ -67,7 +67,6 @@ class WorklistEntry:
     position: int  # 1-based, in this reader's order
     scan: Scan
     own_stage: str | None  # this reader's answer, once given
-    ai: AiView | None  # None in the unaided arm (always) and where the review rules hide it
 
 
 def _reader_order(study: ReaderStudy, reader: User, scans: list[Scan]) -> list[Scan]:
@@ -78,9 +77,12 @@ def _reader_order(study: ReaderStudy, reader: User, scans: list[Scan]) -> list[S
     return ordered
 
 
-def _ai_view(*, user: User, scan: Scan) -> AiView | None:
-    """The prediction as the review screen would show it to this physician: nothing
-    while blinded-first hides it, the heat map only where one is stored."""
+def reader_study_ai(*, user: User, study: ReaderStudy, scan: Scan) -> AiView | None:
+    """What the reader is shown of the AI on this scan: nothing in the unaided arm; in the
+    AI-shown arm the prediction as the review screen would show it to this physician
+    (nothing while blinded-first hides it, the heat map only where one is stored)."""
+    if study.arm != ReaderStudy.Arm.AI_SHOWN:
+        return None
     try:
         prediction = scan.prediction
         item = prediction.review_item
@@ -106,8 +108,7 @@ def reader_worklist(*, user: User, study: ReaderStudy) -> list[WorklistEntry]:
     )
     entries = []
     for n, scan in enumerate(_reader_order(study, user, scans), start=1):
-        ai = _ai_view(user=user, scan=scan) if study.arm == ReaderStudy.Arm.AI_SHOWN else None
-        entries.append(WorklistEntry(position=n, scan=scan, own_stage=own.get(scan.pk), ai=ai))
+        entries.append(WorklistEntry(position=n, scan=scan, own_stage=own.get(scan.pk)))
     return entries
 
 

@@ -30,6 +30,7 @@ from diagnostics.selectors.reader_studies import (
     reader_name,
     reader_studies_owned,
     reader_studies_to_read,
+    reader_study_ai,
     reader_study_owned_get,
     reader_study_reads,
     reader_study_references,
@@ -264,16 +265,14 @@ def study_read(request: AuthedHttpRequest, study_uuid: UUID) -> HttpResponse:
         current = entries[int(wanted) - 1]
     else:
         current = next((e for e in entries if e.own_stage is None), None)
+    ai = reader_study_ai(user=request.user, study=study, scan=current.scan) if current else None
     context = {
         "study": study,
         "entries": entries,
         "current": current,
+        "ai": ai,
         "done": sum(1 for e in entries if e.own_stage is not None),
         "stage_numbers": list(enumerate(study.labels, start=1)),
-        "heatmap_url": (
-            reverse("review_heatmap", args=[current.ai.heatmap_item])
-            if current and current.ai and current.ai.heatmap_item
-            else None
-        ),
+        "heatmap_url": reverse("review_heatmap", args=[ai.heatmap_item]) if ai and ai.heatmap_item else None,
     }
     return render(request, "diagnostics/study_read.html", context, status=status)

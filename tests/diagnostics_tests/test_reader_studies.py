@@ -14,7 +14,12 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent, User
 from diagnostics.models import ModelVersion, ReaderStudy, ReaderStudyRead, ReviewDecision, ReviewItem, Scan
-from diagnostics.selectors.reader_studies import _reader_order, reader_study_results, reader_worklist
+from diagnostics.selectors.reader_studies import (
+    _reader_order,
+    reader_study_ai,
+    reader_study_results,
+    reader_worklist,
+)
 from diagnostics.services.reader_studies import (
     ReaderStudyError,
     reader_study_create,
@@ -151,7 +156,9 @@ def test_unaided_reader_sees_only_the_studys_scans_and_no_ai_or_other_answer(wor
         assert "PSN-STUDY" not in page  # blinded: no case reference
         assert "your stage: III" not in page and "Your stage: <strong>" not in page  # not the other reader's
         assert 'data-stat="done">0<' in page
-    assert all(e.own_stage is None and e.ai is None for e in reader_worklist(user=physician, study=study))
+    entries = reader_worklist(user=physician, study=study)
+    assert all(e.own_stage is None for e in entries)
+    assert all(reader_study_ai(user=physician, study=study, scan=e.scan) is None for e in entries)
     # The other reader sees their own answer only.
     assert [e.own_stage for e in reader_worklist(user=second, study=study) if e.own_stage] == ["III"]
 
@@ -193,7 +200,9 @@ def test_ai_shown_arm_shows_the_prediction_under_the_review_rules(world):  # typ
     assert len(heatmaps) == 1 and client.get(heatmaps[0]).status_code == 200
     # Blinded-first reading is the review rule: with it on, the AI's answer stays hidden here too.
     reviewer_preference_set(acting_user=physician, blinded_first=True)
-    assert all(e.ai is None for e in reader_worklist(user=physician, study=study))
+    entries = reader_worklist(user=physician, study=study)
+    assert all(reader_study_ai(user=physician, study=study, scan=e.scan) is None for e in entries)
+    assert all("data-ai-stage=" not in page for page in _worklist_pages(client, study))
 
 
 def test_statistics_page_csv_and_who_may_see_them(world, physician, other_unit_physician, clinician):  # type: ignore[no-untyped-def]
