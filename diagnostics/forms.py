@@ -235,11 +235,19 @@ class ReaderStudyForm(forms.Form):
         queryset=None, label="Readers", help_text="Physicians; at least two. Hold Ctrl to choose several."
     )
     scans = forms.CharField(
+        required=False,
         widget=forms.Textarea(attrs={"rows": 6}),
         label="Scans",
         help_text="Scan ids, one per line (or separated by spaces or commas). Every reader must be able to see "
         "every scan's case.",
     )
+    unit = forms.ModelChoiceField(
+        queryset=CareUnit.objects.order_by("name"),
+        required=False,
+        label="Or: recent scans of a care unit",
+        help_text="Instead of ids: the most recent scans with a prediction of this unit's cases (one task).",
+    )
+    count = forms.IntegerField(min_value=1, max_value=2000, required=False, initial=50, label="How many")
 
     def __init__(self, *args: Any, physicians: Any, arms: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -255,9 +263,17 @@ class ReaderStudyForm(forms.Form):
                 out.append(uuid.UUID(token))
             except ValueError as exc:
                 raise forms.ValidationError(f"{token[:40]!r} is not a scan id") from exc
-        if not out:
-            raise forms.ValidationError("give at least one scan id")
         return out
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("scans") and not data.get("unit"):
+            raise forms.ValidationError("give scan ids, or a care unit to take its recent scans from")
+        if data.get("scans") and data.get("unit"):
+            raise forms.ValidationError("give scan ids or a care unit, not both")
+        if data.get("unit") and not data.get("count"):
+            self.add_error("count", "how many scans of the unit?")
+        return data
 
 
 class StudyStageForm(forms.Form):

@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 
 from accounts.audit import audit_record
-from accounts.models import User
+from accounts.models import CareUnit, User
 from accounts.roles import REVIEW_PERMISSION, STUDY_PERMISSION
 from core.exceptions import ApplicationError, NotFound
 from diagnostics.models import ModelVersion, ReaderStudy, ReaderStudyRead, ReaderStudyReference, Scan
@@ -36,6 +36,19 @@ def _task_labels(task: str) -> list[str]:
     if version is None:
         raise ReaderStudyError("no_stage_labels", f"no model is registered for the task {task!r}: no stage labels")
     return list(version.labels)
+
+
+def recent_unit_scans(*, unit: CareUnit, count: int) -> list[UUID]:
+    """The ``count`` most recent scans with a prediction of a care unit's cases (newest
+    task first picks the task): how an admin, who may open no case, chooses scans
+    without seeing any of them. Each reader must still be able to see every one."""
+    if not 1 <= count <= MAX_SCANS:
+        raise ReaderStudyError("invalid", f"choose between 1 and {MAX_SCANS} scans")
+    scans = Scan.objects.filter(case__unit=unit, prediction__isnull=False).order_by("-uploaded_at", "-id")
+    newest = scans.values_list("case__task", flat=True).first()
+    if newest is None:
+        raise ReaderStudyError("no_scans", f"the unit {unit.name} has no scan with a prediction")
+    return list(scans.filter(case__task=newest).values_list("uuid", flat=True)[:count])
 
 
 @transaction.atomic

@@ -45,6 +45,7 @@ from diagnostics.services.reader_studies import (
     reader_study_opened,
     reader_study_read_record,
     reader_study_reference_set,
+    recent_unit_scans,
 )
 from diagnostics.views.charts import matrix_svg
 
@@ -93,12 +94,15 @@ def study_new(request: AuthedHttpRequest) -> HttpResponse:
     form = ReaderStudyForm(request.POST or None, physicians=_physicians(), arms=list(ReaderStudy.Arm.choices))
     if request.method == "POST" and form.is_valid():
         try:
+            scans = form.cleaned_data["scans"]
+            if not scans:
+                scans = recent_unit_scans(unit=form.cleaned_data["unit"], count=form.cleaned_data["count"])
             study = reader_study_create(
                 acting_user=request.user,
                 name=form.cleaned_data["name"],
                 arm=form.cleaned_data["arm"],
                 readers=list(form.cleaned_data["readers"]),
-                scan_uuids=form.cleaned_data["scans"],
+                scan_uuids=scans,
                 client_address=client_address(request),
             )
         except ReaderStudyError as exc:

@@ -76,7 +76,7 @@ def _study(world, arm: str = "unaided", scans: list[Scan] | None = None) -> Read
     )
 
 
-def test_defining_a_study_checks_who_and_which_scans(world, clinician, other_unit_physician):  # type: ignore[no-untyped-def]
+def test_defining_a_study_checks_who_and_which_scans(world, clinician, other_unit_physician, care_unit):  # type: ignore[no-untyped-def]
     admin = world["admin"]
     with pytest.raises(ReaderStudyError) as refused:
         reader_study_create(
@@ -131,6 +131,21 @@ def test_defining_a_study_checks_who_and_which_scans(world, clinician, other_uni
         },
     )
     assert response.status_code == 400 and "may not see scan" in response.content.decode()
+
+    # An admin, who opens no case, can take a unit's most recent scans instead of ids.
+    response = login(admin).post(
+        reverse("study_new"),
+        {
+            "name": "Recent",
+            "arm": "ai_shown",
+            "readers": [r.pk for r in world["readers"]],
+            "unit": care_unit.pk,
+            "count": 2,
+        },
+    )
+    assert response.status_code == 302
+    recent = ReaderStudy.objects.get(name="Recent")
+    assert set(recent.scans.all()) == set(world["scans"][1:])  # the two newest of unit A, not unit B's
 
 
 def _worklist_pages(client, study: ReaderStudy) -> list[str]:  # type: ignore[no-untyped-def]
