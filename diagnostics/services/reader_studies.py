@@ -75,6 +75,9 @@ def reader_study_create(
     readers = list({r.pk: r for r in readers}.values())
     if len(readers) < 2:
         raise ReaderStudyError("too_few_readers", "a study needs at least two readers to measure agreement")
+    if any(r.pk == acting_user.pk for r in readers):
+        # The owner sees every reader's answers on the study's page: reading too would not be blind.
+        raise ReaderStudyError("owner_reads", "the study's owner sees every answer and cannot be one of its readers")
     for reader in readers:
         if not reader.is_active or not reader.has_perm(REVIEW_PERMISSION):
             raise ReaderStudyError("reader_not_physician", f"{reader.username} is not an active physician")

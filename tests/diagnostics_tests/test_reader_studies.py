@@ -113,6 +113,16 @@ def test_defining_a_study_checks_who_and_which_scans(world, clinician, other_uni
             scan_uuids=[world["scans"][0].uuid],
         )
     assert refused.value.code == "scan_not_visible"
+    lead = _lead(care_unit, "lead")
+    with pytest.raises(ReaderStudyError) as refused:  # the owner sees every answer: not blind
+        reader_study_create(
+            acting_user=lead,
+            name="x",
+            arm="unaided",
+            readers=[lead, world["readers"][0]],
+            scan_uuids=[world["scans"][0].uuid],
+        )
+    assert refused.value.code == "owner_reads"
     assert not ReaderStudy.objects.exists()  # nothing half-written
 
     study = _study(world)
