@@ -9,7 +9,7 @@ import re
 import pytest
 
 from accounts.models import User
-from diagnostics.models import ModelVersion, ReaderStudyRead, ReviewDecision
+from diagnostics.models import ModelVersion, ReaderStudy, ReaderStudyRead, ReviewDecision
 from diagnostics.services.reader_studies import reader_study_create, reader_study_read_record
 from tests.browser_tests.journeys import login, screen
 from tests.factories import UserFactory, make_prediction
@@ -52,6 +52,9 @@ def test_reader_reads_blind_and_the_owner_sees_agreement(
         readers=list(readers.values()),
         scan_uuids=[s.uuid for s in scans],
     )
+    # A fixed seed, so the screenshot's order and intervals are the same on every run.
+    ReaderStudy.objects.filter(pk=study.pk).update(seed=2026)
+    study.refresh_from_db()
     for name, stages in READS.items():
         for n, (scan, stage) in enumerate(zip(scans, stages, strict=True)):
             if name == "physician" and n == len(scans) - 1:
@@ -67,7 +70,10 @@ def test_reader_reads_blind_and_the_owner_sees_agreement(
     text = page.inner_text("main")
     assert "You have read 7 of 8 scans" in text and "No AI output is shown" in text
     assert "PSN-RS" not in page.content() and "Rita" not in text
-    assert page.locator("img.study-image").evaluate("i => i.complete && i.naturalWidth > 0")
+    # The scan's image is served to the reader (the same access rule as every scan).
+    page.wait_for_function(
+        "() => { const i = document.querySelector('img.study-image'); return i && i.complete && i.naturalWidth > 0; }"
+    )
     screen(page, "50-physician-reader-study-worklist")
     page.check(f"input[name=stage][value='{LABELS[READS['physician'][-1]]}']")
     page.click("#study-read-submit")
@@ -82,7 +88,8 @@ def test_reader_reads_blind_and_the_owner_sees_agreement(
     page.goto(f"{live_server.url}/studies/{study.uuid}/")
     assert page.locator("svg.chart.confusion").count() == 3 + 4  # three pairs, three readers and the AI
     fleiss = page.inner_text("[data-stat=fleiss]")
-    assert re.match(r"0\.\d{3} \(95 % CI -?\d\.\d{3} to \d\.\d{3}\)", fleiss), fleiss
+    # By hand: P-bar = 2/3; category shares 7/24, 11/24, 6/24, P-e = 206/576; kappa = 0.481.
+    assert re.match(r"0\.481 \(95 % CI -?\d\.\d{3} to \d\.\d{3}\)", fleiss), fleiss
     screen(page, "51-admin-reader-study-statistics")
     figures = {
         "fleiss": fleiss,
@@ -97,5 +104,8 @@ def test_reader_reads_blind_and_the_owner_sees_agreement(
             for row in page.locator("table.versus tbody tr").all()
         ],
     }  # fmt: skip
+    # Physician and Rita: observed [[2,1,0],[0,3,0],[0,1,1]], p_o = 6/8, p_e = 23/64, kappa = 0.610.
+    assert figures["pairs"][0][0] == "Peter Physician · Rita Reader" and figures["pairs"][0][1].startswith("0.610")
+    assert figures["versus"][-1][0] == "AI" and figures["versus"][-1][1].startswith("0.875")  # 7 of 8
     print("READER STUDY FIGURES", figures)
     context.close()
