@@ -34,11 +34,14 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "diagnostics.add_modelversion",
         "diagnostics.change_modelversion",
         "diagnostics.view_modelversion",
+        "diagnostics.define_reader_study",
     ],
 }
 
 UPLOAD_PERMISSION = "diagnostics.add_scan"
 REVIEW_PERMISSION = "diagnostics.review_prediction"
+# Admins hold it; a superuser may grant it to a lead physician in the user administration.
+STUDY_PERMISSION = "diagnostics.define_reader_study"
 
 
 def ensure_role_groups() -> None:

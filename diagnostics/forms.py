@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 from django import forms
@@ -232,3 +234,62 @@ class ReviewerPreferenceForm(forms.Form):
         required=False,
         label="Blinded first: record my stage before the AI's answer is shown",
     )
+
+
+class ReaderStudyForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    arm = forms.ChoiceField(choices=[], widget=forms.RadioSelect, label="Arm")
+    readers: forms.ModelMultipleChoiceField[Any] = forms.ModelMultipleChoiceField(
+        queryset=None, label="Readers", help_text="Physicians; at least two. Hold Ctrl to choose several."
+    )
+    scans = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        label="Scans",
+        help_text="Scan ids, one per line (or separated by spaces or commas). Every reader must be able to see "
+        "every scan's case.",
+    )
+    unit = forms.ModelChoiceField(
+        queryset=CareUnit.objects.order_by("name"),
+        required=False,
+        label="Or: recent scans of a care unit",
+        help_text="Instead of ids: the most recent scans with a prediction of this unit's cases (one task).",
+    )
+    count = forms.IntegerField(min_value=1, max_value=2000, required=False, initial=50, label="How many")
+
+    def __init__(self, *args: Any, physicians: Any, arms: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["readers"].queryset = physicians  # type: ignore[attr-defined]
+        _choice_field(self, "arm").choices = arms
+
+    def clean_scans(self) -> list[uuid.UUID]:
+        out = []
+        for token in re.split(r"[\s,;]+", self.cleaned_data["scans"].strip()):
+            if not token:
+                continue
+            try:
+                out.append(uuid.UUID(token))
+            except ValueError as exc:
+                raise forms.ValidationError(f"{token[:40]!r} is not a scan id") from exc
+        return out
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("scans") and not data.get("unit"):
+            raise forms.ValidationError("give scan ids, or a care unit to take its recent scans from")
+        if data.get("scans") and data.get("unit"):
+            raise forms.ValidationError("give scan ids or a care unit, not both")
+        if data.get("unit") and not data.get("count"):
+            self.add_error("count", "how many scans of the unit?")
+        return data
+
+
+class StudyStageForm(forms.Form):
+    scan = forms.UUIDField(widget=forms.HiddenInput)
+    stage = forms.ChoiceField(label="Your stage", widget=forms.RadioSelect)
+
+    def __init__(self, *args: Any, labels: list[str], required: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = _choice_field(self, "stage")
+        field.choices = ([] if required else [("", "no reference")]) + [(label, label) for label in labels]
+        field.required = required

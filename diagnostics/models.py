@@ -608,3 +608,81 @@ class Exchange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} {self.channel} {self.state}"
+
+
+def _study_seed() -> int:
+    return uuid.uuid4().int % (2**62)
+
+
+class ReaderStudy(models.Model):
+    """A reader study: a fixed set of scans, read by the chosen readers in a blinded
+    worklist, to measure how well readers (and the AI) agree. Its reads are not
+    clinical sign-offs: they never become a ReviewDecision and are never shown as a
+    result of a case."""
+
+    class Arm(models.TextChoices):
+        UNAIDED = "unaided", "Unaided (no AI output shown)"
+        AI_SHOWN = "ai_shown", "AI shown (prediction and heat map)"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    arm = models.CharField(max_length=10, choices=Arm.choices)
+    task = models.CharField(max_length=200, help_text="The clinical question of every scan in the study.")
+    labels = models.JSONField(help_text="Ordered stage labels the readers choose from, least to most advanced.")
+    readers = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="reader_studies")
+    scans = models.ManyToManyField(Scan, related_name="+")
+    seed = models.PositiveBigIntegerField(
+        default=_study_seed, help_text="Fixes each reader's shuffled order and the bootstrap's resamples."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("define_reader_study", "Can define reader studies and see their agreement statistics")]
+        constraints = [
+            models.CheckConstraint(condition=Q(arm__in=["unaided", "ai_shown"]), name="readerstudy_arm_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Reader study {self.name}"
+
+
+class ReaderStudyRead(models.Model):
+    """One reader's stage for one scan of a study. Recorded once: a changed answer
+    after more scans were seen would no longer be an independent read."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(ReaderStudy, on_delete=models.PROTECT, related_name="reads")
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    scan = models.ForeignKey(Scan, on_delete=models.PROTECT, related_name="+")
+    stage = models.CharField(max_length=100)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["recorded_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "reader", "scan"], name="readerstudyread_one_per_reader_scan"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Study read {self.stage}"
+
+
+class ReaderStudyReference(models.Model):
+    """The adjudicated stage of a scan in a study, set by the study's owner; where a
+    study has any, agreement is measured against them instead of the majority."""
+
+    study = models.ForeignKey(ReaderStudy, on_delete=models.PROTECT, related_name="references")
+    scan = models.ForeignKey(Scan, on_delete=models.PROTECT, related_name="+")
+    stage = models.CharField(max_length=100)
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    set_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "scan"], name="readerstudyreference_one_per_scan"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Reference {self.stage}"

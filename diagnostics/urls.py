@@ -1,6 +1,6 @@
 from django.urls import path
 
-from diagnostics.views import cases, dashboards, model_registry, notifications, reviews, slides
+from diagnostics.views import cases, dashboards, model_registry, notifications, reader_studies, reviews, slides
 
 urlpatterns = [
     path("", cases.home, name="home"),
@@ -32,4 +32,10 @@ urlpatterns = [
     path("notifications/<uuid:notification_uuid>/", notifications.notification_open, name="notification_open"),
     path("dashboard/", dashboards.dashboard, name="dashboard"),
     path("dashboard/agreement.csv", dashboards.dashboard_csv, name="dashboard_csv"),
+    path("studies/", reader_studies.study_list, name="study_list"),
+    path("studies/new/", reader_studies.study_new, name="study_new"),
+    path("studies/<uuid:study_uuid>/", reader_studies.study_detail, name="study_detail"),
+    path("studies/<uuid:study_uuid>/results.csv", reader_studies.study_csv, name="study_csv"),
+    path("studies/<uuid:study_uuid>/reference/", reader_studies.study_reference, name="study_reference"),
+    path("studies/<uuid:study_uuid>/read/", reader_studies.study_read, name="study_read"),
 ]

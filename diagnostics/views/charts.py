@@ -112,3 +112,48 @@ def trend_svg(agreement: ModelAgreement) -> SafeString:
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - only numbers and escaped text
+
+
+def matrix_svg(
+    *, ident: str, title: str, labels: list[str], matrix: list[list[int]], rows: str, columns: str
+) -> SafeString:
+    """A k × k count matrix (a reader study's confusion of two raters) drawn like the
+    dashboard's: rows are ``rows``' stages, columns ``columns``'."""
+    k = len(labels)
+    cell, left, top = 64, 130, 40
+    width, height = left + k * cell + 10, top + k * cell + 20
+    peak = max((max(row) for row in matrix), default=0) or 1
+    ident = escape(ident)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart confusion" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" aria-labelledby="{ident}">',
+        f'<title id="{ident}">{escape(title)}</title>',
+        f'<text x="{left + k * cell / 2}" y="14" text-anchor="middle" font-size="12" '
+        f'fill="#111827">{escape(columns[:40])}</text>',
+    ]
+    for j, label in enumerate(labels):
+        parts.append(
+            f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" text-anchor="middle" font-size="11" '
+            f'fill="#111827">{escape(label[:10])}</text>'
+        )
+    for i, row in enumerate(matrix):
+        y = top + i * cell
+        parts.append(
+            f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end" font-size="11" '
+            f'fill="#111827">{escape(labels[i][:16])}</text>'
+        )
+        for j, count in enumerate(row):
+            fill, ink = _cell_colour(count / peak)
+            x = left + j * cell
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#6b7280" '
+                f'data-row="{i}" data-col="{j}" data-count="{count}"/>'
+                f'<text x="{x + cell / 2}" y="{y + cell / 2 + 6}" text-anchor="middle" font-size="19" '
+                f'font-weight="700" fill="{ink}">{count}</text>'
+            )
+    parts.append(
+        f'<text x="12" y="{top + k * cell / 2}" font-size="12" fill="#111827" '
+        f'transform="rotate(-90 12 {top + k * cell / 2})" text-anchor="middle">{escape(rows[:30])}</text>'
+    )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 - every label is escaped above

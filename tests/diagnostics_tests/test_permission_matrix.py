@@ -19,7 +19,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from accounts.models import User
-from diagnostics.models import ModelVersion
+from diagnostics.models import ModelVersion, ReaderStudy
 from diagnostics.selectors.cases import cases_for_user
 from diagnostics.selectors.reviews import review_queue
 from tests.factories import make_prediction
@@ -87,10 +87,16 @@ OBJECT_KIND = {
     "slide_dzi": "scan",
     "slide_tile": "scan",
     "slide_region": "item",
+    "study_list": None,
+    "study_new": None,
+    "study_detail": "study",
+    "study_csv": "study",
+    "study_reference": "study",
+    "study_read": "study",
 }
 # Arguments after the object's id.
 EXTRA_ARGS: dict[str, list[int]] = {"slide_tile": [0, 0, 0], "slide_region": [1]}
-POST_ONLY = {"case_upload", "case_upload_file", "review_blinded", "notification_read", "job_retry"}
+POST_ONLY = {"case_upload", "case_upload_file", "review_blinded", "notification_read", "job_retry", "study_reference"}
 
 UNIT_A = {"clinician", "physician"}
 UNIT_B = {"other_unit_clinician", "other_unit_physician"}
@@ -133,6 +139,17 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         if persona not in REVIEWERS and persona != "admin_user":
             return 403
         return 200
+    if name == "study_list":
+        return 200 if persona in REVIEWERS or persona == "admin_user" else 403
+    if name == "study_new":
+        return 200 if persona == "admin_user" else 403
+    if name in ("study_detail", "study_csv", "study_reference"):
+        # The admin defined both studies; only a definer sees statistics, only its owner this one.
+        if persona != "admin_user":
+            return 403
+        if obj == "missing":
+            return 404
+        return 400 if name == "study_reference" else 200  # an empty reference form is refused
     if name == "review_settings":
         return 200 if persona in REVIEWERS else 403
     if name in ("audit_list", "audit_export", "lockouts"):
@@ -165,6 +182,10 @@ def expected(name: str, persona: str, obj: str | None) -> int:
         return 404  # the world's scans are images, not slides (tests/slides_tests open real slides)
     if name == "slide_region":
         return 403 if persona not in REVIEWERS else 404  # the regions of a slide's prediction only
+    if name == "study_read":
+        if persona not in REVIEWERS:
+            return 403
+        return 200 if visible else 404  # each unit's physician reads in their unit's study only
     if name == "review_detail":
         if persona not in REVIEWERS:
             return 403
@@ -183,8 +204,11 @@ def world(request, three_label_model):  # type: ignore[no-untyped-def]
     users = {p: request.getfixturevalue(p) for p in PERSONAS if p != "anonymous"}
     own = make_prediction(clinician, three_label_model, [0.1, 0.2, 0.7], ref="PSN-OWN")
     foreign = make_prediction(other, three_label_model, [0.6, 0.3, 0.1], ref="PSN-FOREIGN", color=(10, 10, 200))
+    own_study = _study(users["admin_user"], users["physician"], own.scan)
+    foreign_study = _study(users["admin_user"], users["other_unit_physician"], foreign.scan)
     objects = {
         "own": {
+            "study": own_study.uuid,
             "case": own.scan.case.uuid,
             "scan": own.scan.uuid,
             "item": own.review_item.uuid,
@@ -193,6 +217,7 @@ def world(request, three_label_model):  # type: ignore[no-untyped-def]
             "job": own.job.uuid,
         },
         "foreign": {
+            "study": foreign_study.uuid,
             "case": foreign.scan.case.uuid,
             "scan": foreign.scan.uuid,
             "item": foreign.review_item.uuid,
@@ -200,9 +225,16 @@ def world(request, three_label_model):  # type: ignore[no-untyped-def]
             "model": three_label_model.uuid,
             "job": foreign.job.uuid,
         },
-        "missing": {k: uuid.uuid4() for k in ("case", "scan", "item", "prediction", "model", "job")},
+        "missing": {k: uuid.uuid4() for k in ("case", "scan", "item", "prediction", "model", "job", "study")},
     }
     return users, objects
+
+
+def _study(owner: User, reader: User, scan: Any) -> ReaderStudy:
+    study = ReaderStudy.objects.create(name="m", arm="unaided", task="t", labels=["I", "II", "III"], created_by=owner)
+    study.readers.set([reader])
+    study.scans.set([scan])
+    return study
 
 
 @pytest.fixture
