@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -15,11 +16,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.audit import audit_record
+from accounts.audit import AuditEntry, audit_record, audit_record_many
 from accounts.models import User
 from accounts.roles import UPLOAD_PERMISSION
 from diagnostics.intake import imaging, storage
@@ -73,11 +74,19 @@ def _reclaim_from_dead_process(job_id: int, me: str, now: datetime) -> int:
 
 
 def job_run(*, job_id: int) -> None:
-    """Run an inference job, and with it up to INFERENCE_BATCH_SIZE - 1 other waiting
-    jobs of the same task as one batch. Safe to call twice: only a caller that claims a
-    job (queued -> running by a conditional update) works on it, so a duplicate
-    delivery, or the message of a job another worker already took into its batch, is a
-    quiet no-op. A job whose claimer died on this host is taken over at once."""
+    """Run an inference job, and with it other waiting jobs of the same task as one
+    batch (dynamic batching). Safe to call twice: only a caller that claims a job
+    (queued -> running by a conditional update) works on it, so a duplicate delivery,
+    or the message of a job another worker already took into its batch, is a quiet
+    no-op. A job whose claimer died on this host is taken over at once.
+
+    The delivered job is claimed first; up to INFERENCE_BATCH_SIZE - 1 never-claimed
+    waiting image jobs of its task join it, claimed in ONE statement, waiting up to
+    INFERENCE_MAX_DELAY_MS for the batch to fill. While the network runs a batch, the
+    next one is claimed and decoded in a thread (`_Pipeline`), for up to
+    INFERENCE_DRAIN_S. A job that was claimed before (its worker died, or the sweeper
+    put it back) runs alone, and only never-claimed jobs join a batch: if one image
+    crashes the worker, it cannot take its batch mates' attempts down again and again."""
     now = timezone.now()
     me = _process_identity()
     if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
@@ -86,25 +95,15 @@ def job_run(*, job_id: int) -> None:
         # A whole slide is thousands of tiles: it is a batch of its own (services/slides.py).
         slide_job_process(job_id=job_id)
         return
-    claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
-    # A job that was claimed before (its worker died, or the sweeper put it back) runs
-    # alone, and only never-claimed jobs join a batch: if one image crashes the worker,
-    # it cannot take its batch mates' attempts down with it again and again.
     first_try = InferenceJob.objects.filter(id=job_id, attempts=1).exists()
-    if limit > 1 and first_try:
-        # Only jobs of the same task share a batch: they run through the same model.
-        task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
-        waiting = (
-            InferenceJob.objects.filter(
-                status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0, scan__kind=Scan.Kind.IMAGE
-            )
-            .exclude(id=job_id)
-            .order_by("created_at", "id")
-            .values_list("id", flat=True)[: limit - 1]
-        )
-        claimed += [other for other in waiting if _job_claim(other, me)]
-    jobs_process(job_ids=claimed)
+    if limit <= 1 or not first_try:
+        jobs_process(job_ids=[job_id])
+        return
+    # Only jobs of the same task share a batch: they run through the same model.
+    task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
+    claimed = [job_id, *_claim_waiting(task=task, me=me, limit=limit - 1, wait_ms=settings.INFERENCE_MAX_DELAY_MS)]
+    _Pipeline(task=task, me=me, limit=limit).run(claimed)
 
 
 def _job_claim(job_id: int, me: str) -> bool:
@@ -120,6 +119,56 @@ def _job_claim(job_id: int, me: str) -> bool:
     )
 
 
+def _claim_sql() -> str:
+    job, scan, case = (m._meta.db_table for m in (InferenceJob, Scan, Case))
+    return f"""
+        WITH picked AS MATERIALIZED (
+            SELECT j.id FROM {job} j
+            JOIN {scan} s ON s.id = j.scan_id
+            JOIN {case} c ON c.id = s.case_id
+            WHERE j.status = %(queued)s AND j.attempts = 0 AND s.kind = %(image)s AND c.task = %(task)s
+            ORDER BY j.created_at, j.id
+            LIMIT %(limit)s
+            FOR UPDATE OF j SKIP LOCKED
+        )
+        UPDATE {job} AS u SET status = %(running)s, attempts = u.attempts + 1,
+            started_at = %(now)s, updated_at = %(now)s, claimed_by = %(me)s
+        FROM picked WHERE u.id = picked.id
+        RETURNING u.id
+    """  # noqa: S608  # table names from the models' own metadata; every value is a parameter
+
+
+def _claim_batch(*, task: str, me: str, limit: int) -> list[int]:
+    """Claim up to `limit` never-claimed waiting image jobs of `task` in one statement.
+    SKIP LOCKED: rows another worker is claiming at this moment are left to it, and a
+    concurrent single-job claim of a row taken here finds it no longer queued."""
+    if limit <= 0:
+        return []
+    params: dict[str, Any] = {
+        "queued": InferenceJob.Status.QUEUED,
+        "running": InferenceJob.Status.RUNNING,
+        "image": Scan.Kind.IMAGE,
+        "task": task,
+        "limit": limit,
+        "now": timezone.now(),
+        "me": me,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(), params)
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def _claim_waiting(*, task: str, me: str, limit: int, wait_ms: int) -> list[int]:
+    """`_claim_batch`, and while the batch is not full, again every few milliseconds
+    until `wait_ms` have passed: what arrives within the delay joins the batch."""
+    claimed = _claim_batch(task=task, me=me, limit=limit)
+    give_up = time.monotonic() + wait_ms / 1000.0
+    while len(claimed) < limit and time.monotonic() < give_up:
+        time.sleep(min(0.005, max(0.0, give_up - time.monotonic())))
+        claimed += _claim_batch(task=task, me=me, limit=limit - len(claimed))
+    return claimed
+
+
 HEATMAP_PX = 64
 
 
@@ -130,12 +179,24 @@ class JobOutcome:
     heatmap_png: bytes | None = None
 
 
-def jobs_process(*, job_ids: list[int]) -> None:
-    """Decode, predict (with heat maps) in one compiled call and store the results of
-    claimed jobs. Jobs of one call share a task (see job_run)."""
+@dataclass
+class _Batch:
+    """Claimed jobs of one task, decoded and ready for the network."""
+
+    model_version: ModelVersion
+    runner: Any
+    ready: list[tuple[InferenceJob, Any]]
+    prepare_s: float
+
+
+def _prepare(job_ids: list[int], decode_pool: ThreadPoolExecutor) -> _Batch | None:
+    """Load the claimed jobs and their model, read, check and decode their images in
+    the pool's threads (Pillow releases the GIL). A job that cannot be read fails
+    alone; None when none is left."""
+    started = time.perf_counter()
     jobs = list(InferenceJob.objects.select_related("scan", "scan__case").filter(id__in=job_ids).order_by("id"))
     if not jobs:
-        return
+        return None
     try:
         model_version = active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
@@ -148,8 +209,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
     except Exception as exc:
         for job in jobs:
             job_fail(job, exc)
-        return
-    started = time.perf_counter()
+        return None
 
     def load(job: InferenceJob) -> Any:
         try:
@@ -161,41 +221,45 @@ def jobs_process(*, job_ids: list[int]) -> None:
             raise JobError("stored scan bytes do not match their SHA-256")
         return imaging.decode_for_model(data, size=runner.input_size)
 
-    # Decoding dominates small models (docs/performance.md) and Pillow releases the GIL:
-    # decode the batch's images in parallel threads.
-    from concurrent.futures import ThreadPoolExecutor
-
     ready: list[tuple[InferenceJob, Any]] = []
-    with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as pool:
-        futures = [(job, pool.submit(load, job)) for job in jobs]
-        for job, future in futures:
-            try:
-                ready.append((job, future.result()))
-            except Exception as exc:
-                job_fail(job, exc)
+    futures = [(job, decode_pool.submit(load, job)) for job in jobs]
+    for job, future in futures:
+        try:
+            ready.append((job, future.result()))
+        except Exception as exc:
+            job_fail(job, exc)
     if not ready:
-        return
+        return None
+    return _Batch(model_version, runner, ready, time.perf_counter() - started)
+
+
+def _infer_and_store(batch: _Batch) -> None:
+    """One compiled call (probabilities and heat maps), the maps encoded, and the
+    batch's rows stored in one transaction."""
+    started = time.perf_counter()
+    ready = batch.ready
     try:
         import numpy as np
 
         from diagnostics.ml.heatmap import heatmap_png
 
-        probabilities, cams = runner.predict_with_heatmaps(np.stack([array for _, array in ready]))
+        out = batch.runner.run(np.stack([array for _, array in ready]), heatmaps=True)
         # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
-        # smoothly); encoding it at 224 px cost more than the network call (bench/).
-        heatmaps = [heatmap_png(cam, size=min(runner.input_size, HEATMAP_PX)) for cam in cams]
+        # smoothly); a palette PNG costs a fraction of a millisecond (bench/).
+        size = min(batch.runner.input_size, HEATMAP_PX)
+        heatmaps = [heatmap_png(cam, size=size) for cam in out.heatmaps]
     except Exception as exc:
         for job, _ in ready:
             job_fail(job, exc)
         return
     # Time per image for the whole batch: read, check, decode, the network and heat map.
-    per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
+    per_image_ms = (batch.prepare_s + time.perf_counter() - started) * 1000.0 / len(ready)
     try:
         predictions_store(
-            model_version=model_version,
+            model_version=batch.model_version,
             outcomes=[
                 JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
-                for (job, _), row, png in zip(ready, probabilities, heatmaps, strict=True)
+                for (job, _), row, png in zip(ready, out.probabilities, heatmaps, strict=True)
             ],
             inference_ms=per_image_ms,
         )
@@ -203,6 +267,51 @@ def jobs_process(*, job_ids: list[int]) -> None:
         # Nothing of the batch was written (one transaction): no job may stay "running".
         for job, _ in ready:
             job_fail(job, exc)
+
+
+class _Pipeline:
+    """Batches of one task back to back: while the network runs batch k in this thread,
+    one helper thread claims batch k+1 (one statement) and decodes it, so the network
+    does not wait for storage, decryption and decoding. It stops when nothing is
+    waiting, or after INFERENCE_DRAIN_S (and well inside the task's soft time limit),
+    leaving the rest to the other workers' messages."""
+
+    def __init__(self, *, task: str, me: str, limit: int) -> None:
+        self.task, self.me, self.limit = task, me, limit
+        budget = min(settings.INFERENCE_DRAIN_S, settings.CELERY_TASK_SOFT_TIME_LIMIT / 4)
+        self.stop_claiming = time.monotonic() + budget
+
+    def _next(self, decode_pool: ThreadPoolExecutor) -> tuple[bool, _Batch | None]:
+        ids = _claim_batch(task=self.task, me=self.me, limit=self.limit)
+        return bool(ids), (_prepare(ids, decode_pool) if ids else None)
+
+    def run(self, first_ids: list[int]) -> None:
+        with (
+            ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead,
+        ):
+            try:
+                current = _prepare(first_ids, decode_pool)
+                claimed_more = True
+                while current is not None or claimed_more:
+                    upcoming = ahead.submit(self._next, decode_pool) if time.monotonic() < self.stop_claiming else None
+                    if current is not None:
+                        _infer_and_store(current)
+                    if upcoming is None:
+                        return
+                    claimed_more, current = upcoming.result()
+            finally:
+                # The helper thread's own database connection goes with it.
+                ahead.submit(connections.close_all).result()
+
+
+def jobs_process(*, job_ids: list[int]) -> None:
+    """Decode, predict (with heat maps) in one compiled call and store the results of
+    claimed jobs of one task, as one batch."""
+    with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool:
+        batch = _prepare(job_ids, decode_pool)
+    if batch is not None:
+        _infer_and_store(batch)
 
 
 def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:
@@ -273,18 +382,22 @@ def predictions_store(
             InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
                 status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
             )
-            for prediction in predictions:
-                audit_record(
-                    actor=None,
-                    action="prediction.create",
-                    obj=prediction,
-                    data={
-                        "model": str(model_version),
-                        "predicted": prediction.predicted_label,
-                        "uncertain": prediction.uncertain,
-                        "scan": str(prediction.scan.uuid),
-                    },
-                )
+            audit_record_many(
+                actor=None,
+                entries=[
+                    AuditEntry(
+                        action="prediction.create",
+                        obj=prediction,
+                        data={
+                            "model": str(model_version),
+                            "predicted": prediction.predicted_label,
+                            "uncertain": prediction.uncertain,
+                            "scan": str(prediction.scan.uuid),
+                        },
+                    )
+                    for prediction in predictions
+                ],
+            )
             return predictions
     except IntegrityError:
         # The unique constraints on scan and job caught a concurrent duplicate, and the
