@@ -58,6 +58,22 @@ def backend_name() -> str:
     return str(keras.backend.backend())
 
 
+def describe_device() -> str:
+    """Where the backend runs the network: "cpu", or the first accelerator, e.g.
+    "cuda:0 (NVIDIA H200)" (one worker process per GPU: CUDA_VISIBLE_DEVICES)."""
+    if backend_name() == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform == "cpu":
+            return "cpu"
+        return f"{dev.platform}:{dev.id} ({getattr(dev, 'device_kind', '') or 'accelerator'})"
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"gpu:0 ({gpus[0].name})" if gpus else "cpu"
+
+
 def _bucket(n: int) -> int:
     if n <= 256:
         return 1 << max(0, (n - 1).bit_length())
@@ -191,16 +207,7 @@ class InferenceRunner:
         return bare_tf, full_tf
 
     def _device(self) -> str:
-        if self.backend == "jax":
-            import jax
-
-            dev = jax.devices()[0]
-            kind = getattr(dev, "device_kind", "") or ""
-            return "cpu" if dev.platform == "cpu" else f"{dev.platform}:{dev.id} ({kind})"
-        import tensorflow as tf
-
-        gpus = tf.config.list_logical_devices("GPU")
-        return f"gpu:0 ({gpus[0].name})" if gpus else "cpu"
+        return describe_device()
 
     @property
     def trace_count(self) -> int:

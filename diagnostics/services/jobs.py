@@ -526,3 +526,17 @@ def worker_heartbeat(*, hostname: str, pid: int) -> None:
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname[:255], defaults={"pid": pid, "last_seen": timezone.now()}
     )
+
+
+def worker_device_record(*, hostname: str, device: str, backend: str, precision: str) -> None:
+    """Where a worker's network runs, for /health/ and /metrics (no clinical data)."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname[:255],
+        defaults={"device": device[:120], "backend": backend[:20], "precision": precision[:10]},
+        create_defaults={
+            "pid": os.getpid(),
+            "device": device[:120],
+            "backend": backend[:20],
+            "precision": precision[:10],
+        },
+    )
