@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -87,23 +89,52 @@ def job_run(*, job_id: int) -> None:
     INFERENCE_DRAIN_S. A job that was claimed before (its worker died, or the sweeper
     put it back) runs alone, and only never-claimed jobs join a batch: if one image
     crashes the worker, it cannot take its batch mates' attempts down again and again."""
+    if job_id in _succeeded_here:
+        # This process stored the job's prediction (it came in another job's batch):
+        # its own message is a no-op without a query. Succeeded is final (only a failed
+        # job can be retried), so the shortcut cannot skip work.
+        return
     now = timezone.now()
     me = _process_identity()
     if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
         return
-    if Scan.objects.filter(job__id=job_id, kind=Scan.Kind.SLIDE).exists():
+    row = InferenceJob.objects.filter(id=job_id).values("attempts", "scan__kind", "scan__case__task").first()
+    if row is None:
+        return
+    if row["scan__kind"] == Scan.Kind.SLIDE:
         # A whole slide is thousands of tiles: it is a batch of its own (services/slides.py).
         slide_job_process(job_id=job_id)
         return
     limit = settings.INFERENCE_BATCH_SIZE
-    first_try = InferenceJob.objects.filter(id=job_id, attempts=1).exists()
-    if limit <= 1 or not first_try:
+    if limit <= 1 or row["attempts"] != 1:
         jobs_process(job_ids=[job_id])
         return
     # Only jobs of the same task share a batch: they run through the same model.
-    task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
+    task = row["scan__case__task"] or ""
     claimed = [job_id, *_claim_waiting(task=task, me=me, limit=limit - 1, wait_ms=settings.INFERENCE_MAX_DELAY_MS)]
     _Pipeline(task=task, me=me, limit=limit).run(claimed)
+
+
+class _RecentIds:
+    """The ids of the last `size` jobs this process stored, for `job_run`'s shortcut."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def add(self, job_ids: list[int]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._ids[job_id] = None
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
+_succeeded_here = _RecentIds(100_000)
 
 
 def _job_claim(job_id: int, me: str) -> bool:
@@ -262,6 +293,7 @@ def _infer_and_store(batch: _Batch) -> None:
                 for (job, _), row, png in zip(ready, out.probabilities, heatmaps, strict=True)
             ],
             inference_ms=per_image_ms,
+            jobs=[job for job, _ in ready],
         )
     except Exception as exc:
         # Nothing of the batch was written (one transaction): no job may stay "running".
@@ -342,29 +374,59 @@ def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: J
     )
 
 
+def _finish_sql() -> str:
+    job, prediction = InferenceJob._meta.db_table, Prediction._meta.db_table
+    return f"""
+        UPDATE {job} AS j SET status = %(succeeded)s, finished_at = %(now)s, updated_at = %(now)s, error = ''
+        WHERE j.id = ANY(%(ids)s) AND j.status = %(running)s
+          AND NOT EXISTS (SELECT 1 FROM {prediction} p WHERE p.job_id = j.id)
+        RETURNING j.id
+    """  # noqa: S608  # table names from the models' own metadata; every value is a parameter
+
+
 def predictions_store(
-    *, model_version: ModelVersion, outcomes: list[JobOutcome], inference_ms: float
+    *,
+    model_version: ModelVersion,
+    outcomes: list[JobOutcome],
+    inference_ms: float,
+    jobs: list[InferenceJob] | None = None,
 ) -> list[Prediction]:
     """Record a batch of predictions and queue them for review, in ONE transaction.
 
     Per-prediction transactions with full uniqueness checks cost more than the network
-    at batch 8 (bench/), so: lock the batch's jobs once, validate fields without the
-    redundant unique queries (the OneToOne constraints on job and scan still hold in the
-    database and catch a concurrent duplicate), bulk-insert predictions and review
-    items, and write one audit event per prediction in the same transaction."""
+    at batch 8 (bench/), so: one UPDATE ... RETURNING locks the batch's jobs and marks
+    those still running and without a prediction as succeeded; fields are validated
+    without the redundant unique queries (the OneToOne constraints on job and scan still
+    hold in the database and catch a concurrent duplicate); predictions, review items
+    and the audit events (one INSERT each, the audit chain's head locked once) follow in
+    the same transaction. `jobs`, when the caller has them loaded with their scans and
+    cases (the worker has), saves reading them again."""
     by_job = {o.job_id: o for o in outcomes}
     try:
         with transaction.atomic():
-            jobs = list(
-                InferenceJob.objects.select_for_update(of=("self",))
-                .select_related("scan")
-                .filter(id__in=by_job, status=InferenceJob.Status.RUNNING, prediction__isnull=True)
-                .order_by("id")
-            )
+            finished = timezone.now()
+            with connection.cursor() as cursor:
+                params: dict[str, Any] = {
+                    "succeeded": InferenceJob.Status.SUCCEEDED,
+                    "running": InferenceJob.Status.RUNNING,
+                    "now": finished,
+                    "ids": list(by_job),
+                }
+                cursor.execute(_finish_sql(), params)
+                finishing = {row[0] for row in cursor.fetchall()}
             # A job that is no longer running, or already has its prediction, was finished
             # by a duplicate delivery: a quiet no-op for that job.
+            if not finishing:
+                return []
+            known = {j.id: j for j in jobs or [] if j.id in finishing}
+            if len(known) < len(finishing):
+                missing = finishing - set(known)
+                known.update(
+                    (j.id, j) for j in InferenceJob.objects.select_related("scan", "scan__case").filter(id__in=missing)
+                )
+            batch = [known[job_id] for job_id in sorted(finishing)]
             predictions = []
-            for job in jobs:
+            for job in batch:
                 prediction = _build_prediction(job, model_version, by_job[job.id], inference_ms)
                 # Field checks yes; not the FK existence queries (3 per row: the job and scan
                 # were just locked, the model version is loaded) nor the unique queries: the
@@ -373,15 +435,10 @@ def predictions_store(
                     exclude=["job", "scan", "model_version"], validate_unique=False, validate_constraints=False
                 )
                 predictions.append(prediction)
-            if not predictions:
-                return []
             Prediction.objects.bulk_create(predictions)
             ReviewItem.objects.bulk_create([ReviewItem(prediction=p) for p in predictions])
-            worklists_changed(unit_ids=Case.objects.filter(scans__job__in=jobs).values_list("unit_id", flat=True))
-            finished = timezone.now()
-            InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
-                status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
-            )
+            worklists_changed(unit_ids=[job.scan.case.unit_id for job in batch])
+            transaction.on_commit(partial(_succeeded_here.add, sorted(finishing)))
             audit_record_many(
                 actor=None,
                 entries=[
@@ -407,7 +464,9 @@ def predictions_store(
             return [
                 p
                 for o in outcomes
-                for p in predictions_store(model_version=model_version, outcomes=[o], inference_ms=inference_ms)
+                for p in predictions_store(
+                    model_version=model_version, outcomes=[o], inference_ms=inference_ms, jobs=jobs
+                )
             ]
         if Prediction.objects.filter(job_id__in=list(by_job)).exists():
             return []
