@@ -111,6 +111,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="cancerweb-bench-"))
+    # Only bundles inside the model folder can be registered: make it the bundle's parent.
+    os.environ["CANCERWEB_MODEL_DIR"] = str(Path(args.bundle).resolve().parent)
     dbname = _configure(args.db, tmp, broker=args.broker if args.idle else "memory://")
     try:
         run(args, batches, tmp)

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -264,17 +264,27 @@ def _prepare(job_ids: list[int], decode_pool: ThreadPoolExecutor) -> _Batch | No
     return _Batch(model_version, runner, ready, time.perf_counter() - started)
 
 
-def _infer_and_store(batch: _Batch) -> None:
-    """One compiled call (probabilities and heat maps), the maps encoded, and the
-    batch's rows stored in one transaction."""
+def _infer(batch: _Batch) -> tuple[Any, float] | None:
+    """One compiled call on the batch: probabilities and heat maps, and its seconds."""
     started = time.perf_counter()
-    ready = batch.ready
     try:
         import numpy as np
 
+        out = batch.runner.run(np.stack([array for _, array in batch.ready]), heatmaps=True)
+    except Exception as exc:
+        for job, _ in batch.ready:
+            job_fail(job, exc)
+        return None
+    return out, time.perf_counter() - started
+
+
+def _store(batch: _Batch, out: Any, network_s: float) -> None:
+    """The heat maps encoded and the batch's rows stored in one transaction."""
+    started = time.perf_counter()
+    ready = batch.ready
+    try:
         from diagnostics.ml.heatmap import heatmap_png
 
-        out = batch.runner.run(np.stack([array for _, array in ready]), heatmaps=True)
         # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
         # smoothly); a palette PNG costs a fraction of a millisecond (bench/).
         size = min(batch.runner.input_size, HEATMAP_PX)
@@ -284,7 +294,7 @@ def _infer_and_store(batch: _Batch) -> None:
             job_fail(job, exc)
         return
     # Time per image for the whole batch: read, check, decode, the network and heat map.
-    per_image_ms = (batch.prepare_s + time.perf_counter() - started) * 1000.0 / len(ready)
+    per_image_ms = (batch.prepare_s + network_s + time.perf_counter() - started) * 1000.0 / len(ready)
     try:
         predictions_store(
             model_version=batch.model_version,
@@ -301,12 +311,22 @@ def _infer_and_store(batch: _Batch) -> None:
             job_fail(job, exc)
 
 
+def _infer_and_store(batch: _Batch) -> None:
+    result = _infer(batch)
+    if result is not None:
+        _store(batch, *result)
+
+
 class _Pipeline:
-    """Batches of one task back to back: while the network runs batch k in this thread,
-    one helper thread claims batch k+1 (one statement) and decodes it, so the network
-    does not wait for storage, decryption and decoding. It stops when nothing is
-    waiting, or after INFERENCE_DRAIN_S (and well inside the task's soft time limit),
-    leaving the rest to the other workers' messages."""
+    """Batches of one task back to back, in three stages: while the network runs batch
+    k in this thread, one helper thread claims batch k+1 (one statement) and decodes it,
+    and another encodes the heat maps of batch k-1 and stores its rows (one
+    transaction), so the network waits neither for storage, decryption and decoding
+    nor for the database. At most one batch waits in each stage. It stops when nothing
+    is waiting, or after INFERENCE_DRAIN_S (and well inside the task's soft time
+    limit), leaving the rest to the other workers' messages. Should the process die,
+    the jobs of all three batches are running under its name: the sweeper (or the next
+    worker on this host) puts them back, and they then run alone."""
 
     def __init__(self, *, task: str, me: str, limit: int) -> None:
         self.task, self.me, self.limit = task, me, limit
@@ -318,23 +338,43 @@ class _Pipeline:
         return bool(ids), (_prepare(ids, decode_pool) if ids else None)
 
     def run(self, first_ids: list[int]) -> None:
+        if connection.in_atomic_block:
+            # Called inside a transaction (not a worker's task): helper threads, with
+            # their own connections, would not see its rows. Everything in this thread.
+            with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool:
+                current, claimed_more = _prepare(first_ids, decode_pool), True
+                while current is not None or claimed_more:
+                    if current is not None:
+                        _infer_and_store(current)
+                    if time.monotonic() >= self.stop_claiming:
+                        return
+                    claimed_more, current = self._next(decode_pool)
+            return
         with (
             ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-behind") as behind,
         ):
+            storing: Future[None] | None = None
             try:
                 current = _prepare(first_ids, decode_pool)
                 claimed_more = True
                 while current is not None or claimed_more:
                     upcoming = ahead.submit(self._next, decode_pool) if time.monotonic() < self.stop_claiming else None
                     if current is not None:
-                        _infer_and_store(current)
+                        result = _infer(current)
+                        if storing is not None:
+                            storing.result()  # one batch waiting to be stored at most
+                        storing = behind.submit(_store, current, *result) if result is not None else None
                     if upcoming is None:
-                        return
+                        break
                     claimed_more, current = upcoming.result()
+                if storing is not None:
+                    storing.result()
             finally:
-                # The helper thread's own database connection goes with it.
+                # Each helper thread's own database connection goes with it.
                 ahead.submit(connections.close_all).result()
+                behind.submit(connections.close_all).result()
 
 
 def jobs_process(*, job_ids: list[int]) -> None:
