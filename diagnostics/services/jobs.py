@@ -184,6 +184,16 @@ def _claim_batch(*, task: str, me: str, limit: int) -> list[int]:
         "now": timezone.now(),
         "me": me,
     }
+    if connection.vendor != "postgresql":
+        # The demo's SQLite: one writer at a time anyway; claim each by a conditional update.
+        waiting = (
+            InferenceJob.objects.filter(
+                status=InferenceJob.Status.QUEUED, attempts=0, scan__kind=Scan.Kind.IMAGE, scan__case__task=task
+            )
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
+        return [job_id for job_id in waiting if _job_claim(job_id, me)]
     with connection.cursor() as cursor:
         cursor.execute(_claim_sql(), params)
         return sorted(row[0] for row in cursor.fetchall())
@@ -338,9 +348,10 @@ class _Pipeline:
         return bool(ids), (_prepare(ids, decode_pool) if ids else None)
 
     def run(self, first_ids: list[int]) -> None:
-        if connection.in_atomic_block:
+        if connection.in_atomic_block or connection.vendor != "postgresql":
             # Called inside a transaction (not a worker's task): helper threads, with
-            # their own connections, would not see its rows. Everything in this thread.
+            # their own connections, would not see its rows; or on the demo's SQLite,
+            # where their writes would wait on each other's lock. Everything in this thread.
             with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool:
                 current, claimed_more = _prepare(first_ids, decode_pool), True
                 while current is not None or claimed_more:
@@ -452,8 +463,17 @@ def predictions_store(
                     "now": finished,
                     "ids": list(by_job),
                 }
-                cursor.execute(_finish_sql(), params)
-                finishing = {row[0] for row in cursor.fetchall()}
+                if connection.vendor == "postgresql":
+                    cursor.execute(_finish_sql(), params)
+                    finishing = {row[0] for row in cursor.fetchall()}
+                else:  # the demo's SQLite: the transaction holds the database's write lock
+                    pending = InferenceJob.objects.filter(
+                        id__in=by_job, status=InferenceJob.Status.RUNNING, prediction__isnull=True
+                    )
+                    finishing = set(pending.values_list("id", flat=True))
+                    InferenceJob.objects.filter(id__in=finishing).update(
+                        status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
+                    )
             # A job that is no longer running, or already has its prediction, was finished
             # by a duplicate delivery: a quiet no-op for that job.
             if not finishing:
