@@ -333,15 +333,25 @@ class _Pipeline:
     and another encodes the heat maps of batch k-1 and stores its rows (one
     transaction), so the network waits neither for storage, decryption and decoding
     nor for the database. At most one batch waits in each stage. It stops when nothing
-    is waiting, or after INFERENCE_DRAIN_S (and well inside the task's soft time
-    limit), leaving the rest to the other workers' messages. Should the process die,
+    is waiting, after INFERENCE_DRAIN_S, or when another batch could not be stored by
+    half the task's soft time limit, leaving the rest to the other workers' messages
+    (a task that runs out of time anyway leaves its jobs to the sweeper, not failed). Should the process die,
     the jobs of all three batches are running under its name: the sweeper (or the next
     worker on this host) puts them back, and they then run alone."""
 
     def __init__(self, *, task: str, me: str, limit: int) -> None:
         self.task, self.me, self.limit = task, me, limit
-        budget = min(settings.INFERENCE_DRAIN_S, settings.CELERY_TASK_SOFT_TIME_LIMIT / 4)
-        self.stop_claiming = time.monotonic() + budget
+        self.started = time.monotonic()
+        self.drain_until = self.started + settings.INFERENCE_DRAIN_S
+        # Everything claimed must be stored by half the soft time limit, with room to spare.
+        self.finish_by = self.started + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
+        self.batch_s = 0.0  # the slowest batch so far, through the network
+
+    def may_claim(self) -> bool:
+        """Another batch, if the queue is still being drained and it (through decoding,
+        the network and storing: three batch times) would end by `finish_by`."""
+        now = time.monotonic()
+        return now < self.drain_until and now + 3 * self.batch_s < self.finish_by
 
     def _next(self, decode_pool: ThreadPoolExecutor) -> tuple[bool, _Batch | None]:
         ids = _claim_batch(task=self.task, me=self.me, limit=self.limit)
@@ -356,8 +366,10 @@ class _Pipeline:
                 current, claimed_more = _prepare(first_ids, decode_pool), True
                 while current is not None or claimed_more:
                     if current is not None:
+                        began = time.monotonic()
                         _infer_and_store(current)
-                    if time.monotonic() >= self.stop_claiming:
+                        self.batch_s = max(self.batch_s, time.monotonic() - began)
+                    if not self.may_claim():
                         return
                     claimed_more, current = self._next(decode_pool)
             return
@@ -371,9 +383,11 @@ class _Pipeline:
                 current = _prepare(first_ids, decode_pool)
                 claimed_more = True
                 while current is not None or claimed_more:
-                    upcoming = ahead.submit(self._next, decode_pool) if time.monotonic() < self.stop_claiming else None
+                    upcoming = ahead.submit(self._next, decode_pool) if self.may_claim() else None
                     if current is not None:
                         result = _infer(current)
+                        if result is not None:
+                            self.batch_s = max(self.batch_s, result[1])
                         if storing is not None:
                             storing.result()  # one batch waiting to be stored at most
                         storing = behind.submit(_store, current, *result) if result is not None else None
