@@ -164,3 +164,17 @@ def test_one_task_drains_the_queue_batch_after_batch_with_a_valid_audit_chain(cl
     for scan in scans:  # the jobs' own messages arrive later: no-ops
         job_run(job_id=scan.job.id)
     assert Prediction.objects.filter(scan__in=scans).count() == 5
+
+
+def test_a_task_out_of_time_leaves_its_jobs_running_for_the_sweeper(clinician):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from diagnostics.services.job_queue import job_fail
+
+    job = make_scan(clinician, ref="PSN-T1").job
+    InferenceJob.objects.filter(pk=job.pk).update(status=InferenceJob.Status.RUNNING, attempts=1)
+    job.refresh_from_db()
+    with pytest.raises(SoftTimeLimitExceeded):
+        job_fail(job, SoftTimeLimitExceeded())
+    job.refresh_from_db()
+    assert job.status == InferenceJob.Status.RUNNING and job.error == ""
