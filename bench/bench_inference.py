@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
 
     unit = account_services.unit_create(acting_user=None, name="Bench unit")
     account_services.unit_member_add(acting_user=None, unit=unit, user=user)
-    model_version = model_register(acting_user=None, bundle_dir=args.bundle, activate=True)
+    model_version = model_register(acting_user=None, bundle_dir=Path(args.bundle).resolve(), activate=True)
     runner = runner_for(model_version)
     images = _images(args.images)
     arrays = np.stack([runner.preprocess(data) for _, data in images])
