@@ -22,7 +22,8 @@ import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -66,7 +67,7 @@ def _jpegs(n: int, side: int = 320) -> list[bytes]:
     return out
 
 
-def _rate(fn, images_per_call: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+def _rate(fn: Callable[[], object], images_per_call: int, seconds: float) -> float:
     fn()  # compile / warm
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or calls < 3:
@@ -117,8 +118,11 @@ def main() -> None:
         def decode(chunk: list[bytes]) -> np.ndarray:
             return np.stack(list(pool.map(lambda b: decode_rgb(b, size=args.size), chunk)))
 
+        def encode(cams: np.ndarray | None) -> list[bytes]:
+            return [heatmap_png(c, size=heat_px) for c in (cams if cams is not None else [])]
+
         def path(chunks: list[list[bytes]] = chunks) -> None:
-            behind_future = None
+            behind_future: Future[list[bytes]] | None = None
             ahead_pool = ThreadPoolExecutor(1)
             ahead = ahead_pool.submit(decode, chunks[0])
             for k in range(len(chunks)):
@@ -128,7 +132,7 @@ def main() -> None:
                 out = runner.run(arr, heatmaps=True)
                 if behind_future is not None:
                     behind_future.result()
-                behind_future = behind.submit(lambda o=out: [heatmap_png(c, size=heat_px) for c in o.heatmaps])
+                behind_future = behind.submit(encode, out.heatmaps)
             if behind_future is not None:
                 behind_future.result()
             ahead_pool.shutdown()
