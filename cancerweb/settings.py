@@ -352,6 +352,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 INFERENCE_BATCH_SIZE = env_int("CANCERWEB_INFERENCE_BATCH_SIZE", 8, minimum=1)
 # Threads that decode a batch's images while others are decoded (Pillow releases the GIL).
 INFERENCE_DECODE_THREADS = env_int("CANCERWEB_INFERENCE_DECODE_THREADS", 4, minimum=1)
+# Dynamic batching: when fewer than INFERENCE_BATCH_SIZE jobs wait, a worker waits up to
+# this long for more to arrive before it runs what it has (0: never waits).
+INFERENCE_MAX_DELAY_MS = env_int("CANCERWEB_INFERENCE_MAX_DELAY_MS", 10, minimum=0)
+# One task keeps claiming the next batch (decoded while the network runs the current one)
+# for at most this long, well inside the soft time limit, then leaves the rest to others.
+INFERENCE_DRAIN_S = env_int("CANCERWEB_INFERENCE_DRAIN_S", 60, minimum=0)
+# float32 (default) or bfloat16 arithmetic in the network. A worker set to bfloat16
+# refuses to start when the probabilities on a bundle's check images move by more than
+# diagnostics.ml.runner.BFLOAT16_TOLERANCE.
+INFERENCE_PRECISION = os.environ.get("CANCERWEB_INFERENCE_PRECISION", "float32").strip() or "float32"
+if INFERENCE_PRECISION not in ("float32", "bfloat16"):
+    raise ImproperlyConfigured(
+        f"CANCERWEB_INFERENCE_PRECISION must be float32 or bfloat16, got {INFERENCE_PRECISION!r}"
+    )
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # An unreachable Redis must fail a publish within seconds, not hang an upload.
     CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = 2

@@ -42,7 +42,8 @@ def runner_for(model_version: ModelVersion) -> InferenceRunner:
         from diagnostics.ml.bundle import BundleError
         from diagnostics.ml.runner import InferenceRunner
 
-        runner = InferenceRunner(bundle_dir_for(model_version))  # verifies the file's hash
+        # Verifies the file's hash; bfloat16 only once the worker's start-up check passed.
+        runner = InferenceRunner(bundle_dir_for(model_version), precision=settings.INFERENCE_PRECISION)
         if runner.manifest.model_sha256 != model_version.sha256:
             raise BundleError("the model file on disk is not the registered version (SHA-256 differs)")
         # Keep only models that are still active, so a retired one frees its memory.
@@ -51,3 +52,40 @@ def runner_for(model_version: ModelVersion) -> InferenceRunner:
             del _cached[sha]
         _cached[model_version.sha256] = runner
         return runner
+
+
+_DRIFT_SCRIPT = "import sys; from diagnostics.ml.runner import precision_drift; print(precision_drift(sys.argv[1]))"
+
+
+def precision_check() -> list[str]:
+    """With CANCERWEB_INFERENCE_PRECISION=bfloat16: the float32 / bfloat16 drift of every
+    active model on its check images, each measured in a child process (the worker's
+    main process must not run the network before it forks its pool). Returns what is
+    wrong, one line per model beyond diagnostics.ml.runner.BFLOAT16_TOLERANCE."""
+    import subprocess
+    import sys
+
+    from diagnostics.ml.runner import BFLOAT16_TOLERANCE
+
+    if settings.INFERENCE_PRECISION != "bfloat16":
+        return []
+    problems = []
+    for version in ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).order_by("task"):
+        bundle = bundle_dir_for(version)
+        done = subprocess.run(  # noqa: S603  # our own interpreter and script, a local path
+            [sys.executable, "-c", _DRIFT_SCRIPT, str(bundle)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        if done.returncode != 0:
+            problems.append(f"{version}: the bfloat16 check could not run: {done.stderr.strip()[-300:]}")
+            continue
+        drift = float(done.stdout.strip().splitlines()[-1])
+        if drift > BFLOAT16_TOLERANCE:
+            problems.append(
+                f"{version}: bfloat16 moves a probability on its check images by {drift:.4f}, "
+                f"more than the tolerance {BFLOAT16_TOLERANCE}"
+            )
+    return problems

@@ -480,6 +480,11 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=255, unique=True)
     pid = models.PositiveIntegerField()
     last_seen = models.DateTimeField(default=timezone.now)
+    # Where its network runs, written once its pool process has loaded the models:
+    # "cpu", or e.g. "cuda:0 (NVIDIA H200)"; and the Keras backend (tensorflow or jax).
+    device = models.CharField(max_length=120, blank=True, default="")
+    backend = models.CharField(max_length=20, blank=True, default="")
+    precision = models.CharField(max_length=10, blank=True, default="")
 
     def __str__(self) -> str:
         return f"{self.hostname} ({self.last_seen:%Y-%m-%d %H:%M:%S})"

@@ -3,6 +3,7 @@ Redis configured by bin/test (DATABASE_URL, CELERY_BROKER_URL)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -100,43 +101,54 @@ def isolated_scan_storage(request: pytest.FixtureRequest, settings, tmp_path: Pa
     }
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db: None, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real `celery worker` process on the real Redis broker and the test database."""
+@contextlib.contextmanager
+def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None, name: str = "test"):  # type: ignore[no-untyped-def]
+    """A real `celery worker` process on the real Redis broker and the test database,
+    with `extra_env` on top of this process's environment (KERAS_BACKEND=jax, say)."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    import redis
     from django.db import connection
 
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    broker.flushdb()  # messages left by earlier tests name jobs that no longer exist
     db = connection.settings_dict
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        **(extra_env or {}),
     }
-    log_path = tmp_path / "worker.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "cancerweb", "worker", "-Q", "inference,default",
-         "-c", "1", "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+         "-c", "1", "--loglevel=INFO", "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while "ready." not in log_path.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        deadline = time.monotonic() + 120
+        while "ready." not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real `celery worker` process on the real Redis broker and the test database."""
+    import redis
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.flushdb()  # messages left by earlier tests name jobs that no longer exist
+    with celery_worker(tmp_path / "worker.log") as proc:
+        yield proc

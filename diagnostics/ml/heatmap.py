@@ -27,13 +27,23 @@ def colorize(cam: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, alpha], axis=-1).round().astype(np.uint8)
 
 
+# The ramp sampled at 256 levels: a palette PNG (mode "P") indexes it, with the alpha
+# of each level in the PNG's tRNS chunk. One byte per pixel instead of four, and no
+# per-pixel colour arithmetic: about a third of the RGBA encoder's time (bench/).
+_PALETTE = colorize(np.linspace(0.0, 1.0, 256, dtype=np.float32))
+
+
 def heatmap_png(cam: np.ndarray, *, size: int) -> bytes:
-    """Upsample the grid smoothly to `size` x `size` and encode as an RGBA PNG."""
+    """Upsample the grid smoothly to `size` x `size` and encode it as a palette PNG
+    whose colours and alpha follow the ramp above (the browser shows it as RGBA)."""
     grid = np.asarray(cam, dtype=np.float32)
     if grid.ndim != 2:
         raise ValueError(f"expected a 2-D heat map, got shape {grid.shape}")
-    img = Image.fromarray(np.clip(grid, 0.0, 1.0), mode="F").resize((size, size), Image.Resampling.BILINEAR)
-    rgba = colorize(np.asarray(img))
+    clean = np.clip(np.nan_to_num(grid), 0.0, 1.0)
+    img = Image.fromarray(clean, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    levels = np.clip(np.asarray(img) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out_img = Image.frombytes("P", (size, size), levels.tobytes())
+    out_img.putpalette(_PALETTE[:, :3].tobytes())
     out = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(out, format="PNG", compress_level=1)
+    out_img.save(out, format="PNG", compress_level=1, transparency=_PALETTE[:, 3].tobytes())
     return out.getvalue()

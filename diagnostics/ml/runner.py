@@ -1,13 +1,27 @@
-"""Inference on a verified model bundle, once per worker process.
+"""Inference on a verified model bundle, once per worker process, on either Keras backend.
 
-Loading TensorFlow and tracing the first call cost seconds (docs/performance.md), so a
-worker builds one `InferenceRunner` and reuses it. Calls go through one compiled
-`tf.function`: at batch 1 it is about 2.6x faster than `model.predict` on these CPUs.
+The same `.keras` bundle loads under `KERAS_BACKEND=tensorflow` (the CPU hosts, the
+default) or `KERAS_BACKEND=jax` (the GPU hosts, which have JAX but no TensorFlow).
+Loading and tracing the first call cost seconds, so a worker builds one
+`InferenceRunner` and reuses it.
+
+Each backend gets ONE compiled function over `stateless_call` (a `tf.function` or a
+`jax.jit`), returning a `RunnerOutput`: logits, temperature-scaled probabilities and,
+when asked, Grad-CAM heat maps computed in the same compiled call (the gradient of each
+image's top logit with respect to the last spatial feature map). The network is split
+at that feature map into a backbone and a head (two Keras models sharing the bundle's
+layers), so both backends take the same gradient the same way.
+
+JAX traces once per input shape, so batches are padded up to the next power of two
+(1, 2, 4, ... 256, then multiples of 256): a worker traces a handful of shapes, never
+one per batch size. The padded rows are dropped before anything is returned.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +31,96 @@ import numpy as np  # noqa: E402
 
 from .bundle import BundleError, Manifest, verify_bundle  # noqa: E402
 from .metrics import softmax  # noqa: E402
-from .preprocess import decode_rgb  # noqa: E402
+from .preprocess import IMAGE_SUFFIXES, decode_rgb  # noqa: E402
+
+PRECISIONS = ("float32", "bfloat16")
+# bfloat16 keeps 8 bits of mantissa: the largest change in any class probability on the
+# check images that is still accepted before a worker refuses to start in bfloat16.
+BFLOAT16_TOLERANCE = 0.02
+CHECK_IMAGES_DIR = "check_images"
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """One batch through the network. `features` is the last spatial feature map
+    averaged over its grid (N, C); `heatmaps` are Grad-CAM maps in 0..1 (N, h, w) for
+    each image's top class, or None when they were not asked for."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    features: np.ndarray | None = None
+    heatmaps: np.ndarray | None = None
+
+
+def backend_name() -> str:
+    import keras
+
+    return str(keras.backend.backend())
+
+
+def describe_device() -> str:
+    """Where the backend runs the network: "cpu", or the first accelerator, e.g.
+    "cuda:0 (NVIDIA H200)" (one worker process per GPU: CUDA_VISIBLE_DEVICES)."""
+    if backend_name() == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform == "cpu":
+            return "cpu"
+        return f"{dev.platform}:{dev.id} ({getattr(dev, 'device_kind', '') or 'accelerator'})"
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"gpu:0 ({gpus[0].name})" if gpus else "cpu"
+
+
+def _bucket(n: int) -> int:
+    if n <= 256:
+        return 1 << max(0, (n - 1).bit_length())
+    return -(-n // 256) * 256
+
+
+def _bf16_config(config: Any) -> Any:
+    """A model config with every float32 layer policy turned into mixed_bfloat16
+    (variables stay float32, arithmetic in bfloat16)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            if config["config"].get("name") == "float32":
+                return {**config, "config": {**config["config"], "name": "mixed_bfloat16"}}
+            return config
+        return {k: _bf16_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_bf16_config(v) for v in config]
+    return config
 
 
 class InferenceRunner:
     manifest: Manifest
     labels: list[str]
     input_size: int
+    backend: str
+    precision: str
+    device: str
 
-    def __init__(self, bundle_dir: str | Path) -> None:
+    def __init__(self, bundle_dir: str | Path, *, precision: str = "float32") -> None:
         import keras
-        import tensorflow as tf
 
-        tf.get_logger().setLevel("ERROR")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+        self.backend = backend_name()
+        if self.backend not in ("tensorflow", "jax"):
+            raise BundleError(f"the Keras backend '{self.backend}' is not supported (use tensorflow or jax)")
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+        self.bundle_dir = Path(bundle_dir)
         self.manifest = verify_bundle(bundle_dir)
         self.labels = list(self.manifest.labels)
         self.input_size = self.manifest.input_size
+        self.precision = precision
         self._temperature = self.manifest.temperature
-        model_path = Path(bundle_dir) / self.manifest.model_file
+        model_path = self.bundle_dir / self.manifest.model_file
         try:
             model = keras.saving.load_model(model_path, compile=False)
         except Exception as exc:  # Keras raises many types for a corrupt file.
@@ -48,40 +134,87 @@ class InferenceRunner:
             raise BundleError(
                 f"model gives {model.output_shape[-1]} outputs but the manifest lists {len(self.labels)} labels"
             )
+        if precision == "bfloat16":
+            reference = model
+            model = keras.Model.from_config(_bf16_config(model.get_config()))
+            model.set_weights(reference.get_weights())
         self._model = model
-        self._tf = tf
+        features = feature_output(model)
+        self._backbone = keras.Model(model.inputs, features)
+        self._head = keras.Model(features, model.outputs[0])
+        self._traces = 0
+        self._bare, self._full = self._compile()
+        self.device = self._device()
+        # Warm up at batch 1, the common request size, so the first user waits no longer.
+        self.run(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8), heatmaps=True)
 
-        # One compiled call; reduce_retracing lets a second batch size relax the traced
-        # shape to a dynamic batch instead of tracing once per size.
+    # --- compilation, one function per backend --------------------------------------
+
+    def _compile(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        model, backbone, head = self._model, self._backbone, self._head
+        m_vars = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        b_vars = ([v.value for v in backbone.trainable_variables], [v.value for v in backbone.non_trainable_variables])
+        h_vars = ([v.value for v in head.trainable_variables], [v.value for v in head.non_trainable_variables])
+
+        if self.backend == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            def bare(mv: Any, x: Any) -> Any:
+                self._traces += 1  # runs once per trace, not per call
+                logits, _ = model.stateless_call(mv[0], mv[1], x, training=False)
+                return logits.astype(jnp.float32)
+
+            def full(bv: Any, hv: Any, x: Any) -> Any:
+                self._traces += 1
+                feats, _ = backbone.stateless_call(bv[0], bv[1], x, training=False)
+
+                def head_logits(f: Any) -> Any:
+                    out, _ = head.stateless_call(hv[0], hv[1], f, training=False)
+                    return out.astype(jnp.float32)
+
+                logits, pullback = jax.vjp(head_logits, feats)
+                top = jnp.argmax(logits, axis=1)
+                (grads,) = pullback(jax.nn.one_hot(top, logits.shape[1], dtype=logits.dtype))
+                return logits, *_cam(jnp, feats.astype(jnp.float32), grads.astype(jnp.float32))
+
+            bare_jit, full_jit = jax.jit(bare), jax.jit(full)
+            return (lambda x: bare_jit(m_vars, x)), (lambda x: full_jit(b_vars, h_vars, x))
+
+        import tensorflow as tf
+
+        # reduce_retracing relaxes a second batch size to a dynamic batch dimension
+        # instead of tracing once per size.
         @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow ships no types
-        def call(x: Any) -> Any:
-            return model(x, training=False)
+        def bare_tf(x: Any) -> Any:
+            self._traces += 1
+            logits, _ = model.stateless_call(m_vars[0], m_vars[1], x, training=False)
+            return tf.cast(logits, tf.float32)
 
-        self._call = call
-
-        # Grad-CAM in the same compiled pass: the last 4-D feature map and the gradient
-        # of each image's top logit with respect to it come out of ONE graph with the
-        # logits. Compiled, this adds about 4 % at batch 8; done eagerly it costs 2.5-3x
-        # the prediction (docs/performance.md).
-        features_and_logits = keras.Model(model.inputs, [feature_output(model), model.outputs[0]])
-
-        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow ships no types
-        def call_with_cam(x: Any) -> Any:
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+        def full_tf(x: Any) -> Any:
+            self._traces += 1
+            feats, _ = backbone.stateless_call(b_vars[0], b_vars[1], x, training=False)
             with tf.GradientTape() as tape:
-                tape.watch(x)  # records the whole graph, so intermediate features get gradients
-                features, logits = features_and_logits(x, training=False)
+                tape.watch(feats)
+                logits, _ = head.stateless_call(h_vars[0], h_vars[1], feats, training=False)
+                logits = tf.cast(logits, tf.float32)
                 top = tf.argmax(logits, axis=1, output_type=tf.int32)
                 score = tf.reduce_sum(tf.gather(logits, top[:, None], batch_dims=1))
-            grads = tape.gradient(score, features)
-            weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
-            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
-            peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
-            cam = tf.math.divide_no_nan(cam, peak)
-            return logits, cam
+            grads = tape.gradient(score, feats)
+            return logits, *_cam(tf, tf.cast(feats, tf.float32), tf.cast(grads, tf.float32))
 
-        self._call_with_cam = call_with_cam
-        # Warm up at batch 1, the common request size, so the first user waits no longer.
-        self.bare_call(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8))
+        return bare_tf, full_tf
+
+    def _device(self) -> str:
+        return describe_device()
+
+    @property
+    def trace_count(self) -> int:
+        """How many times a compiled function was traced (a test keeps this small)."""
+        return self._traces
+
+    # --- calls ------------------------------------------------------------------------
 
     def preprocess(self, data: bytes) -> np.ndarray:
         return decode_rgb(data, size=self.input_size)
@@ -93,28 +226,98 @@ class InferenceRunner:
             raise ValueError(f"expected a batch of shape (N, {s}, {s}, 3), got {arr.shape}")
         return arr
 
+    def _input(self, arr: np.ndarray) -> Any:
+        x = arr.astype(np.float32, copy=False)
+        if self.backend == "jax":
+            n = len(x)
+            size = _bucket(n)
+            if size != n:
+                x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
+            return x
+        return self._tf_convert(x)
+
+    def _tf_convert(self, x: np.ndarray) -> Any:
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(x, dtype=tf.float32)
+
     def bare_call(self, batch: np.ndarray) -> np.ndarray:
-        """The compiled model call: logits, no temperature scaling."""
+        """The compiled model call alone: logits, no temperature scaling, no heat maps."""
         arr = self._check(batch)
-        x = self._tf.convert_to_tensor(arr, dtype=self._tf.float32)
-        return np.asarray(self._call(x))
+        return np.asarray(self._bare(self._input(arr)))[: len(arr)]
+
+    def run(self, batch: np.ndarray, *, heatmaps: bool = True) -> RunnerOutput:
+        """One compiled call on a batch of uint8 RGB images (N, s, s, 3)."""
+        arr = self._check(batch)
+        n = len(arr)
+        if n == 0:
+            k = len(self.labels)
+            return RunnerOutput(np.zeros((0, k), np.float32), np.zeros((0, k)), None, np.zeros((0, 1, 1), np.float32))
+        if not heatmaps:
+            logits = self.bare_call(arr)
+            return RunnerOutput(logits, softmax(logits, self._temperature))
+        logits, cam, pooled = self._full(self._input(arr))
+        logits = np.asarray(logits)[:n]
+        return RunnerOutput(
+            logits=logits,
+            probabilities=softmax(logits, self._temperature),
+            features=np.asarray(pooled, dtype=np.float32)[:n],
+            heatmaps=np.asarray(cam, dtype=np.float32)[:n],
+        )
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Temperature-scaled probabilities, shape (N, len(labels)), rows summing to 1."""
-        arr = self._check(batch)
-        if arr.shape[0] == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float64)
-        return softmax(self.bare_call(arr), self._temperature)
+        return self.run(batch, heatmaps=False).probabilities
 
     def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Temperature-scaled probabilities (N, K) and Grad-CAM maps (N, h, w) in 0..1 for
         each image's top class, h x w being the last feature map's grid."""
-        arr = self._check(batch)
-        if arr.shape[0] == 0:
-            return np.zeros((0, len(self.labels))), np.zeros((0, 1, 1))
-        x = self._tf.convert_to_tensor(arr, dtype=self._tf.float32)
-        logits, cam = self._call_with_cam(x)
-        return softmax(np.asarray(logits), self._temperature), np.asarray(cam, dtype=np.float32)
+        out = self.run(batch, heatmaps=True)
+        assert out.heatmaps is not None
+        return out.probabilities, out.heatmaps
+
+    # --- reduced precision ------------------------------------------------------------
+
+    def check_images(self, count: int = 8) -> np.ndarray:
+        """The bundle's own check images (its `check_images/` folder), or, for a bundle
+        without one, a fixed seeded set of smooth colour fields and noise."""
+        folder = self.bundle_dir / CHECK_IMAGES_DIR
+        if folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if files:
+                return np.stack([self.preprocess(p.read_bytes()) for p in files])
+        rng = np.random.default_rng(20261202)
+        s = self.input_size
+        ramp = np.linspace(0, 255, s, dtype=np.float32)
+        images = []
+        for i in range(count):
+            base = rng.uniform(0, 255, size=3).astype(np.float32)
+            field = (ramp[None, :, None] * (i % 3 == 0) + ramp[:, None, None] * (i % 3 == 1)) * 0.5
+            noise = rng.normal(0, 30 + 10 * i, size=(s, s, 3)).astype(np.float32)
+            images.append(np.clip(base + field + noise, 0, 255).astype(np.uint8))
+        return np.stack(images)
+
+
+def _cam(ops: Any, feats: Any, grads: Any) -> tuple[Any, Any]:
+    """Grad-CAM from the feature map (N, h, w, c) and the top logit's gradient: the
+    channels weighted by their mean gradient, ReLU, scaled to a peak of 1. Also the
+    grid-averaged features. `ops` is jax.numpy or tensorflow (both name these alike
+    through their NumPy-style `experimental.numpy` / `jax.numpy` modules)."""
+    np_ops = getattr(getattr(ops, "experimental", None), "numpy", ops)
+    weights = np_ops.mean(grads, axis=(1, 2), keepdims=True)
+    cam = np_ops.maximum(np_ops.sum(weights * feats, axis=-1), 0.0)
+    peak = np_ops.max(cam, axis=(1, 2), keepdims=True)
+    safe = np_ops.where(peak > 0, peak, 1.0)
+    return np_ops.where(peak > 0, cam / safe, 0.0), np_ops.mean(feats, axis=(1, 2))
+
+
+def precision_drift(bundle_dir: str | Path, reference: InferenceRunner | None = None) -> float:
+    """The largest change of any class probability on the bundle's check images when
+    the network runs in bfloat16 instead of float32."""
+    full = reference or InferenceRunner(bundle_dir)
+    half = InferenceRunner(bundle_dir, precision="bfloat16")
+    images = full.check_images()
+    return float(np.max(np.abs(full.predict_arrays(images) - half.predict_arrays(images))))
 
 
 def feature_output(model: Any) -> Any:

@@ -4,6 +4,7 @@ clinical data, so not scoped to a user."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Min
@@ -34,3 +35,11 @@ def stuck_running_count() -> int:
 def latest_heartbeat_age_s() -> float | None:
     latest = WorkerHeartbeat.objects.order_by("-last_seen").values_list("last_seen", flat=True).first()
     return max(0.0, (timezone.now() - latest).total_seconds()) if latest else None
+
+
+def live_workers(*, within_s: float) -> list[dict[str, Any]]:
+    """Workers with a heartbeat in the last `within_s` seconds and where their network
+    runs (empty device: its pool has not loaded the models yet)."""
+    since = timezone.now() - timedelta(seconds=within_s)
+    rows = WorkerHeartbeat.objects.filter(last_seen__gte=since).order_by("hostname")
+    return [dict(row) for row in rows.values("hostname", "device", "backend", "precision")]

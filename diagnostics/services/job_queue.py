@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
@@ -49,9 +50,10 @@ class JobError(Exception):
 
 def job_fail(job: InferenceJob, exc: Exception) -> None:
     """Fail a running job with a reason for its error field (never patient data)."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        # The database went away, not the job: it stays running and the sweeper puts
-        # it back in the queue after the running deadline.
+    if isinstance(exc, OperationalError | InterfaceError | SoftTimeLimitExceeded):
+        # The database went away, or the task ran out of time (a database outage stalled
+        # it), not the job: it stays running and the sweeper puts it back in the queue
+        # after the running deadline (and fails it with that reason after its last attempt).
         raise exc
     if isinstance(exc, storage.StorageUnavailable):
         # The image store is down or restarting, not the job: back to the queue without

@@ -7,7 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -15,11 +18,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.audit import audit_record
+from accounts.audit import AuditEntry, audit_record, audit_record_many
 from accounts.models import User
 from accounts.roles import UPLOAD_PERMISSION
 from diagnostics.intake import imaging, storage
@@ -73,38 +76,65 @@ def _reclaim_from_dead_process(job_id: int, me: str, now: datetime) -> int:
 
 
 def job_run(*, job_id: int) -> None:
-    """Run an inference job, and with it up to INFERENCE_BATCH_SIZE - 1 other waiting
-    jobs of the same task as one batch. Safe to call twice: only a caller that claims a
-    job (queued -> running by a conditional update) works on it, so a duplicate
-    delivery, or the message of a job another worker already took into its batch, is a
-    quiet no-op. A job whose claimer died on this host is taken over at once."""
+    """Run an inference job, and with it other waiting jobs of the same task as one
+    batch (dynamic batching). Safe to call twice: only a caller that claims a job
+    (queued -> running by a conditional update) works on it, so a duplicate delivery,
+    or the message of a job another worker already took into its batch, is a quiet
+    no-op. A job whose claimer died on this host is taken over at once.
+
+    The delivered job is claimed first; up to INFERENCE_BATCH_SIZE - 1 never-claimed
+    waiting image jobs of its task join it, claimed in ONE statement, waiting up to
+    INFERENCE_MAX_DELAY_MS for the batch to fill. While the network runs a batch, the
+    next one is claimed and decoded in a thread (`_Pipeline`), for up to
+    INFERENCE_DRAIN_S. A job that was claimed before (its worker died, or the sweeper
+    put it back) runs alone, and only never-claimed jobs join a batch: if one image
+    crashes the worker, it cannot take its batch mates' attempts down again and again."""
+    if job_id in _succeeded_here:
+        # This process stored the job's prediction (it came in another job's batch):
+        # its own message is a no-op without a query. Succeeded is final (only a failed
+        # job can be retried), so the shortcut cannot skip work.
+        return
     now = timezone.now()
     me = _process_identity()
     if not _job_claim(job_id, me) and not _reclaim_from_dead_process(job_id, me, now):
         return
-    if Scan.objects.filter(job__id=job_id, kind=Scan.Kind.SLIDE).exists():
+    row = InferenceJob.objects.filter(id=job_id).values("attempts", "scan__kind", "scan__case__task").first()
+    if row is None:
+        return
+    if row["scan__kind"] == Scan.Kind.SLIDE:
         # A whole slide is thousands of tiles: it is a batch of its own (services/slides.py).
         slide_job_process(job_id=job_id)
         return
-    claimed = [job_id]
     limit = settings.INFERENCE_BATCH_SIZE
-    # A job that was claimed before (its worker died, or the sweeper put it back) runs
-    # alone, and only never-claimed jobs join a batch: if one image crashes the worker,
-    # it cannot take its batch mates' attempts down with it again and again.
-    first_try = InferenceJob.objects.filter(id=job_id, attempts=1).exists()
-    if limit > 1 and first_try:
-        # Only jobs of the same task share a batch: they run through the same model.
-        task = Case.objects.filter(scans__job__id=job_id).values_list("task", flat=True).first() or ""
-        waiting = (
-            InferenceJob.objects.filter(
-                status=InferenceJob.Status.QUEUED, scan__case__task=task, attempts=0, scan__kind=Scan.Kind.IMAGE
-            )
-            .exclude(id=job_id)
-            .order_by("created_at", "id")
-            .values_list("id", flat=True)[: limit - 1]
-        )
-        claimed += [other for other in waiting if _job_claim(other, me)]
-    jobs_process(job_ids=claimed)
+    if limit <= 1 or row["attempts"] != 1:
+        jobs_process(job_ids=[job_id])
+        return
+    # Only jobs of the same task share a batch: they run through the same model.
+    task = row["scan__case__task"] or ""
+    claimed = [job_id, *_claim_waiting(task=task, me=me, limit=limit - 1, wait_ms=settings.INFERENCE_MAX_DELAY_MS)]
+    _Pipeline(task=task, me=me, limit=limit).run(claimed)
+
+
+class _RecentIds:
+    """The ids of the last `size` jobs this process stored, for `job_run`'s shortcut."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def add(self, job_ids: list[int]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._ids[job_id] = None
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
+_succeeded_here = _RecentIds(100_000)
 
 
 def _job_claim(job_id: int, me: str) -> bool:
@@ -120,6 +150,66 @@ def _job_claim(job_id: int, me: str) -> bool:
     )
 
 
+def _claim_sql() -> str:
+    job, scan, case = (m._meta.db_table for m in (InferenceJob, Scan, Case))
+    return f"""
+        WITH picked AS MATERIALIZED (
+            SELECT j.id FROM {job} j
+            JOIN {scan} s ON s.id = j.scan_id
+            JOIN {case} c ON c.id = s.case_id
+            WHERE j.status = %(queued)s AND j.attempts = 0 AND s.kind = %(image)s AND c.task = %(task)s
+            ORDER BY j.created_at, j.id
+            LIMIT %(limit)s
+            FOR UPDATE OF j SKIP LOCKED
+        )
+        UPDATE {job} AS u SET status = %(running)s, attempts = u.attempts + 1,
+            started_at = %(now)s, updated_at = %(now)s, claimed_by = %(me)s
+        FROM picked WHERE u.id = picked.id
+        RETURNING u.id
+    """  # noqa: S608  # table names from the models' own metadata; every value is a parameter
+
+
+def _claim_batch(*, task: str, me: str, limit: int) -> list[int]:
+    """Claim up to `limit` never-claimed waiting image jobs of `task` in one statement.
+    SKIP LOCKED: rows another worker is claiming at this moment are left to it, and a
+    concurrent single-job claim of a row taken here finds it no longer queued."""
+    if limit <= 0:
+        return []
+    params: dict[str, Any] = {
+        "queued": InferenceJob.Status.QUEUED,
+        "running": InferenceJob.Status.RUNNING,
+        "image": Scan.Kind.IMAGE,
+        "task": task,
+        "limit": limit,
+        "now": timezone.now(),
+        "me": me,
+    }
+    if connection.vendor != "postgresql":
+        # The demo's SQLite: one writer at a time anyway; claim each by a conditional update.
+        waiting = (
+            InferenceJob.objects.filter(
+                status=InferenceJob.Status.QUEUED, attempts=0, scan__kind=Scan.Kind.IMAGE, scan__case__task=task
+            )
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
+        return [job_id for job_id in waiting if _job_claim(job_id, me)]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(), params)
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def _claim_waiting(*, task: str, me: str, limit: int, wait_ms: int) -> list[int]:
+    """`_claim_batch`, and while the batch is not full, again every few milliseconds
+    until `wait_ms` have passed: what arrives within the delay joins the batch."""
+    claimed = _claim_batch(task=task, me=me, limit=limit)
+    give_up = time.monotonic() + wait_ms / 1000.0
+    while len(claimed) < limit and time.monotonic() < give_up:
+        time.sleep(min(0.005, max(0.0, give_up - time.monotonic())))
+        claimed += _claim_batch(task=task, me=me, limit=limit - len(claimed))
+    return claimed
+
+
 HEATMAP_PX = 64
 
 
@@ -130,12 +220,24 @@ class JobOutcome:
     heatmap_png: bytes | None = None
 
 
-def jobs_process(*, job_ids: list[int]) -> None:
-    """Decode, predict (with heat maps) in one compiled call and store the results of
-    claimed jobs. Jobs of one call share a task (see job_run)."""
+@dataclass
+class _Batch:
+    """Claimed jobs of one task, decoded and ready for the network."""
+
+    model_version: ModelVersion
+    runner: Any
+    ready: list[tuple[InferenceJob, Any]]
+    prepare_s: float
+
+
+def _prepare(job_ids: list[int], decode_pool: ThreadPoolExecutor) -> _Batch | None:
+    """Load the claimed jobs and their model, read, check and decode their images in
+    the pool's threads (Pillow releases the GIL). A job that cannot be read fails
+    alone; None when none is left."""
+    started = time.perf_counter()
     jobs = list(InferenceJob.objects.select_related("scan", "scan__case").filter(id__in=job_ids).order_by("id"))
     if not jobs:
-        return
+        return None
     try:
         model_version = active_model_for_task(jobs[0].scan.case.task)
         from diagnostics.inference import runner_for
@@ -148,8 +250,7 @@ def jobs_process(*, job_ids: list[int]) -> None:
     except Exception as exc:
         for job in jobs:
             job_fail(job, exc)
-        return
-    started = time.perf_counter()
+        return None
 
     def load(job: InferenceJob) -> Any:
         try:
@@ -161,48 +262,153 @@ def jobs_process(*, job_ids: list[int]) -> None:
             raise JobError("stored scan bytes do not match their SHA-256")
         return imaging.decode_for_model(data, size=runner.input_size)
 
-    # Decoding dominates small models (docs/performance.md) and Pillow releases the GIL:
-    # decode the batch's images in parallel threads.
-    from concurrent.futures import ThreadPoolExecutor
-
     ready: list[tuple[InferenceJob, Any]] = []
-    with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as pool:
-        futures = [(job, pool.submit(load, job)) for job in jobs]
-        for job, future in futures:
-            try:
-                ready.append((job, future.result()))
-            except Exception as exc:
-                job_fail(job, exc)
+    futures = [(job, decode_pool.submit(load, job)) for job in jobs]
+    for job, future in futures:
+        try:
+            ready.append((job, future.result()))
+        except Exception as exc:
+            job_fail(job, exc)
     if not ready:
-        return
+        return None
+    return _Batch(model_version, runner, ready, time.perf_counter() - started)
+
+
+def _infer(batch: _Batch) -> tuple[Any, float] | None:
+    """One compiled call on the batch: probabilities and heat maps, and its seconds."""
+    started = time.perf_counter()
     try:
         import numpy as np
 
+        out = batch.runner.run(np.stack([array for _, array in batch.ready]), heatmaps=True)
+    except Exception as exc:
+        for job, _ in batch.ready:
+            job_fail(job, exc)
+        return None
+    return out, time.perf_counter() - started
+
+
+def _store(batch: _Batch, out: Any, network_s: float) -> None:
+    """The heat maps encoded and the batch's rows stored in one transaction."""
+    started = time.perf_counter()
+    ready = batch.ready
+    try:
         from diagnostics.ml.heatmap import heatmap_png
 
-        probabilities, cams = runner.predict_with_heatmaps(np.stack([array for _, array in ready]))
         # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
-        # smoothly); encoding it at 224 px cost more than the network call (bench/).
-        heatmaps = [heatmap_png(cam, size=min(runner.input_size, HEATMAP_PX)) for cam in cams]
+        # smoothly); a palette PNG costs a fraction of a millisecond (bench/).
+        size = min(batch.runner.input_size, HEATMAP_PX)
+        heatmaps = [heatmap_png(cam, size=size) for cam in out.heatmaps]
     except Exception as exc:
         for job, _ in ready:
             job_fail(job, exc)
         return
     # Time per image for the whole batch: read, check, decode, the network and heat map.
-    per_image_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
+    per_image_ms = (batch.prepare_s + network_s + time.perf_counter() - started) * 1000.0 / len(ready)
     try:
         predictions_store(
-            model_version=model_version,
+            model_version=batch.model_version,
             outcomes=[
                 JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
-                for (job, _), row, png in zip(ready, probabilities, heatmaps, strict=True)
+                for (job, _), row, png in zip(ready, out.probabilities, heatmaps, strict=True)
             ],
             inference_ms=per_image_ms,
+            jobs=[job for job, _ in ready],
         )
     except Exception as exc:
         # Nothing of the batch was written (one transaction): no job may stay "running".
         for job, _ in ready:
             job_fail(job, exc)
+
+
+def _infer_and_store(batch: _Batch) -> None:
+    result = _infer(batch)
+    if result is not None:
+        _store(batch, *result)
+
+
+class _Pipeline:
+    """Batches of one task back to back, in three stages: while the network runs batch
+    k in this thread, one helper thread claims batch k+1 (one statement) and decodes it,
+    and another encodes the heat maps of batch k-1 and stores its rows (one
+    transaction), so the network waits neither for storage, decryption and decoding
+    nor for the database. At most one batch waits in each stage. It stops when nothing
+    is waiting, after INFERENCE_DRAIN_S, or when another batch could not be stored by
+    half the task's soft time limit, leaving the rest to the other workers' messages
+    (a task that runs out of time anyway leaves its jobs to the sweeper, not failed). Should the process die,
+    the jobs of all three batches are running under its name: the sweeper (or the next
+    worker on this host) puts them back, and they then run alone."""
+
+    def __init__(self, *, task: str, me: str, limit: int) -> None:
+        self.task, self.me, self.limit = task, me, limit
+        self.started = time.monotonic()
+        self.drain_until = self.started + settings.INFERENCE_DRAIN_S
+        # Everything claimed must be stored by half the soft time limit, with room to spare.
+        self.finish_by = self.started + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
+        self.batch_s = 0.0  # the slowest batch so far, through the network
+
+    def may_claim(self) -> bool:
+        """Another batch, if the queue is still being drained and it (through decoding,
+        the network and storing: three batch times) would end by `finish_by`."""
+        now = time.monotonic()
+        return now < self.drain_until and now + 3 * self.batch_s < self.finish_by
+
+    def _next(self, decode_pool: ThreadPoolExecutor) -> tuple[bool, _Batch | None]:
+        ids = _claim_batch(task=self.task, me=self.me, limit=self.limit)
+        return bool(ids), (_prepare(ids, decode_pool) if ids else None)
+
+    def run(self, first_ids: list[int]) -> None:
+        if connection.in_atomic_block or connection.vendor != "postgresql":
+            # Called inside a transaction (not a worker's task): helper threads, with
+            # their own connections, would not see its rows; or on the demo's SQLite,
+            # where their writes would wait on each other's lock. Everything in this thread.
+            with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool:
+                current, claimed_more = _prepare(first_ids, decode_pool), True
+                while current is not None or claimed_more:
+                    if current is not None:
+                        began = time.monotonic()
+                        _infer_and_store(current)
+                        self.batch_s = max(self.batch_s, time.monotonic() - began)
+                    if not self.may_claim():
+                        return
+                    claimed_more, current = self._next(decode_pool)
+            return
+        with (
+            ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-behind") as behind,
+        ):
+            storing: Future[None] | None = None
+            try:
+                current = _prepare(first_ids, decode_pool)
+                claimed_more = True
+                while current is not None or claimed_more:
+                    upcoming = ahead.submit(self._next, decode_pool) if self.may_claim() else None
+                    if current is not None:
+                        result = _infer(current)
+                        if result is not None:
+                            self.batch_s = max(self.batch_s, result[1])
+                        if storing is not None:
+                            storing.result()  # one batch waiting to be stored at most
+                        storing = behind.submit(_store, current, *result) if result is not None else None
+                    if upcoming is None:
+                        break
+                    claimed_more, current = upcoming.result()
+                if storing is not None:
+                    storing.result()
+            finally:
+                # Each helper thread's own database connection goes with it.
+                ahead.submit(connections.close_all).result()
+                behind.submit(connections.close_all).result()
+
+
+def jobs_process(*, job_ids: list[int]) -> None:
+    """Decode, predict (with heat maps) in one compiled call and store the results of
+    claimed jobs of one task, as one batch."""
+    with ThreadPoolExecutor(max_workers=settings.INFERENCE_DECODE_THREADS) as decode_pool:
+        batch = _prepare(job_ids, decode_pool)
+    if batch is not None:
+        _infer_and_store(batch)
 
 
 def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:
@@ -233,29 +439,68 @@ def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: J
     )
 
 
+def _finish_sql() -> str:
+    job, prediction = InferenceJob._meta.db_table, Prediction._meta.db_table
+    return f"""
+        UPDATE {job} AS j SET status = %(succeeded)s, finished_at = %(now)s, updated_at = %(now)s, error = ''
+        WHERE j.id = ANY(%(ids)s) AND j.status = %(running)s
+          AND NOT EXISTS (SELECT 1 FROM {prediction} p WHERE p.job_id = j.id)
+        RETURNING j.id
+    """  # noqa: S608  # table names from the models' own metadata; every value is a parameter
+
+
 def predictions_store(
-    *, model_version: ModelVersion, outcomes: list[JobOutcome], inference_ms: float
+    *,
+    model_version: ModelVersion,
+    outcomes: list[JobOutcome],
+    inference_ms: float,
+    jobs: list[InferenceJob] | None = None,
 ) -> list[Prediction]:
     """Record a batch of predictions and queue them for review, in ONE transaction.
 
     Per-prediction transactions with full uniqueness checks cost more than the network
-    at batch 8 (bench/), so: lock the batch's jobs once, validate fields without the
-    redundant unique queries (the OneToOne constraints on job and scan still hold in the
-    database and catch a concurrent duplicate), bulk-insert predictions and review
-    items, and write one audit event per prediction in the same transaction."""
+    at batch 8 (bench/), so: one UPDATE ... RETURNING locks the batch's jobs and marks
+    those still running and without a prediction as succeeded; fields are validated
+    without the redundant unique queries (the OneToOne constraints on job and scan still
+    hold in the database and catch a concurrent duplicate); predictions, review items
+    and the audit events (one INSERT each, the audit chain's head locked once) follow in
+    the same transaction. `jobs`, when the caller has them loaded with their scans and
+    cases (the worker has), saves reading them again."""
     by_job = {o.job_id: o for o in outcomes}
     try:
         with transaction.atomic():
-            jobs = list(
-                InferenceJob.objects.select_for_update(of=("self",))
-                .select_related("scan")
-                .filter(id__in=by_job, status=InferenceJob.Status.RUNNING, prediction__isnull=True)
-                .order_by("id")
-            )
+            finished = timezone.now()
+            with connection.cursor() as cursor:
+                params: dict[str, Any] = {
+                    "succeeded": InferenceJob.Status.SUCCEEDED,
+                    "running": InferenceJob.Status.RUNNING,
+                    "now": finished,
+                    "ids": list(by_job),
+                }
+                if connection.vendor == "postgresql":
+                    cursor.execute(_finish_sql(), params)
+                    finishing = {row[0] for row in cursor.fetchall()}
+                else:  # the demo's SQLite: the transaction holds the database's write lock
+                    pending = InferenceJob.objects.filter(
+                        id__in=by_job, status=InferenceJob.Status.RUNNING, prediction__isnull=True
+                    )
+                    finishing = set(pending.values_list("id", flat=True))
+                    InferenceJob.objects.filter(id__in=finishing).update(
+                        status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
+                    )
             # A job that is no longer running, or already has its prediction, was finished
             # by a duplicate delivery: a quiet no-op for that job.
+            if not finishing:
+                return []
+            known = {j.id: j for j in jobs or [] if j.id in finishing}
+            if len(known) < len(finishing):
+                missing = finishing - set(known)
+                known.update(
+                    (j.id, j) for j in InferenceJob.objects.select_related("scan", "scan__case").filter(id__in=missing)
+                )
+            batch = [known[job_id] for job_id in sorted(finishing)]
             predictions = []
-            for job in jobs:
+            for job in batch:
                 prediction = _build_prediction(job, model_version, by_job[job.id], inference_ms)
                 # Field checks yes; not the FK existence queries (3 per row: the job and scan
                 # were just locked, the model version is loaded) nor the unique queries: the
@@ -264,27 +509,26 @@ def predictions_store(
                     exclude=["job", "scan", "model_version"], validate_unique=False, validate_constraints=False
                 )
                 predictions.append(prediction)
-            if not predictions:
-                return []
             Prediction.objects.bulk_create(predictions)
             ReviewItem.objects.bulk_create([ReviewItem(prediction=p) for p in predictions])
-            worklists_changed(unit_ids=Case.objects.filter(scans__job__in=jobs).values_list("unit_id", flat=True))
-            finished = timezone.now()
-            InferenceJob.objects.filter(id__in=[j.id for j in jobs]).update(
-                status=InferenceJob.Status.SUCCEEDED, finished_at=finished, updated_at=finished, error=""
+            worklists_changed(unit_ids=[job.scan.case.unit_id for job in batch])
+            transaction.on_commit(partial(_succeeded_here.add, sorted(finishing)))
+            audit_record_many(
+                actor=None,
+                entries=[
+                    AuditEntry(
+                        action="prediction.create",
+                        obj=prediction,
+                        data={
+                            "model": str(model_version),
+                            "predicted": prediction.predicted_label,
+                            "uncertain": prediction.uncertain,
+                            "scan": str(prediction.scan.uuid),
+                        },
+                    )
+                    for prediction in predictions
+                ],
             )
-            for prediction in predictions:
-                audit_record(
-                    actor=None,
-                    action="prediction.create",
-                    obj=prediction,
-                    data={
-                        "model": str(model_version),
-                        "predicted": prediction.predicted_label,
-                        "uncertain": prediction.uncertain,
-                        "scan": str(prediction.scan.uuid),
-                    },
-                )
             return predictions
     except IntegrityError:
         # The unique constraints on scan and job caught a concurrent duplicate, and the
@@ -294,7 +538,9 @@ def predictions_store(
             return [
                 p
                 for o in outcomes
-                for p in predictions_store(model_version=model_version, outcomes=[o], inference_ms=inference_ms)
+                for p in predictions_store(
+                    model_version=model_version, outcomes=[o], inference_ms=inference_ms, jobs=jobs
+                )
             ]
         if Prediction.objects.filter(job_id__in=list(by_job)).exists():
             return []
@@ -412,4 +658,18 @@ def worker_heartbeat(*, hostname: str, pid: int) -> None:
     """A worker's sign of life for /health/ (no clinical data, so no audit event)."""
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname[:255], defaults={"pid": pid, "last_seen": timezone.now()}
+    )
+
+
+def worker_device_record(*, hostname: str, device: str, backend: str, precision: str) -> None:
+    """Where a worker's network runs, for /health/ and /metrics (no clinical data)."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname[:255],
+        defaults={"device": device[:120], "backend": backend[:20], "precision": precision[:10]},
+        create_defaults={
+            "pid": os.getpid(),
+            "device": device[:120],
+            "backend": backend[:20],
+            "precision": precision[:10],
+        },
     )

@@ -34,6 +34,7 @@ from diagnostics.models import InferenceJob
 from diagnostics.selectors.monitoring import (
     job_counts,
     latest_heartbeat_age_s,
+    live_workers,
     oldest_queued_age_s,
     stuck_running_count,
 )
@@ -113,7 +114,7 @@ def _worker() -> dict[str, Any]:
     age = latest_heartbeat_age_s()
     if age is None or age > 3 * settings.WORKER_HEARTBEAT_S:
         raise TimeoutError("no worker heartbeat")
-    return {"heartbeat_age_s": round(age, 1)}
+    return {"heartbeat_age_s": round(age, 1), "workers": live_workers(within_s=3 * settings.WORKER_HEARTBEAT_S)}
 
 
 def _queue() -> dict[str, Any]:
@@ -172,6 +173,16 @@ class JobCollector:
             "Seconds since the most recent worker heartbeat (NaN: never).",
             float("nan") if heartbeat is None else heartbeat,
         )
+        devices = GaugeMetricFamily(
+            "cancerweb_worker_device",
+            "Live workers (heartbeat within three periods) and where their network runs.",
+            labels=["hostname", "device", "backend", "precision"],
+        )
+        for worker in live_workers(within_s=3 * settings.WORKER_HEARTBEAT_S):
+            devices.add_metric(
+                [worker["hostname"], worker["device"] or "unknown", worker["backend"], worker["precision"]], 1
+            )
+        yield devices
         latency = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
         done = InferenceJob.objects.filter(status=InferenceJob.Status.SUCCEEDED, finished_at__isnull=False).annotate(
             latency=latency

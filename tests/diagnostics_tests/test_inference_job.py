@@ -115,3 +115,66 @@ def test_a_job_claimed_before_runs_alone_and_is_not_batched(clinician, active_mo
     assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.QUEUED
     job_run(job_id=fresh.job.id)
     assert InferenceJob.objects.get(pk=fresh.job.pk).status == InferenceJob.Status.SUCCEEDED
+
+
+def test_waiting_mates_are_claimed_in_one_statement_and_slides_are_left_alone(clinician, active_model, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from diagnostics.models import Scan
+
+    settings.INFERENCE_BATCH_SIZE = 8
+    settings.INFERENCE_MAX_DELAY_MS = 0
+    scans = [make_scan(clinician, ref=f"PSN-O{i}", color=(i * 30, 70, 30)) for i in range(4)]
+    slide = make_scan(clinician, ref="PSN-SL", color=(250, 1, 1))
+    # A slide job keeps its own path (services/slides.py).
+    Scan.objects.filter(pk=slide.pk).update(kind=Scan.Kind.SLIDE, chunk_bytes=1024, mpp_x=0.25, mpp_y=0.25)
+    with CaptureQueriesContext(connection) as ctx:
+        job_run(job_id=scans[0].job.id)
+    claims = [q["sql"] for q in ctx.captured_queries if "FOR UPDATE OF j SKIP LOCKED" in q["sql"]]
+    # One statement took the three mates, one more found nothing left to take.
+    assert len(claims) == 2, claims
+    assert {j.status for j in InferenceJob.objects.filter(scan__in=scans)} == {InferenceJob.Status.SUCCEEDED}
+    # ...and the four ran as one batch: one time per image for all of them.
+    assert len(set(Prediction.objects.filter(scan__in=scans).values_list("inference_ms", flat=True))) == 1
+    assert InferenceJob.objects.get(scan=slide).status == InferenceJob.Status.QUEUED
+    assert InferenceJob.objects.get(scan=slide).attempts == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_task_drains_the_queue_batch_after_batch_with_a_valid_audit_chain(clinician, active_model, settings):
+    """The next batch is claimed and decoded in a helper thread (its own database
+    connection, so this test commits) while the network runs the current one."""
+    from accounts.audit import verify_chain
+    from accounts.models import AuditEvent
+
+    settings.INFERENCE_BATCH_SIZE = 2
+    settings.INFERENCE_MAX_DELAY_MS = 0
+    scans = [make_scan(clinician, ref=f"PSN-D{i}", color=(i * 40, 20, 90)) for i in range(5)]
+    job_run(job_id=scans[0].job.id)
+    jobs = list(InferenceJob.objects.filter(scan__in=scans).order_by("id"))
+    assert [j.status for j in jobs] == [InferenceJob.Status.SUCCEEDED] * 5
+    assert [j.attempts for j in jobs] == [1] * 5 and len({j.claimed_by for j in jobs}) == 1
+    assert Prediction.objects.filter(scan__in=scans).count() == 5
+    assert AuditEvent.objects.filter(action="prediction.create").count() == 5
+    # Three batches (2 + 2 + 1), stored one transaction each: the batch's predictions share
+    # one time per image, so three distinct values.
+    assert len(set(Prediction.objects.filter(scan__in=scans).values_list("inference_ms", flat=True))) == 3
+    assert verify_chain().ok
+    for scan in scans:  # the jobs' own messages arrive later: no-ops
+        job_run(job_id=scan.job.id)
+    assert Prediction.objects.filter(scan__in=scans).count() == 5
+
+
+def test_a_task_out_of_time_leaves_its_jobs_running_for_the_sweeper(clinician):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from diagnostics.services.job_queue import job_fail
+
+    job = make_scan(clinician, ref="PSN-T1").job
+    InferenceJob.objects.filter(pk=job.pk).update(status=InferenceJob.Status.RUNNING, attempts=1)
+    job.refresh_from_db()
+    with pytest.raises(SoftTimeLimitExceeded):
+        job_fail(job, SoftTimeLimitExceeded())
+    job.refresh_from_db()
+    assert job.status == InferenceJob.Status.RUNNING and job.error == ""

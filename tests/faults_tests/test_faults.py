@@ -21,7 +21,7 @@ from diagnostics.intake import storage
 from diagnostics.models import Case, InferenceJob, Prediction, ReviewItem, Scan
 from diagnostics.services.cases import IncomingFile, case_create, scans_upload
 from diagnostics.tasks import run_inference_task
-from tests.faults_tests.conftest import Stack
+from tests.faults_tests.conftest import RUNNING_DEADLINE_S, Stack
 from tests.helpers import image_bytes
 
 pytestmark = [pytest.mark.faults]
@@ -149,7 +149,7 @@ def test_sigkill_the_pool_child_mid_inference_20_times(stack: Stack, capsys: pyt
         ids = _upload(stack, case, 2)
         kills: dict[int, datetime] = {}
         while len(kills) < runs:
-            job = _wait_for(lambda: _running_job(ids, set(kills), min_age_s=0.5), timeout=300, what="a running job")
+            job = _wait_for(lambda: _running_job(ids, set(kills), min_age_s=0.3), timeout=300, what="a running job")
             children = stack.pool_children(worker)
             assert len(children) == 1, children  # -c 1: the one pool child runs this job
             os.kill(children[0], signal.SIGKILL)
@@ -184,7 +184,7 @@ def test_sigkill_the_whole_worker_mid_inference_10_times(stack: Stack, capsys: p
             if i:
                 ids.extend(_upload(stack, case, 1))  # a steady stream, one scan per worker life
             worker = stack.start_worker(name=f"whole{i}")
-            job = _wait_for(lambda: _running_job(ids, set(kills), min_age_s=0.5), timeout=300, what="a running job")
+            job = _wait_for(lambda: _running_job(ids, set(kills), min_age_s=0.3), timeout=300, what="a running job")
             stack.kill_worker(worker, signal.SIGKILL)  # main process and pool child together
             kills[job.id] = timezone.now()
         stack.start_worker(name="whole-last")
@@ -193,7 +193,7 @@ def test_sigkill_the_whole_worker_mid_inference_10_times(stack: Stack, capsys: p
         recover = _recovery(kills) if out["lost"] == 0 else float("nan")
     finally:
         stack.stop_workers()
-    _report(capsys, "whole worker SIGKILL", runs, out, recover, running_deadline_s=18)
+    _report(capsys, "whole worker SIGKILL", runs, out, recover, running_deadline_s=RUNNING_DEADLINE_S)
 
 
 def test_restart_redis_under_a_stream_of_uploads_10_times(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:

@@ -152,3 +152,25 @@ def test_a_503_under_the_api_has_the_api_error_shape(clinician):
     assert error["code"] == "database_unavailable"
     assert "nothing was saved" in error["message"]
     assert stored_files() == set()
+
+
+def test_health_and_metrics_show_where_each_live_worker_runs_its_network():
+    from diagnostics.models import WorkerHeartbeat
+    from diagnostics.services.jobs import worker_device_record
+
+    worker_heartbeat(hostname="gpu0@host", pid=11)
+    worker_device_record(hostname="gpu0@host", device="cuda:0 (NVIDIA H200)", backend="jax", precision="bfloat16")
+    worker_device_record(hostname="cpu@host", device="cpu", backend="tensorflow", precision="float32")
+    worker_heartbeat(hostname="cpu@host", pid=12)
+    worker_heartbeat(hostname="gone@host", pid=13)
+    WorkerHeartbeat.objects.filter(hostname="gone@host").update(last_seen=timezone.now() - timedelta(hours=1))
+    workers = Client().get(reverse("health")).json()["checks"]["worker"]["workers"]
+    assert workers == [
+        {"hostname": "cpu@host", "device": "cpu", "backend": "tensorflow", "precision": "float32"},
+        {"hostname": "gpu0@host", "device": "cuda:0 (NVIDIA H200)", "backend": "jax", "precision": "bfloat16"},
+    ]
+    assert WorkerHeartbeat.objects.get(hostname="gpu0@host").pid == 11  # the device write keeps the beat's pid
+    text = Client().get(reverse("metrics")).content.decode()
+    gpu_labels = 'backend="jax",device="cuda:0 (NVIDIA H200)",hostname="gpu0@host",precision="bfloat16"'
+    assert f"cancerweb_worker_device{{{gpu_labels}}} 1.0" in text
+    assert 'hostname="cpu@host"' in text and 'hostname="gone@host"' not in text
