@@ -24,7 +24,10 @@ from diagnostics.tasks import run_inference_task
 from tests.faults_tests.conftest import RUNNING_DEADLINE_S, Stack
 from tests.helpers import image_bytes
 
-pytestmark = [pytest.mark.faults]
+# One xdist process runs these one after another (bin/test runs the suite in two):
+# each starts its own PostgreSQL, Redis and workers, and two at once would starve the
+# machine's two cores and the slow model's timing.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
 
 _colors = itertools.count(1)
 
