@@ -179,7 +179,7 @@ def patient_pseudonym(*, account: IntegrationAccount, ids: dicomweb.OriginalIden
     patient_id = ids.patient.get("PatientID", "")
     source = f"{ids.patient.get('IssuerOfPatientID', '')}|{patient_id}" if patient_id else f"study|{ids.study_uid}"
     digest = hmac.new(_key("patient"), f"{account.unit_id}|{source}".encode(), hashlib.sha256).hexdigest()
-    return f"PX-{digest[:24]}"
+    return f"PX-{digest[:24].upper()}"  # inside the default CANCERWEB_PSEUDONYM_PATTERN
 
 
 def _study_key(account: IntegrationAccount, study_uid: str) -> str:
