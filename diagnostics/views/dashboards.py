@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET
 
 from accounts.http import AuthedHttpRequest
 from diagnostics.selectors.dashboards import dashboard_get
+from diagnostics.selectors.drift import drift_status
 from diagnostics.views import charts as charts_svg
 
 
@@ -21,7 +22,11 @@ from diagnostics.views import charts as charts_svg
 def dashboard(request: AuthedHttpRequest) -> HttpResponse:
     data = dashboard_get(user=request.user)
     charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in data.agreements]
-    return render(request, "diagnostics/dashboard.html", {"charts": charts, "stats": data.queue})
+    return render(
+        request,
+        "diagnostics/dashboard.html",
+        {"charts": charts, "stats": data.queue, "drift": drift_status(user=request.user)},
+    )
 
 
 @require_GET
