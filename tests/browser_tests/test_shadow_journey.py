@@ -89,7 +89,7 @@ def model_dir(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copytree(REPO_DEMO, folder / "demo-pcam")
-    make_candidate_bundle(folder / "pcam-candidate", bias_shift=2.0)
+    make_candidate_bundle(folder / "pcam-candidate", bias_shift=1.5, kernel_noise=1.0)
     monkeypatch.setenv("CANCERWEB_MODEL_DIR", str(folder))
     settings.MODEL_DIR = folder
     return folder

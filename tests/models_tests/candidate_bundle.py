@@ -19,7 +19,9 @@ REPO_DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-pcam"
 NAME, VERSION = "pcam-candidate", "2.0.0-shadow"
 
 
-def make_candidate_bundle(out: Path, *, bias_shift: float = 1.5) -> Path:
+def make_candidate_bundle(out: Path, *, bias_shift: float = 1.5, kernel_noise: float = 0.0, seed: int = 0) -> Path:
+    """``bias_shift`` moves every answer towards "metastasis" (same ranking of cases);
+    ``kernel_noise`` (relative to the kernel's spread) also reorders them."""
     out.mkdir(parents=True)
     for name in ("manifest.json", "MODEL_CARD.md"):
         shutil.copy(REPO_DEMO / name, out / name)
@@ -31,6 +33,10 @@ def make_candidate_bundle(out: Path, *, bias_shift: float = 1.5) -> Path:
                 with h5py.File(buffer, "r+") as weights:
                     bias = weights["layers/dense/vars/1"]
                     bias[...] = np.asarray(bias) + np.array([0.0, bias_shift], dtype=bias.dtype)
+                    kernel = weights["layers/dense/vars/0"]
+                    values = np.asarray(kernel)
+                    noise = np.random.default_rng(seed).normal(0.0, kernel_noise * values.std(), values.shape)
+                    kernel[...] = values + noise.astype(values.dtype)
                 data = buffer.getvalue()
             dst.writestr(info, data)
     manifest = json.loads((out / "manifest.json").read_text())
