@@ -13,9 +13,9 @@ from django.core import mail
 from django.urls import reverse
 from PIL import Image
 
-from diagnostics.models import DriftCheck, DriftReference, Notification
+from diagnostics.models import DriftCheck, DriftReference, Notification, Prediction
 from diagnostics.tasks import check_drift_task
-from tests.factories import CaseFactory, PredictionFactory, ScanFactory
+from tests.factories import CaseFactory, PredictionFactory, ReviewDecisionFactory, ScanFactory
 from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
@@ -47,6 +47,7 @@ def small_windows(settings):  # type: ignore[no-untyped-def]
     settings.DRIFT_BASELINE_N = 12
     settings.DRIFT_WINDOW = 12
     settings.DRIFT_MIN_WINDOW = 10
+    settings.DRIFT_MIN_SIGNED = 3
 
 
 def test_drifted_colour_balance_raises_the_alarm_and_a_like_stream_none(  # type: ignore[no-untyped-def]
@@ -74,6 +75,11 @@ def test_drifted_colour_balance_raises_the_alarm_and_a_like_stream_none(  # type
     assert drifted is not None and drifted.alarm
     assert drifted.measures["colour_psi"]["alarm"], drifted.measures
     assert not drifted.measures["stage_psi"]["alarm"]  # the answers did not change, the images did
+    for name, check in (("like the reference", calm), ("blue-shifted", drifted)):
+        print(
+            f"DRIFT {name}: "
+            + ", ".join(f"{k}={v['value']:.4g}" for k, v in check.measures.items() if v["value"] is not None)
+        )
     note = Notification.objects.get(kind="drift_alarm", user=admin_user)
     assert "colour psi" in note.message and str(active_model) in note.message
     assert [m.to for m in mail.outbox] == [["admin@hospital.example"]]
@@ -82,6 +88,18 @@ def test_drifted_colour_balance_raises_the_alarm_and_a_like_stream_none(  # type
     # A lasting drift does not notify again on the next run.
     check_drift_task()
     assert Notification.objects.filter(kind="drift_alarm").count() == 1
+
+    # Physicians reject the window's answers: agreement with the signed stages falls.
+    for prediction in Prediction.objects.order_by("-id")[:3]:
+        other = next(label for label in prediction.labels if label != prediction.predicted_label)
+        ReviewDecisionFactory(
+            review_item=prediction.review_item, outcome="rejected", stage=other, reason="not what I see"
+        )
+    check_drift_task()
+    agreement = DriftCheck.objects.first().measures["agreement"]  # type: ignore[union-attr]
+    assert agreement["alarm"] and agreement["value"] == 0.0 and agreement["detail"]["signed"] == 3
+    assert Notification.objects.filter(kind="drift_alarm").count() == 2
+    assert "agreement" in Notification.objects.filter(kind="drift_alarm").first().message  # type: ignore[union-attr]
 
     page = login(admin_user).get(reverse("dashboard")).content.decode()
     assert "Drift of the active models" in page and "ALARM" in page
