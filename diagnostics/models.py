@@ -513,13 +513,16 @@ class DriftReference(models.Model):
     only, never an image or a case."""
 
     class Source(models.TextChoices):
+        BUNDLE = "bundle", "The bundle's validation images at training time"
         BASELINE = "baseline", "The version's first predictions"
 
     model_version = models.OneToOneField(ModelVersion, on_delete=models.PROTECT, related_name="drift_reference")
     source = models.CharField(max_length=10, choices=Source.choices)
-    n = models.PositiveIntegerField(help_text="Predictions the reference was computed from.")
+    n = models.PositiveIntegerField(
+        help_text="Predictions (or, from a bundle, validation images) it was computed from."
+    )
     last_prediction_id = models.PositiveBigIntegerField(
-        help_text="The newest prediction in the reference; checks look at later ones only."
+        default=0, help_text="The newest prediction in the reference; checks look at later ones only (0: any)."
     )
     stats = models.JSONField(help_text="Histograms (proportions) and the confidence sample.")
     created_at = models.DateTimeField(default=timezone.now)

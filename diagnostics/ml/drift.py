@@ -59,3 +59,23 @@ def ks_p_value(reference: ArrayLike, current: ArrayLike) -> tuple[float, float]:
     """(KS statistic, p-value) of two samples."""
     result = ks_2samp(np.asarray(reference, dtype=np.float64), np.asarray(current, dtype=np.float64))
     return float(result.statistic), float(result.pvalue)
+
+
+def reference_stats(images: np.ndarray, probabilities: ArrayLike, labels: Sequence[str]) -> dict[str, object]:
+    """A drift reference in the form the periodic check compares with: colour
+    proportions per channel, the predicted-stage mix and the confidences. ``images``
+    are the (N, S, S, 3) uint8 arrays the model saw; their original sizes are not known
+    here, so the reference has no size histogram (the check then skips that measure)."""
+    imgs = np.asarray(images)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if imgs.ndim != 4 or imgs.shape[0] == 0 or probs.shape != (imgs.shape[0], len(labels)):
+        raise ValueError("need one probability row per image and one column per label")
+    colour = sum((colour_histograms(img) for img in imgs), np.zeros((3, COLOUR_BINS)))
+    predicted = probs.argmax(axis=1)
+    return {
+        "colour": [proportions(row) for row in colour],
+        "decoded": int(imgs.shape[0]),
+        "size": None,
+        "stages": proportions(np.bincount(predicted, minlength=len(labels))),
+        "confidences": [float(c) for c in probs.max(axis=1)],
+    }

@@ -4,9 +4,11 @@ confidences of its recent predictions against a reference, and its agreement wit
 physicians' signed stages over the same window. A measure past its threshold notifies
 every admin (in the app and by e-mail), shows on the dashboard and in /metrics.
 
-The reference is the version's own first DRIFT_BASELINE_N predictions: the bundles
-carry no statistics of their training images, so "like the start" is what is checked.
-It is stored once (DriftReference) and later checks compare only newer predictions."""
+The reference comes from the bundle when it carries one (`drift_reference` in its
+manifest: colour histograms, predicted-stage mix and confidences on the validation
+images, written by train_model since this check exists), stored at registration.
+Otherwise it is the version's own first DRIFT_BASELINE_N predictions ("like the
+start"), stored once; later checks compare only newer predictions."""
 
 from __future__ import annotations
 
@@ -112,7 +114,8 @@ def drift_check(*, model_version: ModelVersion) -> DriftCheck | None:
     psi_limit = settings.DRIFT_PSI_THRESHOLD
     channel_psi = [D.psi(r, c) for r, c in zip(ref["colour"], cur["colour"], strict=True)]
     colour = max(channel_psi) if cur["decoded"] else None
-    size = D.psi(ref["size"], cur["size"])
+    # A bundle's reference has no image sizes (the training arrays were resized).
+    size = D.psi(ref["size"], cur["size"]) if ref.get("size") else None
     stages = D.psi(ref["stages"], cur["stages"])
     ks, ks_p = D.ks_p_value(ref["confidences"], cur["confidences"])
     n_signed, agreement = _agreement(window)
@@ -126,7 +129,7 @@ def drift_check(*, model_version: ModelVersion) -> DriftCheck | None:
             green=channel_psi[1],
             blue=channel_psi[2],
         ),  # fmt: skip
-        "image_size_psi": _measure(size, psi_limit, size > psi_limit),
+        "image_size_psi": _measure(size, psi_limit, size is not None and size > psi_limit),
         "stage_psi": _measure(
             stages, psi_limit, stages > psi_limit, window=dict(zip(labels, cur["stages"], strict=True))
         ),

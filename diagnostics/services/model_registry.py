@@ -86,6 +86,15 @@ def model_register(
             )
             model_version.full_clean()
             model_version.save()
+            if manifest.drift_reference:
+                from diagnostics.models import DriftReference
+
+                DriftReference.objects.create(
+                    model_version=model_version,
+                    source=DriftReference.Source.BUNDLE,
+                    n=len(manifest.drift_reference.get("confidences") or []),
+                    stats=manifest.drift_reference,
+                )
             audit_record(
                 actor=acting_user,
                 action="model.register",

@@ -108,3 +108,35 @@ def test_drifted_colour_balance_raises_the_alarm_and_a_like_stream_none(  # type
     assert f'cancerweb_model_drift_alarm{{measure="colour_psi",model="{active_model}"}} 1.0' in metrics
     assert f'cancerweb_model_drift_alarm{{measure="stage_psi",model="{active_model}"}} 0.0' in metrics
     assert f'cancerweb_model_drift{{measure="colour_psi",model="{active_model}"}}' in metrics
+
+
+def test_a_bundle_that_carries_a_reference_is_checked_against_it(  # type: ignore[no-untyped-def]
+    small_windows, settings, tmp_path, clinician
+):
+    """train_model writes the validation images' statistics into the manifest; the
+    registry stores them as the version's reference, so its first predictions are
+    already checked (here: blue-shifted images against an H&E-coloured reference)."""
+    import json
+    import shutil
+
+    from diagnostics.ml.drift import reference_stats
+    from diagnostics.services.model_registry import model_register
+
+    settings.MODEL_DIR = tmp_path / "models"
+    bundle = settings.MODEL_DIR / "with-reference"
+    shutil.copytree(django_settings.BASE_DIR / "models" / "demo-pcam", bundle)
+    rng = np.random.default_rng(7)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(_png(HE, rng)))) for _ in range(20)])
+    probs = np.tile([[0.8, 0.2], [0.3, 0.7]], (10, 1))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["drift_reference"] = reference_stats(images, probs, manifest["labels"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    model = model_register(acting_user=None, bundle_dir="with-reference", activate=True)
+    reference = DriftReference.objects.get(model_version=model)
+    assert reference.source == "bundle" and reference.n == 20
+
+    _stream(clinician, model, BLUE_SHIFT, 10, seed=4)
+    check_drift_task()
+    check = DriftCheck.objects.get(model_version=model)
+    assert check.measures["colour_psi"]["alarm"]
+    assert check.measures["image_size_psi"]["value"] is None  # a bundle's reference has no sizes
