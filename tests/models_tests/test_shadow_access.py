@@ -66,3 +66,16 @@ def test_candidate_rules_and_activation_audit(candidate, admin_user, tmp_path): 
     model_activate(acting_user=admin_user, model_version=candidate)
     event = AuditEvent.objects.get(action="model.activate", object_id=str(candidate.uuid))
     assert event.data["was_candidate"] is True and event.data["shadow_comparison"] is None
+
+
+def test_shadow_evaluate_command(candidate, capsys):  # type: ignore[no-untyped-def]
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="names no candidate version"):
+        call_command("shadow_evaluate", "no-such-version")
+    with pytest.raises(CommandError, match="positive number"):
+        call_command("shadow_evaluate", candidate.version, "--last", "0")
+    call_command("shadow_evaluate", f"{candidate.name} {candidate.version}", "--last", "5")
+    out = capsys.readouterr().out
+    assert "0 new shadow prediction(s)" in out and "no signed case to compare on yet" in out
+    assert AuditEvent.objects.filter(action="shadow.backfill", object_id=str(candidate.uuid)).exists()
