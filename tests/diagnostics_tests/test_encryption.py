@@ -192,6 +192,7 @@ def test_rotation_encrypts_objects_stored_before_encryption_existed(settings):
         ("k1:" + "QUJD", "decodes to 3 bytes; AES-256 needs 32"),
         (generate_key_entry("k1") + "," + generate_key_entry("k1"), "appears twice"),
     ],
+    ids=["empty", "no-colon", "bad-id", "not-base64", "short-key", "duplicate-id"],  # stable under xdist
 )
 def test_malformed_keys_are_refused(raw, message):
     with pytest.raises(ValueError, match=message):
