@@ -71,7 +71,7 @@ def test_round_trip_into_the_training_reader(  # type: ignore[no-untyped-def]
     assert manifest["counts"] == {neg: 2, pos: 2}
     assert str(first.uuid) not in {e["decision"] for e in manifest["decisions"]}
     # File names are public scan ids, not the uploaded names.
-    assert all("a.png" not in e["file"] for e in manifest["decisions"])
+    assert all(e["file"] == f"{e['stage']}/{e['scan']}.png" for e in manifest["decisions"])
 
     layout = resolve_layout(data=out, train_dir=None, valid_dir=None, valid_fraction=0.5, seed=1)
     assert layout.labels == [neg, pos]
