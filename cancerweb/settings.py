@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cancerweb.env import (
     env_bool,
+    env_float,
     env_int,
     env_list,
     env_rate,
@@ -434,6 +435,20 @@ CELERY_BEAT_SCHEDULE = {
     "send-signed-results": {"task": "diagnostics.sweep_results", "schedule": float(INTEGRATION_SWEEP_INTERVAL_S)},
     "pull-pacs-studies": {"task": "diagnostics.pull_studies", "schedule": float(INTEGRATION_PULL_INTERVAL_S)},
 }
+# Drift monitoring of each active model version (diagnostics/services/drift.py), by a
+# periodic task. The reference is the version's first DRIFT_BASELINE_N predictions
+# (the bundles carry no input statistics of their training data); each check compares
+# the last DRIFT_WINDOW predictions with it. PSI above 0.2 is the usual "significant
+# shift" rule of thumb; the confidence distribution uses a two-sample KS test.
+DRIFT_INTERVAL_S = env_int("CANCERWEB_DRIFT_INTERVAL_S", 3600, minimum=10)
+DRIFT_BASELINE_N = env_int("CANCERWEB_DRIFT_BASELINE_N", 50, minimum=10)
+DRIFT_WINDOW = env_int("CANCERWEB_DRIFT_WINDOW", 200, minimum=10)
+DRIFT_MIN_WINDOW = env_int("CANCERWEB_DRIFT_MIN_WINDOW", 20, minimum=5)
+DRIFT_PSI_THRESHOLD = env_float("CANCERWEB_DRIFT_PSI_THRESHOLD", 0.2, minimum=0.001)
+DRIFT_KS_P = env_float("CANCERWEB_DRIFT_KS_P", 0.01, minimum=1e-12, maximum=0.5)
+DRIFT_MIN_AGREEMENT = env_float("CANCERWEB_DRIFT_MIN_AGREEMENT", 0.7, minimum=0.0, maximum=1.0)
+DRIFT_MIN_SIGNED = env_int("CANCERWEB_DRIFT_MIN_SIGNED", 10, minimum=1)
+CELERY_BEAT_SCHEDULE["check-model-drift"] = {"task": "diagnostics.check_drift", "schedule": float(DRIFT_INTERVAL_S)}
 # Absolute address used in e-mails; without it the e-mail only says to sign in.
 CANCERWEB_BASE_URL = os.environ.get("CANCERWEB_BASE_URL", "")
 # The demo writes each e-mail as a file into EMAIL_FILE_PATH ($CANCERWEB_DATA_DIR/mail,

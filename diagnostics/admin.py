@@ -18,8 +18,10 @@ from django.utils.html import format_html
 from accounts.http import request_user
 from diagnostics.models import Exchange, IntegrationAccount, ModelVersion
 from diagnostics.selectors.integration import exchanges_recent
+from diagnostics.selectors.shadow import shadow_comparison
 from diagnostics.services.integration import IntegrationError, exchange_retry, may_operate_integration
-from diagnostics.services.model_registry import model_activate, model_register, model_retire
+from diagnostics.services.model_registry import model_activate, model_make_candidate, model_register, model_retire
+from diagnostics.services.shadow import DEFAULT_BACKFILL, shadow_backfill_request
 
 
 class RegisterBundleForm(forms.Form):
@@ -38,7 +40,7 @@ class RegisterBundleForm(forms.Form):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "version", "task", "status", "registered_at", "registered_by")
+    list_display = ("name", "version", "task", "status", "registered_at", "registered_by", "shadow_link")
     list_filter = ("status", "task")
     # A registered version is a record, never edited: its page shows it read-only, in
     # words (labels listed, figures on the model card), not as raw JSON with Save buttons.
@@ -47,7 +49,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "temperature", "uncertain_below", "bundle_path", "sha256", "registered_by", "registered_at", "uuid",
     )  # fmt: skip
     readonly_fields = fields
-    actions = ["activate_selected", "retire_selected"]
+    actions = ["activate_selected", "retire_selected", "candidate_selected", "shadow_backfill_selected"]
     change_list_template = "admin/diagnostics/modelversion/change_list.html"
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -86,6 +88,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         return [
             path("register/", self.admin_site.admin_view(self.register_view), name="diagnostics_modelversion_register"),
+            path(
+                "<int:pk>/shadow/",
+                self.admin_site.admin_view(self.shadow_view),
+                name="diagnostics_modelversion_shadow",
+            ),
             *super().get_urls(),
         ]
 
@@ -130,6 +137,67 @@ class ModelVersionAdmin(admin.ModelAdmin):
         for mv in queryset:
             model_retire(acting_user=request_user(request), model_version=mv)
         self.message_user(request, f"Retired {queryset.count()} version(s).")
+
+    @admin.display(description="Shadow")
+    def shadow_link(self, obj: ModelVersion) -> str:
+        if obj.status != ModelVersion.Status.CANDIDATE:
+            return "-"
+        return format_html(
+            '<a href="{}">comparison</a>', reverse("admin:diagnostics_modelversion_shadow", args=[obj.pk])
+        )
+
+    def shadow_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The candidate against the predictions physicians were shown, on the same
+        signed cases: aggregates only, never a case."""
+        user = request_user(request)
+        if not user.has_perm("diagnostics.change_modelversion"):
+            raise PermissionDenied
+        model_version = ModelVersion.objects.filter(pk=pk).first()
+        if model_version is None:
+            from django.http import Http404
+
+            raise Http404("no such model version")
+        comparison = shadow_comparison(user=user, model_version=model_version)
+        rows = []
+        if comparison is not None:
+            for label in comparison["labels"]:
+                rows.append(
+                    {
+                        "label": label,
+                        "support": comparison["support"][label],
+                        "active": comparison["active"]["recall"][label],
+                        "candidate": comparison["candidate"]["recall"][label],
+                    }
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Shadow comparison: {model_version}",
+            "model_version": model_version,
+            "comparison": comparison,
+            "recall_rows": rows,
+            "backfill_default": DEFAULT_BACKFILL,
+        }
+        return TemplateResponse(request, "admin/diagnostics/modelversion/shadow_comparison.html", context)
+
+    @admin.action(description="Run the selected version in shadow (candidate)")
+    def candidate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        for mv in queryset:
+            try:
+                model_make_candidate(acting_user=request_user(request), model_version=mv)
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            else:
+                self.message_user(request, f"{mv} now runs in shadow beside the active version of '{mv.task}'.")
+
+    @admin.action(description=f"Run the selected candidate on the last {DEFAULT_BACKFILL} signed cases")
+    def shadow_backfill_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        for mv in queryset:
+            try:
+                shadow_backfill_request(acting_user=request_user(request), model_version=mv)
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            else:
+                self.message_user(request, f"{mv}: sent to an inference worker; the comparison fills in as it runs.")
 
 
 class _IntegrationOperations:

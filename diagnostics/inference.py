@@ -46,8 +46,12 @@ def runner_for(model_version: ModelVersion) -> InferenceRunner:
         runner = InferenceRunner(bundle_dir_for(model_version), precision=settings.INFERENCE_PRECISION)
         if runner.manifest.model_sha256 != model_version.sha256:
             raise BundleError("the model file on disk is not the registered version (SHA-256 differs)")
-        # Keep only models that are still active, so a retired one frees its memory.
-        active = set(ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values_list("sha256", flat=True))
+        # Keep only models that are still active or in shadow, so a retired one frees its memory.
+        active = set(
+            ModelVersion.objects.filter(
+                status__in=[ModelVersion.Status.ACTIVE, ModelVersion.Status.CANDIDATE]
+            ).values_list("sha256", flat=True)
+        )
         for sha in [s for s in _cached if s not in active]:
             del _cached[sha]
         _cached[model_version.sha256] = runner

@@ -28,6 +28,10 @@ class ModelVersion(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         ACTIVE = "active", "Active"
+        # Runs in shadow beside the active version of its task: the worker predicts with
+        # it too, its output is stored apart (ShadowPrediction) and shown to no one but
+        # admins on the comparison page, until it is activated or retired.
+        CANDIDATE = "candidate", "Candidate (shadow)"
         RETIRED = "retired", "Retired"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -69,7 +73,7 @@ class ModelVersion(models.Model):
                 fields=["task"], condition=Q(status="active"), name="modelversion_one_active_per_task"
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["draft", "active", "retired"]), name="modelversion_status_valid"
+                condition=Q(status__in=["draft", "active", "candidate", "retired"]), name="modelversion_status_valid"
             ),
         ]
 
@@ -292,6 +296,35 @@ class Prediction(models.Model):
         return list(zip(self.labels, self.probabilities, strict=True))
 
 
+class ShadowPrediction(models.Model):
+    """What a candidate model version said about a scan, in shadow. Never a result and
+    never shown to a physician or clinician: no selector of the clinical pages or the
+    API reads this table; only the admins' comparison page does."""
+
+    class Source(models.TextChoices):
+        LIVE = "live", "New scan, beside the active version"
+        BACKFILL = "backfill", "Signed case, on demand"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="shadow_predictions")
+    scan = models.ForeignKey(Scan, on_delete=models.PROTECT, related_name="+")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    labels = models.JSONField(help_text="The candidate's ordered stage labels.")
+    probabilities = models.JSONField(help_text="One probability per label, same order.")
+    predicted_label = models.CharField(max_length=100)
+    confidence = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "scan"], name="shadowprediction_one_per_scan"),
+            models.CheckConstraint(condition=Q(source__in=["live", "backfill"]), name="shadowprediction_source_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Shadow prediction {self.uuid}"
+
+
 class SlideUpload(models.Model):
     """A resumable (tus) upload of a whole-slide image in progress. Its bytes are stored
     as encrypted chunks under ``uploads/<uuid>/``; it becomes a Scan only after the
@@ -443,6 +476,7 @@ class Notification(models.Model):
     class Kind(models.TextChoices):
         CASE_SIGNED = "case_signed", "Case signed"
         REVIEW_OVERDUE = "review_overdue", "Review overdue"
+        DRIFT_ALARM = "drift_alarm", "Model drift alarm"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
@@ -461,7 +495,7 @@ class Notification(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(kind__in=["case_signed", "review_overdue"]), name="notification_kind_valid"
+                condition=Q(kind__in=["case_signed", "review_overdue", "drift_alarm"]), name="notification_kind_valid"
             ),
             # The periodic overdue check runs again and again: one reminder per item and physician.
             models.UniqueConstraint(
@@ -471,6 +505,47 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"Notification {self.kind} for {self.user_id}"
+
+
+class DriftReference(models.Model):
+    """What a model version's inputs and outputs looked like at the start: histograms
+    of image size and colour, the predicted-stage mix and the confidences. Aggregates
+    only, never an image or a case."""
+
+    class Source(models.TextChoices):
+        BUNDLE = "bundle", "The bundle's validation images at training time"
+        BASELINE = "baseline", "The version's first predictions"
+
+    model_version = models.OneToOneField(ModelVersion, on_delete=models.PROTECT, related_name="drift_reference")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    n = models.PositiveIntegerField(
+        help_text="Predictions (or, from a bundle, validation images) it was computed from."
+    )
+    last_prediction_id = models.PositiveBigIntegerField(
+        default=0, help_text="The newest prediction in the reference; checks look at later ones only (0: any)."
+    )
+    stats = models.JSONField(help_text="Histograms (proportions) and the confidence sample.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Drift reference of {self.model_version_id} ({self.source}, n={self.n})"
+
+
+class DriftCheck(models.Model):
+    """One periodic comparison of a model version's recent predictions with its
+    reference: each measure with its value, threshold and whether it crossed it."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="drift_checks")
+    checked_at = models.DateTimeField(default=timezone.now, db_index=True)
+    window = models.PositiveIntegerField(help_text="Predictions in the window checked.")
+    measures = models.JSONField(help_text="{name: {value, threshold, alarm, detail}}.")
+    alarm = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Drift check of {self.model_version_id} at {self.checked_at:%Y-%m-%d %H:%M}"
 
 
 class WorkerHeartbeat(models.Model):

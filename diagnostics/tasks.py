@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from cancerweb.celery import project_task
 from diagnostics.intake.storage import orphans_sweep
+from diagnostics.services.drift import drift_check_all
 from diagnostics.services.integration import SEND_RESULT_TASK, result_send, results_sweep, studies_pull_all
 from diagnostics.services.job_queue import INFERENCE_QUEUE, RUN_INFERENCE_TASK
 from diagnostics.services.jobs import job_run, job_sweep
 from diagnostics.services.notifications import reviews_notify_overdue
+from diagnostics.services.shadow import SHADOW_BACKFILL_TASK, shadow_backfill_by_id
 from diagnostics.services.slides import PROCESS_SLIDE_UPLOAD_TASK, slide_upload_process, slide_uploads_sweep
 
 
@@ -66,3 +68,17 @@ def sweep_results_task() -> int:
 def pull_studies_task() -> int:
     # Periodic: QIDO/WADO pull for accounts with pulling on; a study seen twice is one case.
     return sum(r.instances_stored for r in studies_pull_all().values())
+
+
+@project_task(queue=INFERENCE_QUEUE, name=SHADOW_BACKFILL_TASK)
+def shadow_backfill_task(*, model_version_id: int, last: int, acting_user_id: int | None = None) -> int:
+    # On an inference worker (it has the network). Idempotent: a scan the candidate
+    # already saw is skipped, so a second delivery stores nothing new.
+    return shadow_backfill_by_id(model_version_id=model_version_id, last=last, acting_user_id=acting_user_id)
+
+
+@project_task(queue="default", name="diagnostics.check_drift")
+def check_drift_task() -> int:
+    # Periodic (CELERY_BEAT_SCHEDULE, every DRIFT_INTERVAL_S). A second run adds a check
+    # row but notifies nobody again: only a newly crossed threshold notifies.
+    return len(drift_check_all())

@@ -33,6 +33,7 @@ def _check(env_overrides: dict[str, str | None]) -> subprocess.CompletedProcess[
         ({"CELERY_BROKER_URL": None, "CANCERWEB_DEMO": None}, "CELERY_BROKER_URL must be set"),
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG must be a boolean"),
         ({"CANCERWEB_UPLOAD_MAX_BYTES": "lots"}, "CANCERWEB_UPLOAD_MAX_BYTES must be an integer"),
+        ({"CANCERWEB_DRIFT_PSI_THRESHOLD": "nan"}, "CANCERWEB_DRIFT_PSI_THRESHOLD must be between"),
     ],
 )
 def test_bad_or_missing_settings_stop_start_up(overrides: dict[str, str | None], message: str) -> None:

@@ -46,6 +46,10 @@ class Manifest:
     mpp: float | None = None
     # Parameters of the slide-level method chosen for this model (diagnostics/ml/slides.py).
     slide_method: dict[str, Any] = field(default_factory=dict)
+    # Input and output statistics of the validation images at training time
+    # (diagnostics/ml/drift.py reference_stats): the drift check's reference. Empty in
+    # bundles made before it existed; the check then uses the first predictions.
+    drift_reference: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,9 +137,14 @@ def manifest_from_dict(raw: Any) -> Manifest:
     if not isinstance(slide_method, dict):
         raise BundleError("manifest field 'slide_method' must be an object")
 
+    drift_reference = raw.get("drift_reference") or {}
+    if not isinstance(drift_reference, dict):
+        raise BundleError("manifest field 'drift_reference' must be an object")
+
     return Manifest(
         mpp=mpp,
         slide_method=slide_method,
+        drift_reference=drift_reference,
         name=_nonempty_str(raw, "name"),
         version=_nonempty_str(raw, "version"),
         task=_nonempty_str(raw, "task"),

@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 
+from . import drift  # noqa: E402
 from . import metrics as M  # noqa: E402
 from .bundle import Manifest, sha256_file, write_manifest  # noqa: E402
 from .models import BACKBONES, build_model  # noqa: E402
@@ -638,6 +639,9 @@ def train_bundle(config: TrainConfig) -> Manifest:
         model_file=MODEL_FILE,
         model_sha256=sha256_file(model_path),
         library_versions=library_versions(),
+        # What the validation images and the calibrated answers on them looked like:
+        # the reference a deployed version's drift check compares its inputs with.
+        drift_reference=drift.reference_stats(valid.images, M.softmax(logits, temperature), labels),
     )
     write_manifest(out, manifest)
     (out / MODEL_CARD).write_text(render_model_card(manifest), encoding="utf-8")

@@ -36,7 +36,11 @@ def models_for_user(*, user: User) -> QuerySet[ModelVersion]:
     how well it was measured to do."""
     if not user.is_authenticated:
         return ModelVersion.objects.none()
-    return ModelVersion.objects.order_by("-registered_at", "-id")
+    versions = ModelVersion.objects.order_by("-registered_at", "-id")
+    if not user.has_perm("diagnostics.change_modelversion"):
+        # A candidate in shadow is the admins' business until it is activated.
+        versions = versions.exclude(status=ModelVersion.Status.CANDIDATE)
+    return versions
 
 
 def model_get(*, user: User, model_uuid: UUID) -> ModelVersion:

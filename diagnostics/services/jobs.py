@@ -37,6 +37,7 @@ from diagnostics.models import (
 )
 from diagnostics.selectors.cases import cases_for_user
 from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, job_send
+from diagnostics.services.shadow import shadow_after_batch
 from diagnostics.services.slides import slide_job_process
 from diagnostics.services.worklists import worklists_changed
 
@@ -319,6 +320,9 @@ def _store(batch: _Batch, out: Any, network_s: float) -> None:
         # Nothing of the batch was written (one transaction): no job may stay "running".
         for job, _ in ready:
             job_fail(job, exc)
+    else:
+        # Candidates of the task predict in shadow on the same scans (stored apart, shown to nobody).
+        shadow_after_batch(job_ids=[job.id for job, _ in ready])
 
 
 def _infer_and_store(batch: _Batch) -> None:

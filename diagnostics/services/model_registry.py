@@ -40,6 +40,7 @@ def model_register(
     activate: bool = False,
     task: str | None = None,
     force_labels: bool = False,
+    candidate: bool = False,
 ) -> ModelVersion:
     """Register a model bundle from the model folder after checking its file against the
     manifest's hash. `task` overrides the manifest's task (to put a bundle under an
@@ -85,12 +86,23 @@ def model_register(
             )
             model_version.full_clean()
             model_version.save()
+            if manifest.drift_reference:
+                from diagnostics.models import DriftReference
+
+                DriftReference.objects.create(
+                    model_version=model_version,
+                    source=DriftReference.Source.BUNDLE,
+                    n=len(manifest.drift_reference.get("confidences") or []),
+                    stats=manifest.drift_reference,
+                )
             audit_record(
                 actor=acting_user,
                 action="model.register",
                 obj=model_version,
                 data={"sha256": manifest.model_sha256, "task": task},
             )
+        if candidate and not activate and model_version.status == ModelVersion.Status.DRAFT:
+            model_version = model_make_candidate(acting_user=acting_user, model_version=model_version)
         if activate and model_version.status != ModelVersion.Status.ACTIVE:
             model_activate(acting_user=acting_user, model_version=model_version, force_labels=force_labels)
     return model_version
@@ -124,6 +136,13 @@ def model_activate(
                     "stages. Force it explicitly if that is intended."
                 }
             )
+        comparison = None
+        was_candidate = model_version.status == ModelVersion.Status.CANDIDATE
+        if was_candidate:
+            from diagnostics.selectors.shadow import comparison_summary, shadow_comparison_data
+
+            # What the candidate was activated on: the paired comparison at this moment.
+            comparison = comparison_summary(shadow_comparison_data(model_version=model_version))
         for old in previous:
             old.status = ModelVersion.Status.RETIRED
             old.save(update_fields=["status"])
@@ -134,9 +153,55 @@ def model_activate(
             actor=acting_user,
             action="model.activate",
             obj=model_version,
-            data={"task": model_version.task, "labels_changed_forced": bool(changed)},
+            data={
+                "task": model_version.task,
+                "labels_changed_forced": bool(changed),
+                "was_candidate": was_candidate,
+                "shadow_comparison": comparison,
+            },
         )
     return model_version
+
+
+def model_make_candidate(*, acting_user: User | None, model_version: ModelVersion) -> ModelVersion:
+    """Put a registered version in shadow beside its task's active version: the worker
+    predicts with it too and stores what it says apart, shown to no physician. Its
+    labels must be the active version's, since the comparison is stage by stage."""
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        if locked.status == ModelVersion.Status.ACTIVE:
+            raise ValidationError(
+                {"status": ValidationError(f"{locked} is the active version already", code="already_active")}
+            )
+        active = ModelVersion.objects.filter(task=locked.task, status=ModelVersion.Status.ACTIVE).first()
+        if active is None:
+            raise ValidationError(
+                {
+                    "task": ValidationError(
+                        f"task '{locked.task}' has no active version to compare with", code="no_active"
+                    )
+                }
+            )
+        if list(active.labels) != list(locked.labels):
+            raise ValidationError(
+                {
+                    "labels": ValidationError(
+                        f"{locked} has labels {list(locked.labels)} but the active {active} has "
+                        f"{list(active.labels)}: a shadow comparison needs the same stages",
+                        code="labels_differ",
+                    )
+                }
+            )
+        previous = locked.status
+        locked.status = ModelVersion.Status.CANDIDATE
+        locked.save(update_fields=["status"])
+        audit_record(
+            actor=acting_user,
+            action="model.candidate",
+            obj=locked,
+            data={"task": locked.task, "previous_status": previous, "compared_with": str(active)},
+        )
+    return locked
 
 
 def model_retire(*, acting_user: User | None, model_version: ModelVersion) -> ModelVersion:

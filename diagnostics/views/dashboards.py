@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 from accounts.http import AuthedHttpRequest
 from core.exports import csv_writer
 from diagnostics.selectors.dashboards import SMALL_SAMPLE, dashboard_get
+from diagnostics.selectors.drift import drift_status
 from diagnostics.views import charts as charts_svg
 
 
@@ -20,7 +21,12 @@ from diagnostics.views import charts as charts_svg
 def dashboard(request: AuthedHttpRequest) -> HttpResponse:
     data = dashboard_get(user=request.user)
     charts = [(a, charts_svg.confusion_svg(a), charts_svg.trend_svg(a)) for a in data.agreements]
-    context = {"charts": charts, "stats": data.queue, "small_sample": SMALL_SAMPLE}
+    context = {
+        "charts": charts,
+        "stats": data.queue,
+        "small_sample": SMALL_SAMPLE,
+        "drift": drift_status(user=request.user),
+    }
     return render(request, "diagnostics/dashboard.html", context)
 
 

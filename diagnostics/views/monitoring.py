@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from diagnostics.intake import storage
 from diagnostics.models import InferenceJob
+from diagnostics.selectors.drift import drift_status_all
 from diagnostics.selectors.monitoring import (
     job_counts,
     latest_heartbeat_age_s,
@@ -201,6 +202,28 @@ class JobCollector:
         )
 
 
+class DriftCollector:
+    """The latest drift check of each active model version (computed by the periodic
+    task, read here): each measure's value and whether it is past its threshold."""
+
+    def collect(self) -> Any:
+        value = GaugeMetricFamily(
+            "cancerweb_model_drift", "Latest drift measure of an active model version.", labels=["model", "measure"]
+        )
+        alarm = GaugeMetricFamily(
+            "cancerweb_model_drift_alarm", "1 when the measure is past its threshold.", labels=["model", "measure"]
+        )
+        for row in drift_status_all():
+            if row.check is None:
+                continue
+            for name, m in row.check.measures.items():
+                model = str(row.model_version)
+                value.add_metric([model, name], float("nan") if m["value"] is None else float(m["value"]))
+                alarm.add_metric([model, name], 1.0 if m["alarm"] else 0.0)
+        yield value
+        yield alarm
+
+
 @require_GET
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -208,4 +231,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return _forbidden()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobCollector())
+    registry.register(DriftCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -37,6 +37,9 @@ def test_tiny_training_run_writes_a_loadable_bundle(synthetic_data: Path, tmp_pa
     assert 0.0 <= valid["roc_auc"] <= 1.0
     assert manifest.metrics["training"]["epochs_run"] == 1
     assert set(manifest.library_versions) >= {"tensorflow", "keras", "numpy", "pillow"}
+    reference = manifest.drift_reference  # the drift check's reference, from the validation images
+    assert len(reference["confidences"]) == valid["n"] and len(reference["colour"]) == 3
+    assert all(abs(sum(channel) - 1.0) < 1e-9 for channel in reference["colour"])
     assert "not validated for clinical use" in (out / "MODEL_CARD.md").read_text()
 
     runner = InferenceRunner(out)

@@ -15,6 +15,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("bundle", help="the bundle folder: a path, or a name in the model folder (MODEL_DIR)")
         parser.add_argument("--activate", action="store_true")
+        parser.add_argument(
+            "--candidate",
+            action="store_true",
+            help="run it in shadow beside the task's active version (its output is shown to no physician)",
+        )
         parser.add_argument("--task", help="register under this task instead of the manifest's")
         parser.add_argument(
             "--force-labels",
@@ -32,6 +37,7 @@ class Command(BaseCommand):
                 activate=options["activate"],
                 task=options["task"],
                 force_labels=options["force_labels"],
+                candidate=options["candidate"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
