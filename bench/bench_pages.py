@@ -161,9 +161,12 @@ def seed(n: int) -> dict[str, float]:
     with connection.cursor() as cursor:
         raw = cursor.cursor
         for key, (table, columns) in tables.items():
-            with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:  # noqa: S608 (fixed names)
+            # Columns this seed does not name (added by later features) get their model default.
+            extra_columns, extra_values = _column_defaults(table, columns)
+            all_columns = ", ".join([columns, *extra_columns])
+            with raw.copy(f"COPY {table} ({all_columns}) FROM STDIN") as copy:  # noqa: S608 (fixed names)
                 for row in rows[key]:
-                    copy.write_row(row)
+                    copy.write_row((*row, *extra_values))
             cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")  # noqa: S608
         with raw.copy("COPY accounts_auditevent (uuid, created_at, actor_id, action, object_type, object_id, data, "
                       "client_address, prev_hash, hash) FROM STDIN") as copy:  # fmt: skip
@@ -173,6 +176,25 @@ def seed(n: int) -> dict[str, float]:
         cursor.execute("ANALYZE")
     AuditChainHead.objects.filter(pk=1).update(last_hash=prev, length=head.length + len(events))
     return {"build_s": built - t0, "copy_s": time.perf_counter() - built, "audit_events": len(events)}
+
+
+def _column_defaults(table: str, columns: str) -> tuple[list[str], tuple[object, ...]]:
+    """The NOT NULL columns of ``table`` that ``columns`` leaves out, with their model's
+    default (as COPY text needs it: JSON as JSON text)."""
+    from django.apps import apps
+    from django.db import models as m
+
+    model = next(mdl for mdl in apps.get_models() if mdl._meta.db_table == table)
+    named = {c.strip() for c in columns.split(",")}
+    extra: list[str] = []
+    values: list[object] = []
+    for field in model._meta.concrete_fields:
+        if field.column in named or field.null or not (field.has_default() or field.empty_strings_allowed):
+            continue
+        value = field.get_default()  # "" for text fields without a default
+        extra.append(field.column)
+        values.append(json.dumps(value) if isinstance(field, m.JSONField) else value)
+    return extra, tuple(values)
 
 
 # --- measuring ---------------------------------------------------------------------

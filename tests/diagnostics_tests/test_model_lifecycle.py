@@ -175,8 +175,8 @@ def test_calibration_temperature_is_applied_and_low_confidence_is_flagged_uncert
 
     mv = model_register(acting_user=None, bundle_dir=hot, activate=True)
     assert (mv.temperature, mv.uncertain_below) == (1.0, 0.99)
-    sure = make_prediction(clinician, mv, [0.995, 0.005], ref="P-sure")
-    unsure = make_prediction(clinician, mv, [0.9, 0.1], ref="P-unsure", color=(10, 10, 10))
+    sure = make_prediction(clinician, mv, [0.995, 0.005], ref="P-SURE")
+    unsure = make_prediction(clinician, mv, [0.9, 0.1], ref="P-UNSURE", color=(10, 10, 10))
     assert (sure.uncertain, unsure.uncertain) == (False, True)
 
 
@@ -184,9 +184,9 @@ def test_uncertain_items_come_first_in_the_queue_and_are_marked(tmp_path, clinic
     mv = model_register(
         acting_user=None, bundle_dir=copy_bundle(tmp_path, version="u", uncertain_below=0.7), activate=True
     )
-    confident_advanced = make_prediction(clinician, mv, [0.05, 0.95], ref="P-a")
-    uncertain_early = make_prediction(clinician, mv, [0.6, 0.4], ref="P-b", color=(1, 2, 3))
-    confident_early = make_prediction(clinician, mv, [0.9, 0.1], ref="P-c", color=(4, 5, 6))
+    confident_advanced = make_prediction(clinician, mv, [0.05, 0.95], ref="P-A")
+    uncertain_early = make_prediction(clinician, mv, [0.6, 0.4], ref="P-B", color=(1, 2, 3))
+    confident_early = make_prediction(clinician, mv, [0.9, 0.1], ref="P-C", color=(4, 5, 6))
     queue = [i.prediction for i in review_queue(user=physician)]
     assert queue == [uncertain_early, confident_advanced, confident_early]
     client = login(physician)
