@@ -50,7 +50,7 @@ def _upload(client, images):  # type: ignore[no-untyped-def]
     """One case per image through the API; returns {scan uuid: true stage}."""
     truth = {}
     for name, data, stage in images:
-        body = {"patient_ref": f"PSN-SH-{name[:20]}", "body_site": "lymph node", "task": TASK}
+        body = {"patient_ref": f"PSN-SH-{name[:20].upper()}", "body_site": "lymph node", "task": TASK}
         case = client.post("/api/v1/cases/", body, format="json")
         assert case.status_code == 201, case.content
         up = client.post(
