@@ -104,9 +104,15 @@ def test_demo_answers_parallel_uploads_and_thumbnails_without_a_503(demo: dict[s
     job_uuid = first.json()["created"][0]["job"].replace("-", "")
     long_ago = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
     with sqlite3.connect(demo["data_dir"] / "db.sqlite3", timeout=30) as db:
+        # Lost before it stored anything: no prediction, no review item (a job that has a
+        # stored prediction is done, and a late message for it rightly marks it so).
+        job_id = db.execute("SELECT id FROM diagnostics_inferencejob WHERE uuid = ?", (job_uuid,)).fetchone()[0]
+        prediction = "SELECT id FROM diagnostics_prediction WHERE job_id = ?"
+        db.execute(f"DELETE FROM diagnostics_reviewitem WHERE prediction_id IN ({prediction})", (job_id,))  # noqa: S608
+        db.execute("DELETE FROM diagnostics_prediction WHERE job_id = ?", (job_id,))
         db.execute(
-            "UPDATE diagnostics_inferencejob SET status = 'running', started_at = ? WHERE uuid = ?",
-            (long_ago, job_uuid),
+            "UPDATE diagnostics_inferencejob SET status = 'running', started_at = ? WHERE id = ?",
+            (long_ago, job_id),
         )
     # The demo has one worker process for both queues: the sweep (on `default`) waits
     # until the burst's 21 inference jobs are done, on a loaded CI machine for a minute or more.
