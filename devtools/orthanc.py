@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.processes import pid_alive, start_until_ready, stop_group
 from devtools.seaweed import free_ports
 
 STATE_FILE = "orthanc.json"
@@ -100,21 +98,15 @@ class OrthancServer:
         (Path(self.root) / "storage").mkdir(parents=True, exist_ok=True)
         config = Path(self.root) / "orthanc-config.json"
         config.write_text(json.dumps(self.config(), indent=1))
-        log = (Path(self.root) / "orthanc.log").open("ab")
-        proc = subprocess.Popen(
+        self.pid = start_until_ready(
             [orthanc_binary(), "--no-jobs", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        self.pid = proc.pid
+            log_path=Path(self.root) / "orthanc.log",
+            ready=self.ready,
+            name="Orthanc",
+            timeout=timeout,
+            on_timeout=lambda pid: stop_group(pid, signal.SIGTERM),
+        )
         self.save()
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited ({proc.returncode}); see {Path(self.root) / 'orthanc.log'}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s; see {self.root}/orthanc.log")
-            time.sleep(0.2)
 
     def ready(self) -> bool:
         """The REST API answers and the DICOMweb plugin is loaded."""
@@ -140,31 +132,11 @@ class OrthancServer:
             self.rest("DELETE", f"/patients/{patient}")
 
     def alive(self) -> bool:
-        if not self.pid:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        try:  # a zombie child is not alive
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            return done == 0
-        except ChildProcessError:
-            return True
+        return pid_alive(self.pid)
 
     def stop(self, *, timeout: float = 30.0) -> None:
         """SIGTERM: Orthanc closes its index cleanly, so a restart finds what it stored."""
-        if not self.pid:
-            return
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.pid, signal.SIGTERM, timeout=timeout)
 
     def restart(self) -> None:
         self.stop()

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -29,6 +27,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from devtools.processes import pid_alive, start_until_ready, stop_group
 
 STATE_FILE = "seaweed.json"
 
@@ -120,20 +120,16 @@ class SeaweedServer:
         config = Path(self.root) / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
-        log = (Path(self.root) / "weed.log").open("ab")
-        proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        self.pid = start_until_ready(
+            self.command(),
+            log_path=Path(self.root) / "weed.log",
+            ready=self.ready,
+            name="SeaweedFS",
+            timeout=timeout,
+            on_timeout=lambda pid: stop_group(pid, signal.SIGKILL),
+            interval=0.3,
         )
-        self.pid = proc.pid
         self.save()
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed exited ({proc.returncode}); see {Path(self.root) / 'weed.log'}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"SeaweedFS did not answer within {timeout:.0f} s; see {self.root}/weed.log")
-            time.sleep(0.3)
         if self.bucket:
             self.create_bucket(self.bucket)
 
@@ -179,30 +175,12 @@ class SeaweedServer:
                 time.sleep(0.5)
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return pid_alive(self.pid)
 
     def stop(self, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> None:
         """SIGKILL by default: the store crashing, as a test wants it, and at once (a
         SIGTERM makes SeaweedFS drain for about 15 s). What it acknowledged is on disk."""
-        if not self.pid:
-            return
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            try:  # reap it when it is our child
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.1)
-        if self.alive():
-            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.pid, sig, timeout=timeout)
 
     def restart(self) -> None:
         self.stop()
