@@ -50,6 +50,10 @@ class Manifest:
     # (diagnostics/ml/drift.py reference_stats): the drift check's reference. Empty in
     # bundles made before it existed; the check then uses the first predictions.
     drift_reference: dict[str, Any] = field(default_factory=dict)
+    # The out-of-distribution reference (diagnostics/ml/ood.py): its file and SHA-256,
+    # the threshold, the image checks' limits and the measured flag rates. Empty: the
+    # bundle cannot tell an input unlike its training data, and no input is flagged.
+    ood: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +145,22 @@ def manifest_from_dict(raw: Any) -> Manifest:
     if not isinstance(drift_reference, dict):
         raise BundleError("manifest field 'drift_reference' must be an object")
 
+    ood_section = raw.get("ood") or {}
+    if not isinstance(ood_section, dict):
+        raise BundleError("manifest field 'ood' must be an object")
+    if ood_section:
+        ood_file = ood_section.get("file")
+        if not isinstance(ood_file, str) or Path(ood_file).name != ood_file or ood_file in ("", ".", ".."):
+            raise BundleError("manifest 'ood.file' must be a plain file name inside the bundle")
+        if not isinstance(ood_section.get("sha256"), str) or not _SHA256_RE.match(ood_section["sha256"]):
+            raise BundleError("manifest 'ood.sha256' is not a 64-character hex SHA-256")
+        for key in ("threshold", "min_side", "min_std"):
+            value = ood_section.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise BundleError(f"manifest 'ood.{key}' must be a finite number of at least 0")
+
     return Manifest(
+        ood=ood_section,
         mpp=mpp,
         slide_method=slide_method,
         drift_reference=drift_reference,
@@ -192,6 +211,14 @@ def verify_bundle(bundle_dir: str | Path) -> Manifest:
             f"(SHA-256 {actual[:12]}..., expected {manifest.model_sha256[:12]}...): "
             "the file was changed or replaced after training"
         )
+    if manifest.ood:
+        ood_path = Path(bundle_dir) / manifest.ood["file"]
+        if not ood_path.is_file():
+            raise BundleError(f"out-of-distribution reference {manifest.ood['file']} named in the manifest is missing")
+        if sha256_file(ood_path) != manifest.ood["sha256"]:
+            raise BundleError(
+                f"out-of-distribution reference {manifest.ood['file']} does not match the manifest's SHA-256"
+            )
     return manifest
 
 

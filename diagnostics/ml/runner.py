@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 
 from .bundle import BundleError, Manifest, verify_bundle  # noqa: E402
 from .metrics import softmax  # noqa: E402
+from .ood import OodError, References, image_statistics  # noqa: E402
+from .ood import reasons as ood_reasons  # noqa: E402
 from .preprocess import IMAGE_SUFFIXES, decode_rgb  # noqa: E402
 
 PRECISIONS = ("float32", "bfloat16")
@@ -143,6 +145,14 @@ class InferenceRunner:
         self._backbone = keras.Model(model.inputs, features)
         self._head = keras.Model(features, model.outputs[0])
         self._traces = 0
+        # The out-of-distribution references, when the bundle carries them (verified above).
+        self.ood: dict[str, Any] = dict(self.manifest.ood)
+        try:
+            self._ood_refs = References.from_file(self.bundle_dir / self.ood["file"]) if self.ood else None
+        except OodError as exc:
+            raise BundleError(str(exc)) from exc
+        if self._ood_refs is not None and self._ood_refs.features.class_means.shape[1] != features.shape[-1]:
+            raise BundleError("the out-of-distribution reference does not fit the model's feature layer")
         self._bare, self._full = self._compile()
         self.device = self._device()
         # Warm up at batch 1, the common request size, so the first user waits no longer.
@@ -264,6 +274,26 @@ class InferenceRunner:
             features=np.asarray(pooled, dtype=np.float32)[:n],
             heatmaps=np.asarray(cam, dtype=np.float32)[:n],
         )
+
+    def ood_reasons(
+        self, output: RunnerOutput, batch: np.ndarray, sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Any]]:
+        """Per image of a batch run with features: its feature distance and why it is
+        outside what the model was trained on (`reasons` empty: it is not). A bundle
+        without a reference gives no distance and no reason."""
+        if self._ood_refs is None or output.features is None:
+            return [{"score": None, "reasons": []} for _ in sizes]
+        feature_scores = self._ood_refs.features.scores(output.features)
+        image_scores = self._ood_refs.images.scores(image_statistics(batch))
+        return [
+            {
+                "score": float(f),
+                "reasons": ood_reasons(
+                    width=w, height=h, image=img, feature_score=float(f), image_score=float(i), section=self.ood
+                ),
+            }
+            for (w, h), img, f, i in zip(sizes, batch, feature_scores, image_scores, strict=True)
+        ]
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Temperature-scaled probabilities, shape (N, len(labels)), rows summing to 1."""

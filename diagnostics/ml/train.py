@@ -11,15 +11,13 @@ one sub-folder per stage (or pass --train-dir and --valid-dir). An optional
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +29,13 @@ import PIL  # noqa: E402
 from . import drift  # noqa: E402
 from . import metrics as M  # noqa: E402
 from .bundle import Manifest, sha256_file, write_manifest  # noqa: E402
+from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
+from .datasets import DatasetError, _limit, load_split, resolve_layout  # noqa: E402
 from .models import BACKBONES, build_model  # noqa: E402
-from .preprocess import IMAGE_SUFFIXES, PREPROCESSING_ID, ImageDecodeError, decode_rgb  # noqa: E402
+from .preprocess import PREPROCESSING_ID  # noqa: E402
 
-DATASET_JSON = "dataset.json"
 MODEL_FILE = "model.keras"
-MODEL_CARD = "MODEL_CARD.md"
 SCHEDULES = ("cosine", "plateau")
-
-
-class DatasetError(ValueError):
-    """The training folders cannot be used; the message says why in plain words."""
 
 
 @dataclass
@@ -77,237 +71,8 @@ class TrainConfig:
     uncertain_below: float = 0.6
     limit_per_class: int | None = None
     verbose: int = 2
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # (N, S, S, 3) uint8
-    labels: np.ndarray  # (N,) int64
-    counts: dict[str, int]
-    unreadable: int
-
-
-@dataclass
-class Layout:
-    labels: list[str]
-    train_files: dict[str, list[Path]]
-    valid_files: dict[str, list[Path]]
-    split_method: str
-    label_order_source: str
-    ignored_non_image: int
-    dataset_info: dict[str, Any] = field(default_factory=dict)
-    # Held out from training, model selection and calibration; empty when not asked for.
-    test_files: dict[str, list[Path]] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- folders
-
-
-def _class_folders(split_dir: Path) -> list[str]:
-    if not split_dir.is_dir():
-        raise DatasetError(f"folder {split_dir} does not exist")
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-
-
-def _image_files(folder: Path) -> tuple[list[Path], int]:
-    files, ignored = [], 0
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(p)
-        else:
-            ignored += 1
-    return files, ignored
-
-
-def _read_dataset_json(path: Path) -> dict[str, Any]:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from exc
-    labels = info.get("labels") if isinstance(info, dict) else None
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise DatasetError(f"{path} must contain a 'labels' list of stage names")
-    if len(set(labels)) != len(labels):
-        raise DatasetError(f"{path} lists a stage more than once in 'labels'")
-    return dict(info)
-
-
-def _ordered_labels(
-    folders: list[str], where: Path, dataset_json: Path | None
-) -> tuple[list[str], str, dict[str, Any]]:
-    if len(folders) == 0:
-        raise DatasetError(f"{where} has no class sub-folders (one folder per stage expected)")
-    if len(folders) == 1:
-        raise DatasetError(f"{where} has only one class folder ('{folders[0]}'): training needs at least two")
-    if dataset_json is None or not dataset_json.is_file():
-        return folders, "alphabetical folder order (no dataset.json)", {}
-    info = _read_dataset_json(dataset_json)
-    labels: list[str] = info["labels"]
-    if set(labels) != set(folders):
-        missing = sorted(set(labels) - set(folders))
-        extra = sorted(set(folders) - set(labels))
-        parts = []
-        if missing:
-            parts.append(f"labels without a folder: {', '.join(missing)}")
-        if extra:
-            parts.append(f"folders not in dataset.json: {', '.join(extra)}")
-        raise DatasetError(
-            f"{dataset_json} labels {labels} do not match the class folders {folders} in "
-            f"{where} ({'; '.join(parts)}); folder names must equal the labels exactly"
-        )
-    return list(labels), "dataset.json", info
-
-
-def _collect(split_dir: Path, labels: list[str]) -> tuple[dict[str, list[Path]], int]:
-    files: dict[str, list[Path]] = {}
-    ignored = 0
-    for label in labels:
-        found, skipped = _image_files(split_dir / label)
-        ignored += skipped
-        if not found:
-            raise DatasetError(f"class folder '{label}' in {split_dir} contains no images")
-        files[label] = found
-    return files, ignored
-
-
-def _stratified_split(
-    files: dict[str, list[Path]], fraction: float, seed: int, test_fraction: float = 0.0
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]], dict[str, list[Path]]]:
-    """Per class: shuffle with `seed`, then cut test, validation and training parts, so
-    every split keeps the class proportions and the same seed gives the same split."""
-    if not 0.0 < fraction < 1.0:
-        raise DatasetError("the validation fraction must be between 0 and 1")
-    if not 0.0 <= test_fraction < 1.0 or fraction + test_fraction >= 1.0:
-        raise DatasetError("the test fraction must be at least 0 and, with the validation fraction, below 1")
-    need = 3 if test_fraction > 0 else 2
-    rng = np.random.default_rng(seed)
-    train, valid, test = {}, {}, {}
-    for label, paths in files.items():
-        if len(paths) < need:
-            raise DatasetError(
-                f"class '{label}' has {len(paths)} image(s); at least {need} are needed to keep one "
-                "for validation" + (" and one for testing" if need == 3 else "")
-            )
-        order = rng.permutation(len(paths))
-        n_test = min(len(paths) - 2, max(1, round(len(paths) * test_fraction))) if test_fraction > 0 else 0
-        n_valid = min(len(paths) - n_test - 1, max(1, round(len(paths) * fraction)))
-        if n_test:
-            test[label] = sorted(paths[i] for i in order[:n_test])
-        valid[label] = sorted(paths[i] for i in order[n_test : n_test + n_valid])
-        train[label] = sorted(paths[i] for i in order[n_test + n_valid :])
-    return train, valid, test
-
-
-def resolve_layout(
-    *,
-    data: Path | None,
-    train_dir: Path | None,
-    valid_dir: Path | None,
-    valid_fraction: float,
-    seed: int,
-    test_fraction: float = 0.0,
-) -> Layout:
-    """Find the class folders, their clinical order and the train/valid file lists."""
-    if (train_dir is None) != (valid_dir is None):
-        raise DatasetError("--train-dir and --valid-dir must be given together")
-    if data is None and train_dir is None:
-        raise DatasetError("give --data, or --train-dir and --valid-dir")
-    if data is not None and not data.is_dir():
-        raise DatasetError(f"data folder {data} does not exist")
-
-    if train_dir is None and data is not None:
-        if (data / "train").is_dir() and (data / "valid").is_dir():
-            train_dir, valid_dir = data / "train", data / "valid"
-    dataset_json = None
-    if data is not None:
-        dataset_json = data / DATASET_JSON
-    elif train_dir is not None:
-        dataset_json = train_dir / DATASET_JSON
-
-    if train_dir is not None and valid_dir is not None:
-        if test_fraction > 0:
-            raise DatasetError(
-                "--test-fraction splits one folder; it cannot be combined with given train/valid folders"
-            )
-        folders = _class_folders(train_dir)
-        labels, order_source, info = _ordered_labels(folders, train_dir, dataset_json)
-        valid_folders = _class_folders(valid_dir)
-        if set(valid_folders) != set(labels):
-            raise DatasetError(
-                f"the validation folder {valid_dir} has class folders {valid_folders}, "
-                f"but the training folder has {sorted(labels)}: they must be the same"
-            )
-        train_files, ignored_t = _collect(train_dir, labels)
-        valid_files, ignored_v = _collect(valid_dir, labels)
-        return Layout(
-            labels,
-            train_files,
-            valid_files,
-            "given train/valid folders",
-            order_source,
-            ignored_t + ignored_v,
-            info,
-        )
-
-    assert data is not None
-    folders = _class_folders(data)
-    labels, order_source, info = _ordered_labels(folders, data, dataset_json)
-    files, ignored = _collect(data, labels)
-    train_files, valid_files, test_files = _stratified_split(files, valid_fraction, seed, test_fraction)
-    method = f"stratified random split, {valid_fraction:.0%} validation"
-    if test_fraction > 0:
-        method += f", {test_fraction:.0%} test"
-    return Layout(
-        labels,
-        train_files,
-        valid_files,
-        f"{method}, seed {seed}",
-        order_source,
-        ignored,
-        info,
-        test_files,
-    )
-
-
-def _limit(files: dict[str, list[Path]], limit: int | None, seed: int) -> dict[str, list[Path]]:
-    if limit is None:
-        return files
-    rng = np.random.default_rng(seed)
-    out = {}
-    for label, paths in files.items():
-        if len(paths) > limit:
-            keep = rng.choice(len(paths), size=limit, replace=False)
-            paths = sorted(paths[i] for i in keep)
-        out[label] = paths
-    return out
-
-
-def _decode_file(path: Path, size: int) -> np.ndarray | None:
-    try:
-        return decode_rgb(path.read_bytes(), size=size)
-    except (ImageDecodeError, OSError):
-        return None
-
-
-def load_split(files: dict[str, list[Path]], labels: list[str], size: int, *, where: str) -> Split:
-    """Decode every image into memory; unreadable files are skipped and counted."""
-    paths = [p for label in labels for p in files[label]]
-    targets = [k for k, label in enumerate(labels) for _ in files[label]]
-    # Pillow releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        decoded = list(pool.map(lambda p: _decode_file(p, size), paths))
-    keep = [i for i, arr in enumerate(decoded) if arr is not None]
-    images = np.zeros((len(keep), size, size, 3), dtype=np.uint8)
-    for j, i in enumerate(keep):
-        images[j] = decoded[i]  # type: ignore[assignment]  # keep holds only decoded (non-None) images
-    y = np.asarray([targets[i] for i in keep], dtype=np.int64)
-    counts = {label: int((y == k).sum()) for k, label in enumerate(labels)}
-    for label, n in counts.items():
-        if n == 0:
-            raise DatasetError(f"class '{label}' has no readable images in the {where} split")
-    return Split(images, y, counts, len(paths) - len(keep))
+    # Other tasks' data folders for the out-of-distribution reference (ood_fit.py).
+    ood_outliers: tuple[Path, ...] = ()
 
 
 # ---------------------------------------------------------------------------- training
@@ -648,142 +413,6 @@ def train_bundle(config: TrainConfig) -> Manifest:
     return manifest
 
 
-# ---------------------------------------------------------------------------- model card
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _metrics_section(title: str, v: dict[str, Any], labels: list[str]) -> str:
-    cm = v["confusion_matrix"]
-    cm_head = "| true \\ predicted | " + " | ".join(labels) + " |"
-    cm_sep = "|---" * (len(labels) + 1) + "|"
-    cm_rows = "\n".join(
-        f"| {label} | " + " | ".join(str(c) for c in row) + " |" for label, row in zip(labels, cm, strict=True)
-    )
-    pc_rows = "\n".join(
-        f"| {label} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} | {s['support']} |"
-        for label, s in v["per_class"].items()
-    )
-    auc_kind = "macro one-vs-rest" if len(labels) > 2 else "binary"
-    return f"""## {title} (n = {v["n"]})
-
-| metric | value |
-|---|---|
-| accuracy | {_fmt(v["accuracy"])} |
-| balanced accuracy | {_fmt(v["balanced_accuracy"])} |
-| ROC AUC ({auc_kind}) | {_fmt(v["roc_auc"])} |
-| ECE (15 bins), before temperature | {_fmt(v["ece_before_temperature"])} |
-| ECE (15 bins), after temperature | {_fmt(v["ece_after_temperature"])} |
-| NLL, before temperature | {_fmt(v["nll_before_temperature"])} |
-| NLL, after temperature | {_fmt(v["nll_after_temperature"])} |
-
-| label | precision | recall | F1 | support |
-|---|---|---|---|---|
-{pc_rows}
-
-Confusion matrix (rows: true label, columns: predicted label):
-
-{cm_head}
-{cm_sep}
-{cm_rows}
-"""
-
-
-def render_model_card(m: Manifest) -> str:
-    """A model card written only from the manifest, so every number is a measured one."""
-    t = m.metrics["training"]
-    d = m.data_summary
-    labels = m.labels
-    has_test = "test" in m.metrics
-    splits = ["train", "valid"] + (["test"] if has_test else [])
-    split_head = "| label | " + " | ".join(splits) + " |"
-    split_sep = "|---" * (len(splits) + 1) + "|"
-    split_rows = "\n".join(
-        f"| {label} | " + " | ".join(str(d["splits"][s][label]) for s in splits) + " |" for label in labels
-    )
-    unreadable = ", ".join(f"{s} {d['unreadable_skipped'].get(s, 0)}" for s in splits)
-    libs = ", ".join(f"{k} {val}" for k, val in m.library_versions.items())
-    sections = []
-    if has_test:
-        sections.append(_metrics_section("Measured performance: held-out TEST split", m.metrics["test"], labels))
-        sections.append(
-            _metrics_section(
-                "Validation split (chose the epoch and fitted the temperature)", m.metrics["valid"], labels
-            )
-        )
-        limitation = (
-            "- The test split took no part in training, epoch selection or calibration; with "
-            "this few images its figures still carry wide uncertainty (a handful of images "
-            "moves them by several points)."
-        )
-    else:
-        sections.append(_metrics_section("Measured performance (validation split)", m.metrics["valid"], labels))
-        limitation = (
-            "- The validation split chose the best epoch and fitted the temperature, and the figures\n"
-            "  above are measured on that same split: they are optimistic. There is no separate\n"
-            "  held-out test set in this bundle."
-        )
-    metrics_text = "\n".join(sections)
-    return f"""# Model card: {m.name} {m.version}
-
-> **Demonstration model. Not a diagnostic device and not validated for clinical use.**
-> Its outputs must not inform any decision about a patient.
-
-## Task
-
-{m.task}
-
-Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
-
-## Data
-
-- Dataset: {d.get("dataset_name") or "unnamed"}
-- Source: {d.get("source") or "not recorded"}
-- License: {d.get("license") or "not recorded"}
-- Label order taken from: {d["label_order_source"]}
-- Split: {d["split_method"]}
-- Unreadable images skipped: {unreadable}; images per class capped at: {d["limit_per_class"]}
-
-{split_head}
-{split_sep}
-{split_rows}
-
-## Preprocessing
-
-`{m.preprocessing}`: Pillow decode (JPEG draft mode), convert to RGB, resize to \
-{m.input_size}x{m.input_size} bilinear, uint8 values 0..255.
-The model rescales to 0..1 itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
-temperature T = {m.temperature:.4f}. Predictions whose top probability is below
-{m.uncertain_below} are reported as uncertain.
-
-## Architecture and training
-
-- Backbone: `{t["backbone"]}`, {t["parameters"]:,} parameters, initial weights: \
-{t.get("initial_weights", "random (trained from scratch)")}.
-- Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}, BatchNorm \
-momentum {t.get("batchnorm_momentum", 0.99)}.
-- Schedule: {t["schedule"]}.
-- Epochs: {t["epochs_run"]} run of {t["epochs_requested"]} requested; best epoch \
-{t["best_epoch"]}.
-- Class weights: {", ".join(f"{k} {w:.3f}" for k, w in t["class_weights"].items())}.
-- Augmentation: {t["augmentation"]}.
-- Time on the training machine ({t["cpu_count"]} CPU cores, no GPU): loading \
-{t["load_seconds"]} s, training {t["training_seconds"]} s, total {t["total_seconds"]} s.
-- Libraries: {libs}.
-
-{metrics_text}
-## Limitations
-
-{limitation}
-- The data are a small public research subset, not clinical validation data; they do not
-  represent any particular hospital's scanners, stains or patients.
-- This is a demonstration model, not a diagnostic device, and it is not validated for
-  clinical use.
-"""
-
-
 # ---------------------------------------------------------------------------- CLI
 
 
@@ -818,6 +447,13 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--uncertain-below", type=float, default=0.6)
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class per split (smoke)")
     p.add_argument(
+        "--ood-outliers",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other tasks' data folders: outliers the out-of-distribution threshold is judged against",
+    )
+    p.add_argument(
         "--verbose",
         type=int,
         choices=(0, 1, 2),
@@ -850,6 +486,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         uncertain_below=a.uncertain_below,
         limit_per_class=a.limit_per_class,
         verbose=a.verbose,
+        ood_outliers=tuple(a.ood_outliers),
     )
 
 
@@ -860,6 +497,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if config.data is not None:
+        # The out-of-distribution reference, on the same split (ood_fit.py); rewrites the card.
+        from .ood_fit import fit_bundle
+
+        section = fit_bundle(
+            bundle=config.out,
+            data=config.data,
+            outliers=config.ood_outliers,
+            valid_fraction=config.valid_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            fit_limit=6000,
+            outlier_limit=2000,
+            limit_per_class=config.limit_per_class,
+        )
+        me = section["measured"]
+        print(
+            f"out-of-distribution reference: own {_pct(me['own_report_flagged'])} flagged, "
+            f"other tasks {_pct(me['other_report_flagged'])}, synthetic {_pct(me['synthetic_report_flagged'])}"
+        )
     split = manifest.metrics["split"]
     v = manifest.metrics[split]
     print(

@@ -24,12 +24,10 @@ from django.utils import timezone
 from accounts.audit import audit_record
 from accounts.models import CareUnit, User
 from diagnostics.intake import imaging, storage
+from diagnostics.ml.datasets import DATASET_JSON  # the file train_model reads for the stage order
 from diagnostics.models import ReviewDecision, Scan
 
 MANIFEST_NAME = "manifest.json"
-# The file train_model reads for the stage order (diagnostics.ml.train.DATASET_JSON; not
-# imported, since that module imports Keras).
-DATASET_JSON = "dataset.json"
 # Formats `train_model` decodes as they are; anything else (DICOM) is rendered to PNG.
 _KEPT_FORMATS = {Scan.Format.PNG: ".png", Scan.Format.JPEG: ".jpg", Scan.Format.TIFF: ".tif"}
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diagnostics.ml.datasets import DatasetError, resolve_layout
 from diagnostics.ml.evaluate import EvaluationError, collect_folder, evaluate_bundle, evaluation_metrics
 from diagnostics.ml.heatmap import heatmap_png
 from diagnostics.ml.models import build_model
 from diagnostics.ml.runner import InferenceRunner
-from diagnostics.ml.train import DatasetError, TrainConfig, resolve_layout, train_bundle
+from diagnostics.ml.train import TrainConfig, train_bundle
 
 from .conftest import DEMO_BUNDLE, write_class_folder
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from diagnostics.ml.bundle import verify_bundle
+from diagnostics.ml.datasets import DatasetError, resolve_layout
 from diagnostics.ml.runner import InferenceRunner
-from diagnostics.ml.train import DatasetError, TrainConfig, augment_batch, main, resolve_layout, train_bundle
+from diagnostics.ml.train import TrainConfig, augment_batch, main, train_bundle
 
 from .conftest import write_class_folder
 

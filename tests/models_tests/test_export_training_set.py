@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from diagnostics.ml.train import load_split, resolve_layout
+from diagnostics.ml.datasets import load_split, resolve_layout
 from diagnostics.models import ReviewDecision
 from tests.factories import ReviewDecisionFactory, make_prediction
 
