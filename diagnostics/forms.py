@@ -128,9 +128,15 @@ class SignForm(_SignatureForm):
     reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
     field_order = ["outcome", "stage", "reason", "password", "otp_token"]
 
-    def __init__(self, *args: Any, labels: list[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, labels: list[str], suggestion: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _choice_field(self, "stage").choices = [("", "—")] + [(label, label) for label in labels]
+        if not suggestion:
+            # No AI suggestion to confirm (an input outside the model's training data).
+            outcome = _choice_field(self, "outcome")
+            outcome.choices = [(ReviewDecision.Outcome.REJECTED, ReviewDecision.Outcome.REJECTED.label)]
+            outcome.initial = ReviewDecision.Outcome.REJECTED
+            _choice_field(self, "stage").label = "Your stage"
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -255,6 +255,20 @@ class Prediction(models.Model):
         help_text="Top probability below the model's uncertain threshold: the model does not know; "
         "the item is reviewed first.",
     )
+    out_of_distribution = models.BooleanField(
+        default=False,
+        help_text="The input is outside what the model was trained on (too small, nearly blank, or far "
+        "from its training images): the review shows the warning and no suggested stage.",
+    )
+    ood_reasons = models.JSONField(
+        default=list, blank=True, help_text="Why it is out of distribution: codes of diagnostics/ml/ood.py."
+    )
+    ood_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Squared Mahalanobis distance of the penultimate features to the nearest training class "
+        "mean; null when the bundle carries no reference.",
+    )
     heatmap_storage_name = models.CharField(
         max_length=200, blank=True, help_text="Grad-CAM heat map (PNG) in scan storage; blank if none."
     )

@@ -153,6 +153,9 @@ class PredictionFactory(factory.django.DjangoModelFactory):
     model_version = factory.SubFactory(ModelVersionFactory)
     probabilities = (0.3, 0.7)
     heatmap_png: bytes | None = None
+    # Set: the input was outside what the model was trained on (diagnostics/ml/ood.py codes).
+    ood_reasons: tuple[str, ...] = ()
+    ood_score: float | None = None
 
     @classmethod
     def _create(cls, model_class: type[Prediction], *args: Any, **kwargs: Any) -> Prediction:
@@ -160,7 +163,11 @@ class PredictionFactory(factory.django.DjangoModelFactory):
         if job.status != InferenceJob.Status.RUNNING:
             InferenceJob.objects.filter(pk=job.pk).update(status=InferenceJob.Status.RUNNING, attempts=1)
         outcome = JobOutcome(
-            job_id=job.id, probabilities=[float(p) for p in kwargs["probabilities"]], heatmap_png=kwargs["heatmap_png"]
+            job_id=job.id,
+            probabilities=[float(p) for p in kwargs["probabilities"]],
+            heatmap_png=kwargs["heatmap_png"],
+            ood_score=kwargs.get("ood_score"),
+            ood_reasons=tuple(kwargs.get("ood_reasons") or ()),
         )
         stored = predictions_store(model_version=kwargs["model_version"], outcomes=[outcome], inference_ms=1.0)
         assert stored, "the job already had a prediction"
@@ -274,16 +281,25 @@ class ApiTokenFactory(factory.django.DjangoModelFactory):
 # --- shorthands the tests use most ---------------------------------------------------
 
 
-def make_scan(user: User, *, color: tuple[int, int, int] = (200, 80, 120), ref: str = "PSN-1") -> Scan:
-    """A new case of ``user`` with one uploaded image."""
+def make_scan(
+    user: User,
+    *,
+    color: tuple[int, int, int] = (200, 80, 120),
+    ref: str = "PSN-1",
+    data: bytes | None = None,
+    name: str = "a.png",
+) -> Scan:
+    """A new case of ``user`` with one uploaded image (a flat test colour, or ``data``)."""
     case = CaseFactory(created_by=user, patient_ref=ref)
-    return ScanFactory(case=case, name="a.png", data=image_bytes(color=color))
+    return ScanFactory(case=case, name=name, data=data if data is not None else image_bytes(color=color))
 
 
-def make_prediction(user: User, model: ModelVersion, probabilities: list[float], **kwargs: Any) -> Prediction:
+def make_prediction(
+    user: User, model: ModelVersion, probabilities: list[float], *, ood_reasons: tuple[str, ...] = (), **kwargs: Any
+) -> Prediction:
     """A prediction on a new case of ``user``, as the worker would store it."""
     scan = make_scan(user, **kwargs)
-    return PredictionFactory(job=scan.job, model_version=model, probabilities=probabilities)
+    return PredictionFactory(job=scan.job, model_version=model, probabilities=probabilities, ood_reasons=ood_reasons)
 
 
 def store_heatmap(prediction: Prediction, png: bytes) -> None:

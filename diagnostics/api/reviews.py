@@ -39,7 +39,7 @@ class ReviewFilter(django_filters.FilterSet):
 
     def filter_predicted_label(self, queryset: QuerySet[ReviewItem], name: str, value: str) -> QuerySet[ReviewItem]:
         # Never a way to learn an answer that blinded-first hides (see the selector).
-        return queryset.filter(prediction__predicted_label=value, ai_hidden=False)  # type: ignore[misc]  # annotated by the selector
+        return queryset.filter(prediction__predicted_label=value, ai_hidden=False, ai_withheld=False)  # type: ignore[misc]  # annotated by the selector
 
     class Meta:
         model = ReviewItem

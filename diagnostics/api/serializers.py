@@ -20,6 +20,7 @@ from diagnostics.models import (
     SlideUpload,
 )
 from diagnostics.selectors.cases import ScanStatus, current_decision, scan_status
+from diagnostics.selectors.reviews import ood_reason_texts
 
 SCAN_STATUS_CODES = ["queued", "running", "awaiting_review", "signed", "failed"]
 
@@ -218,15 +219,39 @@ class ReviewItemOut(serializers.ModelSerializer):
         help_text="Blinded-first reading: the AI's answer stays hidden (prediction is null) until you record your "
         "own stage (POST blinded-read/).",
     )
+    out_of_distribution = serializers.BooleanField(
+        source="prediction.out_of_distribution",
+        read_only=True,
+        help_text="The input is outside what the model was trained on: the AI gives no suggestion "
+        "(prediction is null); ood_reasons says why.",
+    )
+    ood_reasons = serializers.SerializerMethodField()
     prediction = serializers.SerializerMethodField()
 
     class Meta:
         model = ReviewItem
-        fields = ["id", "status", "created_at", "scan", "case", "patient_ref", "body_site", "ai_hidden", "prediction"]
+        fields = [
+            "id",
+            "status",
+            "created_at",
+            "scan",
+            "case",
+            "patient_ref",
+            "body_site",
+            "ai_hidden",
+            "out_of_distribution",
+            "ood_reasons",
+            "prediction",
+        ]
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_ood_reasons(self, obj: ReviewItem) -> list[str]:
+        """Each reason in words (codes: too_small, nearly_blank, unlike_training_data)."""
+        return ood_reason_texts(obj.prediction)
 
     @extend_schema_field(PredictionOut(allow_null=True))
     def get_prediction(self, obj: ReviewItem) -> dict[str, Any] | None:
-        if obj.ai_hidden:  # type: ignore[attr-defined]  # annotated by the review selectors
+        if obj.ai_hidden or obj.ai_withheld:  # type: ignore[attr-defined]  # annotated by the review selectors
             return None
         return dict(PredictionOut(obj.prediction).data)
 

@@ -76,7 +76,7 @@ class Evidence:
 @dataclass(frozen=True)
 class SignedResult:
     stage: str
-    ai_stage: str
+    ai_stage: str | None  # None: the AI gave no suggestion (input outside its training data)
     labels: Sequence[str]
     probability: float
     model_name: str
@@ -140,7 +140,11 @@ def build_sr(
         algorithm_id=hd.sr.AlgorithmIdentification(name=result.model_name[:64], version=result.model_version[:64]),
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=SIGNED_STAGE, value=stage_code(result.stage, result.labels)),
-            hd.sr.QualitativeEvaluation(name=AI_STAGE, value=stage_code(result.ai_stage, result.labels)),
+            *(
+                [hd.sr.QualitativeEvaluation(name=AI_STAGE, value=stage_code(result.ai_stage, result.labels))]
+                if result.ai_stage is not None
+                else []
+            ),
         ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
@@ -157,6 +161,8 @@ def build_sr(
     comment = f"Signed by {result.signer_name} at {result.signed_at.isoformat()}; meaning: {result.meaning}"
     if result.reason:
         comment += f"; reason: {result.reason}"
+    if result.ai_stage is None:
+        comment += "; the AI gave no suggestion (the image was outside what its model was trained on)"
     report[0].ContentSequence.append(
         hd.sr.TextContentItem(
             name=COMMENT, value=comment[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS

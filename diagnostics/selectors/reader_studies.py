@@ -80,7 +80,8 @@ def _reader_order(study: ReaderStudy, reader: User, scans: list[Scan]) -> list[S
 def reader_study_ai(*, user: User, study: ReaderStudy, scan: Scan) -> AiView | None:
     """What the reader is shown of the AI on this scan: nothing in the unaided arm; in the
     AI-shown arm the prediction as the review screen would show it to this physician
-    (nothing while blinded-first hides it, the heat map only where one is stored)."""
+    (nothing while blinded-first hides it, nothing for an input outside what the model
+    was trained on, the heat map only where one is stored)."""
     if study.arm != ReaderStudy.Arm.AI_SHOWN:
         return None
     try:
@@ -88,7 +89,7 @@ def reader_study_ai(*, user: User, study: ReaderStudy, scan: Scan) -> AiView | N
         item = prediction.review_item
     except (Prediction.DoesNotExist, ReviewItem.DoesNotExist):
         return None
-    if review_item_ai_hidden(user=user, item=item):
+    if review_item_ai_hidden(user=user, item=item) or prediction.out_of_distribution:
         return None
     return AiView(
         stage=prediction.predicted_label,

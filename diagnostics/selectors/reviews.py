@@ -10,8 +10,10 @@ from django.db.models import BooleanField, Case, Exists, Expression, OuterRef, Q
 from accounts.models import User
 from accounts.roles import REVIEW_PERMISSION
 from core.exceptions import NotFound
+from diagnostics.ml.ood import REASON_TEXT
 from diagnostics.models import (
     BlindedRead,
+    Prediction,
     ReviewDecision,
     ReviewerPreference,
     ReviewItem,
@@ -46,12 +48,24 @@ def review_queue(*, user: User) -> QuerySet[ReviewItem]:
 
 def review_items_for_user(*, user: User) -> QuerySet[ReviewItem]:
     """Items of the cases the physician may see: the queue of their care units. Each
-    carries ``ai_hidden`` (see `_ai_hidden`), which every door obeys."""
+    carries ``ai_hidden`` (see `_ai_hidden`) and ``ai_withheld`` (see `_ai_withheld`),
+    which every door obeys."""
     _require_reviewer(user)
     return (
         ReviewItem.objects.filter(case_visible(user=user, case_field="prediction__scan__case_id"))
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
-        .annotate(ai_hidden=_ai_hidden(user))
+        .annotate(ai_hidden=_ai_hidden(user), ai_withheld=_ai_withheld())
+    )
+
+
+def _ai_withheld() -> Expression:
+    """An input outside what the model was trained on (too small, nearly blank, or far
+    from its training images): its stage, probabilities and heat map are no suggestion
+    at all, and stay withheld from everyone; the flag and its reasons are shown."""
+    return Case(
+        When(prediction__out_of_distribution=True, then=Value(True)),
+        default=Value(False),
+        output_field=BooleanField(),
     )
 
 
@@ -68,6 +82,11 @@ def _ai_hidden(user: User) -> Expression:
         default=Value(False),
         output_field=BooleanField(),
     )
+
+
+def ood_reason_texts(prediction: Prediction) -> list[str]:
+    """Why a prediction's input is outside what its model was trained on, in words."""
+    return [REASON_TEXT.get(code, code) for code in prediction.ood_reasons or []]
 
 
 def review_item_get(*, user: User, item_uuid: UUID) -> ReviewItem:
@@ -94,6 +113,8 @@ def heatmap_get(*, user: User, item_uuid: UUID) -> str:
     item = review_item_get(user=user, item_uuid=item_uuid)
     if item.ai_hidden:  # type: ignore[attr-defined]  # annotated by review_items_for_user
         raise PermissionDenied("record your own stage first; the heat map is shown after that")
+    if item.ai_withheld:  # type: ignore[attr-defined]  # annotated by review_items_for_user
+        raise NotFound("this input is outside what the model was trained on: it has no heat map to show")
     name = item.prediction.heatmap_storage_name
     if not name:
         raise NotFound("this prediction has no heat map")
@@ -104,7 +125,7 @@ def review_queue_filtered(*, user: User, filters: WorklistFilter) -> QuerySet[Re
     items = review_queue(user=user)
     if filters.stage:
         # The model's stage: never a way to learn an answer that blinded-first hides.
-        items = items.filter(prediction__predicted_label=filters.stage, ai_hidden=False)  # type: ignore[misc]  # annotated above
+        items = items.filter(prediction__predicted_label=filters.stage, ai_hidden=False, ai_withheld=False)  # type: ignore[misc]  # annotated above
     return worklist_filtered(items, filters, case="prediction__scan__case")
 
 

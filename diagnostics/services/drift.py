@@ -1,5 +1,6 @@
 """Drift monitoring of each active model version, run by a periodic task (never per
-request): the inputs (image size, colour histograms), the predicted-stage mix and the
+request): the inputs (image size, colour histograms, the distances of the network's
+penultimate features to its training classes), the predicted-stage mix and the
 confidences of its recent predictions against a reference, and its agreement with the
 physicians' signed stages over the same window. A measure past its threshold notifies
 every admin (in the app and by e-mail), shows on the dashboard and in /metrics.
@@ -55,6 +56,9 @@ def _stats(predictions: list[Prediction], labels: list[str]) -> dict[str, Any]:
         "size": D.size_histogram([(p.scan.width, p.scan.height) for p in predictions]),
         "stages": D.proportions(stages),
         "confidences": [float(p.confidence) for p in predictions],
+        # The penultimate features' distances to the training classes (diagnostics/ml/ood.py),
+        # where the bundle carries a feature reference.
+        "feature_scores": [float(p.ood_score) for p in predictions if p.ood_score is not None],
     }
 
 
@@ -118,6 +122,12 @@ def drift_check(*, model_version: ModelVersion) -> DriftCheck | None:
     size = D.psi(ref["size"], cur["size"]) if ref.get("size") else None
     stages = D.psi(ref["stages"], cur["stages"])
     ks, ks_p = D.ks_p_value(ref["confidences"], cur["confidences"])
+    # The network's penultimate features: their distances to the training classes, now
+    # against the reference's (the bundle's held-out images, or the first predictions).
+    ref_features, cur_features = ref.get("feature_scores") or [], cur["feature_scores"]
+    features_ks, features_p = (None, None)
+    if len(ref_features) >= settings.DRIFT_MIN_WINDOW and len(cur_features) >= settings.DRIFT_MIN_WINDOW:
+        features_ks, features_p = D.ks_p_value(ref_features, cur_features)
     n_signed, agreement = _agreement(window)
     enough_signed = n_signed >= settings.DRIFT_MIN_SIGNED and agreement is not None
     measures = {
@@ -134,6 +144,14 @@ def drift_check(*, model_version: ModelVersion) -> DriftCheck | None:
             stages, psi_limit, stages > psi_limit, window=dict(zip(labels, cur["stages"], strict=True))
         ),
         "confidence_ks_p": _measure(ks_p, settings.DRIFT_KS_P, ks_p < settings.DRIFT_KS_P, statistic=ks),
+        "feature_distance_ks_p": _measure(
+            features_p,
+            settings.DRIFT_KS_P,
+            features_p is not None and features_p < settings.DRIFT_KS_P,
+            statistic=features_ks,
+            reference_median=float(np.median(ref_features)) if ref_features else None,
+            window_median=float(np.median(cur_features)) if cur_features else None,
+        ),
         "agreement": _measure(
             agreement,
             settings.DRIFT_MIN_AGREEMENT,

@@ -562,7 +562,7 @@ def signed_result(decision: ReviewDecision) -> results.SignedResult:
 
     return results.SignedResult(
         stage=decision.stage,
-        ai_stage=prediction.predicted_label,
+        ai_stage=None if prediction.out_of_distribution else prediction.predicted_label,
         labels=list(prediction.labels),
         probability=float(prediction.confidence),
         model_name=model.name,
@@ -602,7 +602,8 @@ def _result_objects(exchange: Exchange) -> list[Any]:
     )
     objects = [sr]
     prediction = decision.review_item.prediction
-    if prediction.heatmap_storage_name:
+    # A flagged input's heat map is withheld everywhere, the PACS included.
+    if prediction.heatmap_storage_name and not prediction.out_of_distribution:
         png = storage.read_bytes(prediction.heatmap_storage_name)
         with Image.open(io.BytesIO(png)) as img:
             rgb = np.asarray(img.convert("RGB"))

@@ -219,6 +219,10 @@ class JobOutcome:
     job_id: int
     probabilities: list[float]
     heatmap_png: bytes | None = None
+    # Outside what the model was trained on (diagnostics/ml/ood.py): the feature
+    # distance (None without a reference in the bundle) and the reasons (empty: inside).
+    ood_score: float | None = None
+    ood_reasons: tuple[str, ...] = ()
 
 
 @dataclass
@@ -294,12 +298,16 @@ def _store(batch: _Batch, out: Any, network_s: float) -> None:
     started = time.perf_counter()
     ready = batch.ready
     try:
+        import numpy as np
+
         from diagnostics.ml.heatmap import heatmap_png
 
         # 64 px is plenty for a map of a 6x6..7x7 feature grid (the browser scales it
         # smoothly); a palette PNG costs a fraction of a millisecond (bench/).
         size = min(batch.runner.input_size, HEATMAP_PX)
         heatmaps = [heatmap_png(cam, size=size) for cam in out.heatmaps]
+        arrays = np.stack([array for _, array in ready])
+        ood = batch.runner.ood_reasons(out, arrays, [(job.scan.width, job.scan.height) for job, _ in ready])
     except Exception as exc:
         for job, _ in ready:
             job_fail(job, exc)
@@ -310,8 +318,14 @@ def _store(batch: _Batch, out: Any, network_s: float) -> None:
         predictions_store(
             model_version=batch.model_version,
             outcomes=[
-                JobOutcome(job_id=job.id, probabilities=[float(p) for p in row], heatmap_png=png)
-                for (job, _), row, png in zip(ready, out.probabilities, heatmaps, strict=True)
+                JobOutcome(
+                    job_id=job.id,
+                    probabilities=[float(p) for p in row],
+                    heatmap_png=png,
+                    ood_score=o["score"],
+                    ood_reasons=tuple(o["reasons"]),
+                )
+                for (job, _), row, png, o in zip(ready, out.probabilities, heatmaps, ood, strict=True)
             ],
             inference_ms=per_image_ms,
             jobs=[job for job, _ in ready],
@@ -437,6 +451,9 @@ def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: J
         stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
         confidence=probabilities[index],
         uncertain=probabilities[index] < model_version.uncertain_below,
+        out_of_distribution=bool(outcome.ood_reasons),
+        ood_reasons=list(outcome.ood_reasons),
+        ood_score=outcome.ood_score,
         heatmap_storage_name=heatmap_name,
         input_sha256=job.scan.sha256,
         inference_ms=ms,
@@ -527,6 +544,7 @@ def predictions_store(
                             "model": str(model_version),
                             "predicted": prediction.predicted_label,
                             "uncertain": prediction.uncertain,
+                            "out_of_distribution": prediction.out_of_distribution,
                             "scan": str(prediction.scan.uuid),
                         },
                     )

@@ -93,7 +93,11 @@ def model_register(
                     model_version=model_version,
                     source=DriftReference.Source.BUNDLE,
                     n=len(manifest.drift_reference.get("confidences") or []),
-                    stats=manifest.drift_reference,
+                    # The feature distances of the bundle's held-out images, when it has them.
+                    stats={
+                        **manifest.drift_reference,
+                        "feature_scores": list(manifest.ood.get("reference_scores") or []),
+                    },
                 )
             audit_record(
                 actor=acting_user,

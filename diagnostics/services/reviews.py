@@ -160,6 +160,12 @@ def review_sign(
             "blinded_read_required",
             "record your own stage first; the AI's answer is shown and signing opens after that",
         )
+    if outcome == ReviewDecision.Outcome.CONFIRMED and review_item.prediction.out_of_distribution:
+        raise ReviewRuleError(
+            "no_suggestion_to_confirm",
+            "this image is outside what the model was trained on, so there is no suggested stage to confirm; "
+            "reject it and record your own stage and reason",
+        )
     if _signing_failures(user=acting_user, signing_session=signing_session, api_token=api_token) >= (
         settings.SIGNING_MAX_FAILURES
     ):

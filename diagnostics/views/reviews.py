@@ -42,6 +42,7 @@ from diagnostics.selectors.reviews import (
     blinded_read_get,
     decisions_with_signatures,
     heatmap_get,
+    ood_reason_texts,
     review_item_decisions,
     review_item_get,
     review_queue,
@@ -112,7 +113,12 @@ def review_detail(request: AuthedHttpRequest, item_uuid: UUID) -> HttpResponse:
     decisions = review_item_decisions(item=item)
     current = decisions[-1] if decisions else None
     otp_required = second_factor_required(user=request.user, signing_session=request.session)
-    sign_form = SignForm(request.POST or None, labels=labels, otp_required=otp_required) if current is None else None
+    withheld = bool(item.ai_withheld)  # type: ignore[attr-defined]  # annotated by the selector
+    sign_form = (
+        SignForm(request.POST or None, labels=labels, otp_required=otp_required, suggestion=not withheld)
+        if current is None
+        else None
+    )
     correct_form = (
         CorrectionForm(request.POST or None, labels=labels, otp_required=otp_required) if current is not None else None
     )
@@ -191,13 +197,16 @@ def _review_viewer_context(
 ) -> dict[str, Any]:
     previous_item, next_item = review_queue_neighbours(user=request.user, item=item)
     prediction = item.prediction
+    withheld = bool(getattr(item, "ai_withheld", False))
     return {
         "blinded": blinded,
+        "withheld": withheld,
+        "ood_reasons": ood_reason_texts(prediction),
         "blinded_read": blinded_read,
         "blinded_form": BlindedReadForm(labels=labels) if blinded else None,
         "previous_item": previous_item,
         "next_item": next_item,
-        "heatmap_url": None if blinded else _heatmap_url(prediction),
+        "heatmap_url": None if blinded or withheld else _heatmap_url(prediction),
         "heat_legend": heat_legend_uri(),
         "case_image_count": prediction.scan.case.scans.count(),
         "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],

@@ -71,7 +71,8 @@ def _wait(what, done, seconds=120):  # type: ignore[no-untyped-def]
 def _sign_all(truth, signer):  # type: ignore[no-untyped-def]
     for prediction in Prediction.objects.filter(scan__uuid__in=truth, review_item__status="pending"):
         stage = truth[str(prediction.scan.uuid)]
-        confirmed = stage == prediction.predicted_label
+        # A flagged input (outside the training data) has no suggestion to confirm.
+        confirmed = stage == prediction.predicted_label and not prediction.out_of_distribution
         ReviewDecisionFactory(
             review_item=prediction.review_item,
             outcome="confirmed" if confirmed else "rejected",

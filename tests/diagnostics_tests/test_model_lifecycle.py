@@ -198,9 +198,12 @@ def test_uncertain_items_come_first_in_the_queue_and_are_marked(tmp_path, clinic
 
 def test_worker_stores_a_heat_map_served_only_to_reviewers(clinician, other_clinician, physician, outsider):
     model_register(acting_user=None, bundle_dir=DEMO, activate=True)
-    scan = make_scan(clinician)
+    # A real lymph-node patch: a flat test colour is outside the model's training data,
+    # and a flagged input's heat map is withheld (test_out_of_distribution.py).
+    scan = make_scan(clinician, data=sample_bytes("pcam-metastasis-1.jpg"), name="patch.jpg")
     job_run(job_id=scan.job.id)
     pred = Prediction.objects.get(scan=scan)
+    assert not pred.out_of_distribution
     assert pred.heatmap_storage_name
     png = storage.read_bytes(pred.heatmap_storage_name)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

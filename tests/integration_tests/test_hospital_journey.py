@@ -122,18 +122,21 @@ def test_studies_in_by_three_doors_and_the_signed_result_back_in_orthanc(
                 return item
         raise AssertionError("no review item for the study")
 
-    # Signed while the PACS is up: the worker stores the SR and the heat map.
+    # A CT sent to the lymph-node task is outside what its model was trained on: flagged,
+    # no suggestion, so the physician signs an own read (test_results.py sends a heat map).
     item = item_of(pulled_uid)
+    assert item.prediction.out_of_distribution
+    # Signed while the PACS is up: the worker stores the SR (no heat map for a flagged input).
     decision = review_sign(
-        acting_user=physician, review_item=item, outcome="confirmed", stage="", reason="",
-        password=PASSWORD, signing_session=None,
+        acting_user=physician, review_item=item, outcome="rejected", stage="no-metastasis",
+        reason="not a lymph-node section", password=PASSWORD, signing_session=None,
     )  # fmt: skip
     exchange = Exchange.objects.get(direction="outbound", decision=decision)
     _wait(lambda: Exchange.objects.get(pk=exchange.pk).state == "sent", "the SR to be sent", celery_worker_process)
 
     dicomweb = DICOMwebClient(url=pacs.dicomweb_url)
     modalities = sorted(r["00080060"]["Value"][0] for r in dicomweb.search_for_series(pulled_uid))
-    assert modalities == ["CT", "OT", "SR"]  # the original image, the heat map, the report
+    assert modalities == ["CT", "SR"]  # the original image and the report
     (row,) = dicomweb.search_for_instances(pulled_uid, search_filters={"Modality": "SR"})
     sr = hd.sr.ComprehensiveSR.from_dataset(
         dicomweb.retrieve_instance(pulled_uid, row["0020000E"]["Value"][0], row["00080018"]["Value"][0])
@@ -144,7 +147,8 @@ def test_studies_in_by_three_doors_and_the_signed_result_back_in_orthanc(
         for e in group.ContentSequence
         if e.ValueType == "CODE"
     }
-    assert stages["Physician-signed stage"] == decision.stage == item.prediction.predicted_label
+    assert stages["Physician-signed stage"] == decision.stage == "no-metastasis"
+    assert "AI-suggested stage" not in stages  # the AI gave none
     assert sr.VerifyingObserverSequence[0].VerifyingObserverName == "Physician^Peter"
     original = pydicom.dcmread(io.BytesIO(pulled[0]))
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -155,8 +159,8 @@ def test_studies_in_by_three_doors_and_the_signed_result_back_in_orthanc(
     pacs.stop()
     stowed_item = item_of(stow_uid)
     late = review_sign(
-        acting_user=physician, review_item=stowed_item, outcome="confirmed", stage="", reason="",
-        password=PASSWORD, signing_session=None,
+        acting_user=physician, review_item=stowed_item, outcome="rejected", stage="no-metastasis",
+        reason="not a lymph-node section", password=PASSWORD, signing_session=None,
     )  # fmt: skip
     waiting = Exchange.objects.get(direction="outbound", decision=late)
     _wait(lambda: Exchange.objects.get(pk=waiting.pk).state == "retrying", "a failed attempt", celery_worker_process)

@@ -23,7 +23,9 @@ def make_candidate_bundle(out: Path, *, bias_shift: float = 1.5, kernel_noise: f
     """``bias_shift`` moves every answer towards "metastasis" (same ranking of cases);
     ``kernel_noise`` (relative to the kernel's spread) also reorders them."""
     out.mkdir(parents=True)
-    for name in ("manifest.json", "MODEL_CARD.md"):
+    # The features are the active version's (only the last layer changes): its
+    # out-of-distribution reference holds for the candidate too.
+    for name in ("manifest.json", "MODEL_CARD.md", "ood_reference.npz"):
         shutil.copy(REPO_DEMO / name, out / name)
     with zipfile.ZipFile(REPO_DEMO / "model.keras") as src, zipfile.ZipFile(out / "model.keras", "w") as dst:
         for info in src.infolist():

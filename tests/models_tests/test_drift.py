@@ -134,9 +134,57 @@ def test_a_bundle_that_carries_a_reference_is_checked_against_it(  # type: ignor
     model = model_register(acting_user=None, bundle_dir="with-reference", activate=True)
     reference = DriftReference.objects.get(model_version=model)
     assert reference.source == "bundle" and reference.n == 20
+    # The features' reference: the distances of the bundle's held-out images (its ood section).
+    assert reference.stats["feature_scores"] == manifest["ood"]["reference_scores"]
+    assert len(reference.stats["feature_scores"]) >= django_settings.DRIFT_MIN_WINDOW
 
     _stream(clinician, model, BLUE_SHIFT, 10, seed=4)
     check_drift_task()
     check = DriftCheck.objects.get(model_version=model)
     assert check.measures["colour_psi"]["alarm"]
     assert check.measures["image_size_psi"]["value"] is None  # a bundle's reference has no sizes
+
+
+def _patch_stream(clinician, files, seed, shift=None):  # type: ignore[no-untyped-def]
+    """Real PCam patches through the real worker path (the network's features and their
+    distances to the training classes stored with each prediction); ``shift`` changes
+    their colour balance first."""
+    from diagnostics.services.jobs import job_run
+
+    case = CaseFactory(created_by=clinician, patient_ref=f"PSN-FEAT-{seed}")
+    for i, path in enumerate(files):
+        arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        if shift is not None:
+            arr = np.clip(arr * np.array(shift, dtype=np.float32), 0, 255)
+        out = io.BytesIO()
+        Image.fromarray(arr.astype(np.uint8)).save(out, format="PNG")
+        scan = ScanFactory(case=case, name=f"f{seed}-{i}.png", data=out.getvalue())
+        job_run(job_id=scan.job.id)
+
+
+def test_the_penultimate_features_drift_when_the_colour_balance_changes(  # type: ignore[no-untyped-def]
+    small_windows, clinician, active_model
+):
+    from tests.ml_tests.conftest import PCAM
+
+    files = (
+        sorted((PCAM / "valid" / "metastasis").iterdir())[:18]
+        + sorted((PCAM / "valid" / "no-metastasis").iterdir())[:18]
+    )
+    rng = np.random.default_rng(5)
+    files = [files[i] for i in rng.permutation(len(files))]
+    _patch_stream(clinician, files[:12], seed=1)
+    assert check_drift_task() == 0
+    assert len(DriftReference.objects.get().stats["feature_scores"]) == 12
+
+    _patch_stream(clinician, files[12:24], seed=2)
+    check_drift_task()
+    calm = DriftCheck.objects.get().measures["feature_distance_ks_p"]
+    assert calm["value"] is not None and not calm["alarm"], calm
+
+    _patch_stream(clinician, files[24:36], seed=3, shift=(0.6, 0.95, 1.4))  # a bluer stain or scanner
+    check_drift_task()
+    drifted = DriftCheck.objects.first().measures["feature_distance_ks_p"]  # type: ignore[union-attr]
+    assert drifted["alarm"], drifted
+    assert drifted["detail"]["window_median"] > drifted["detail"]["reference_median"]
+    print(f"FEATURE DRIFT like the reference: {calm}; colour-shifted: {drifted}")
