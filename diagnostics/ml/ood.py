@@ -60,7 +60,7 @@ class FeatureReference:
         if f.ndim != 2 or f.shape[1] != self.class_means.shape[1]:
             raise OodError(f"expected features of shape (N, {self.class_means.shape[1]}), got {f.shape}")
         diffs = f[:, None, :] - self.class_means[None, :, :]  # (N, K, C)
-        d2 = np.einsum("nkc,cd,nkd->nk", diffs, self.precision, diffs)
+        d2 = ((diffs @ self.precision) * diffs).sum(axis=-1)  # a BLAS product, not an einsum loop
         return np.asarray(d2.min(axis=1))
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -133,16 +133,19 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     """(N, 9) colour and texture statistics of (N, S, S, 3) uint8 images: each channel's
     mean and standard deviation, the mean and spread of the chroma (max - min channel:
     0 for a grey ultrasound, high for H&E stain) and the mean grey-level gradient."""
-    x = np.asarray(images, dtype=np.float32) / 255.0
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise OodError(f"expected images of shape (N, S, S, 3), got {x.shape}")
-    chroma = x.max(axis=-1) - x.min(axis=-1)
-    grey = x.mean(axis=-1)
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise OodError(f"expected images of shape (N, S, S, 3), got {arr.shape}")
+    # Channel planes, not reductions over the 3-long last axis (several times slower).
+    r, g, b = (arr[..., c].astype(np.float32) * np.float32(1 / 255) for c in range(3))
+    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    grey = (r + g + b) * np.float32(1 / 3)
     gradient = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
+    planes = (r, g, b)
     return np.concatenate(
         [
-            x.mean(axis=(1, 2)),
-            x.std(axis=(1, 2)),
+            np.stack([p.mean(axis=(1, 2)) for p in planes], axis=1),
+            np.stack([p.std(axis=(1, 2)) for p in planes], axis=1),
             chroma.mean(axis=(1, 2))[:, None],
             chroma.std(axis=(1, 2))[:, None],
             gradient[:, None],
@@ -153,8 +156,8 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
 
 def grey_std(image: np.ndarray) -> float:
     """Standard deviation of the grey levels of an (H, W, 3) uint8 image."""
-    arr = np.asarray(image, dtype=np.float32)
-    return float(arr.mean(axis=-1).std())
+    arr = np.asarray(image)
+    return float(((arr[..., 0].astype(np.float32) + arr[..., 1] + arr[..., 2]) / 3).std())
 
 
 def reasons(
