@@ -5,6 +5,7 @@ a job runs through: shared by the image batches (services/jobs.py) and whole sli
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from cancerweb.celery import app as celery_app
 from diagnostics.intake import storage
-from diagnostics.models import Case, InferenceJob, ModelVersion
+from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction
 from diagnostics.services.worklists import worklists_changed
 
 logger = logging.getLogger(__name__)
@@ -90,3 +91,30 @@ def active_model_for_task(task: str) -> ModelVersion:
     if len(models) > 1:
         raise JobError("the case has no task and several models are active")
     return models[0]
+
+
+def prediction_new(
+    *, job: InferenceJob, model_version: ModelVersion, probabilities: list[float], inference_ms: float, **fields: Any
+) -> Prediction:
+    """An unsaved prediction of ``job`` by ``model_version`` (images and slides alike):
+    the top stage, its rank, confidence and the uncertain flag from the probabilities,
+    which must be one per label; ``fields`` are the rest (heat map, slide map, ...)."""
+    labels = list(model_version.labels)
+    if len(probabilities) != len(labels):
+        raise JobError(f"model returned {len(probabilities)} probabilities for {len(labels)} labels")
+    index = max(range(len(labels)), key=lambda i: probabilities[i])
+    return Prediction(
+        job=job,
+        scan=job.scan,
+        model_version=model_version,
+        labels=labels,
+        probabilities=probabilities,
+        predicted_label=labels[index],
+        predicted_index=index,
+        stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
+        confidence=probabilities[index],
+        uncertain=probabilities[index] < model_version.uncertain_below,
+        input_sha256=job.scan.sha256,
+        inference_ms=inference_ms,
+        **fields,
+    )

@@ -36,7 +36,14 @@ from diagnostics.models import (
     WorkerHeartbeat,
 )
 from diagnostics.selectors.cases import cases_for_user
-from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, job_send
+from diagnostics.services.job_queue import (
+    JobError,
+    active_model_for_task,
+    job_enqueue,
+    job_fail,
+    job_send,
+    prediction_new,
+)
 from diagnostics.services.shadow import shadow_after_batch
 from diagnostics.services.slides import slide_job_process
 from diagnostics.services.worklists import worklists_changed
@@ -430,33 +437,20 @@ def jobs_process(*, job_ids: list[int]) -> None:
 
 
 def _build_prediction(job: InferenceJob, model_version: ModelVersion, outcome: JobOutcome, ms: float) -> Prediction:
-    labels = list(model_version.labels)
-    probabilities = outcome.probabilities
-    if len(probabilities) != len(labels):
-        raise JobError(f"model returned {len(probabilities)} probabilities for {len(labels)} labels")
-    index = max(range(len(labels)), key=lambda i: probabilities[i])
     heatmap_name = ""
     if outcome.heatmap_png is not None:
         heatmap_name, _ = storage.store_bytes(
             data=outcome.heatmap_png, sha256=storage.sha256_bytes(outcome.heatmap_png)
         )
-    return Prediction(
+    return prediction_new(
         job=job,
-        scan=job.scan,
         model_version=model_version,
-        labels=labels,
-        probabilities=probabilities,
-        predicted_label=labels[index],
-        predicted_index=index,
-        stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
-        confidence=probabilities[index],
-        uncertain=probabilities[index] < model_version.uncertain_below,
+        probabilities=outcome.probabilities,
+        inference_ms=ms,
         out_of_distribution=bool(outcome.ood_reasons),
         ood_reasons=list(outcome.ood_reasons),
         ood_score=outcome.ood_score,
         heatmap_storage_name=heatmap_name,
-        input_sha256=job.scan.sha256,
-        inference_ms=ms,
     )
 
 

@@ -42,7 +42,7 @@ from diagnostics.intake.slides import (
     resolution,
 )
 from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction, ReviewItem, Scan, SlideUpload
-from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail
+from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, prediction_new
 
 logger = logging.getLogger(__name__)
 
@@ -553,9 +553,7 @@ def slide_prediction_store(
 
     overlay = _overlay_png(analysis)
     tile_map = json.dumps(analysis.tile_map(), separators=(",", ":")).encode()
-    labels = list(model_version.labels)
     probabilities = [float(p) for p in analysis.slide_probabilities]
-    index = max(range(len(labels)), key=lambda i: probabilities[i])
     try:
         with transaction.atomic():
             job = (
@@ -569,23 +567,15 @@ def slide_prediction_store(
             # Content-addressed: a second delivery that got this far stores the same objects.
             overlay_name, _ = storage.store_bytes(data=overlay, sha256=storage.sha256_bytes(overlay))
             map_name, _ = storage.store_bytes(data=tile_map, sha256=storage.sha256_bytes(tile_map))
-            prediction = Prediction(
+            prediction = prediction_new(
                 job=job,
-                scan=job.scan,
                 model_version=model_version,
-                labels=labels,
                 probabilities=probabilities,
-                predicted_label=labels[index],
-                predicted_index=index,
-                stage_rank=index / (len(labels) - 1) if len(labels) > 1 else 0.0,
-                confidence=probabilities[index],
-                uncertain=probabilities[index] < model_version.uncertain_below,
+                inference_ms=inference_ms,
                 heatmap_storage_name=overlay_name,
                 slide_map_storage_name=map_name,
                 regions=[r.to_dict() for r in analysis.regions],
                 slide_summary=analysis.summary(),
-                input_sha256=job.scan.sha256,
-                inference_ms=inference_ms,
             )
             prediction.full_clean(exclude=["job", "scan", "model_version"], validate_unique=False)
             prediction.save()

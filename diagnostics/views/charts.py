@@ -33,47 +33,15 @@ def _cell_colour(fraction: float) -> tuple[str, str]:
 
 
 def confusion_svg(agreement: ModelAgreement) -> SafeString:
-    labels = agreement.labels
-    k = len(labels)
-    cell, left, top = 96, 150, 40
-    width, height = left + k * cell + 10, top + k * cell + 40
-    peak = max((max(row) for row in agreement.confusion), default=0) or 1
-    title = escape(f"Confusion matrix of {agreement.model_version}: physician's stage (rows) by model (columns)")
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart confusion" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'aria-labelledby="cm-{agreement.model_version.uuid}">',
-        f'<title id="cm-{agreement.model_version.uuid}">{title}</title>',
-        f'<text x="{left + k * cell / 2}" y="14" text-anchor="middle" font-size="12" '
-        f'fill="#111827">Model predicted</text>',
-    ]
-    for j, label in enumerate(labels):
-        parts.append(
-            f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" text-anchor="middle" font-size="11" '
-            f'fill="#111827">{escape(label[:16])}</text>'
-        )
-    for i, row in enumerate(agreement.confusion):
-        y = top + i * cell
-        parts.append(
-            f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end" font-size="11" '
-            f'fill="#111827">{escape(labels[i][:20])}</text>'
-        )
-        for j, count in enumerate(row):
-            fill, ink = _cell_colour(count / peak)
-            x = left + j * cell
-            parts.append(
-                f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#6b7280" '
-                f'data-row="{i}" data-col="{j}" data-count="{count}"/>'
-                f'<text x="{x + cell / 2}" y="{y + cell / 2 + 5}" text-anchor="middle" font-size="19" '
-                f'font-weight="700" '
-                f'fill="{ink}">{count}</text>'
-            )
-    parts.append(
-        f'<text x="12" y="{top + k * cell / 2}" font-size="12" fill="#111827" '
-        f'transform="rotate(-90 12 {top + k * cell / 2})" text-anchor="middle">Physician signed</text>'
+    return matrix_svg(
+        ident=f"cm-{agreement.model_version.uuid}",
+        title=f"Confusion matrix of {agreement.model_version}: physician's stage (rows) by model (columns)",
+        labels=agreement.labels,
+        matrix=agreement.confusion,
+        rows="Physician signed",
+        columns="Model predicted",
+        cell=96,
     )
-    parts.append("</svg>")
-    return mark_safe("".join(parts))  # noqa: S308 - every label is escaped above
 
 
 def trend_svg(agreement: ModelAgreement) -> SafeString:
@@ -115,14 +83,23 @@ def trend_svg(agreement: ModelAgreement) -> SafeString:
 
 
 def matrix_svg(
-    *, ident: str, title: str, labels: list[str], matrix: list[list[int]], rows: str, columns: str
+    *,
+    ident: str,
+    title: str,
+    labels: list[str],
+    matrix: list[list[int]],
+    rows: str,
+    columns: str,
+    cell: int = 64,
 ) -> SafeString:
-    """A k × k count matrix (a reader study's confusion of two raters) drawn like the
-    dashboard's: rows are ``rows``' stages, columns ``columns``'."""
+    """A k × k count matrix, rows ``rows``' stages and columns ``columns``' (the dashboard's
+    physician-by-model confusion, a reader study's two raters), each cell shaded by its
+    count with text that keeps its contrast. ``cell``: the side of a cell in pixels."""
     k = len(labels)
-    cell, left, top = 64, 130, 40
-    width, height = left + k * cell + 10, top + k * cell + 20
+    left, top = cell + 60, 40
+    width, height = left + k * cell + 10, top + k * cell + 30
     peak = max((max(row) for row in matrix), default=0) or 1
+    col_chars, row_chars = cell // 6, cell // 4
     ident = escape(ident)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart confusion" '
@@ -134,13 +111,13 @@ def matrix_svg(
     for j, label in enumerate(labels):
         parts.append(
             f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" text-anchor="middle" font-size="11" '
-            f'fill="#111827">{escape(label[:10])}</text>'
+            f'fill="#111827">{escape(label[:col_chars])}</text>'
         )
     for i, row in enumerate(matrix):
         y = top + i * cell
         parts.append(
             f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end" font-size="11" '
-            f'fill="#111827">{escape(labels[i][:16])}</text>'
+            f'fill="#111827">{escape(labels[i][:row_chars])}</text>'
         )
         for j, count in enumerate(row):
             fill, ink = _cell_colour(count / peak)
