@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .augment import TTA_MODES
+from .calibration import CalibrationError
+from .calibration import validate as validate_calibration
 from .preprocess import PREPROCESSING_ID
 
 MANIFEST_NAME = "manifest.json"
@@ -54,6 +57,11 @@ class Manifest:
     # the threshold, the image checks' limits and the measured flag rates. Empty: the
     # bundle cannot tell an input unlike its training data, and no input is flagged.
     ood: dict[str, Any] = field(default_factory=dict)
+    # Test-time averaging of the logits over views (augment.py TTA_MODES): part of the
+    # model, so every inference and evaluation path applies it.
+    tta: str = "none"
+    # How logits become probabilities (calibration.py): {} means softmax(z / temperature).
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +167,17 @@ def manifest_from_dict(raw: Any) -> Manifest:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise BundleError(f"manifest 'ood.{key}' must be a finite number of at least 0")
 
+    tta = raw.get("tta") or "none"
+    if tta not in TTA_MODES:
+        raise BundleError(f"manifest 'tta' is '{tta}', which this version cannot apply (known: {', '.join(TTA_MODES)})")
+    try:
+        calibration = validate_calibration(raw.get("calibration"), len(labels))
+    except CalibrationError as exc:
+        raise BundleError(str(exc)) from exc
+
     return Manifest(
+        tta=tta,
+        calibration=calibration,
         ood=ood_section,
         mpp=mpp,
         slide_method=slide_method,

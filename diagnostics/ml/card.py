@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bundle import Manifest
+from .calibration import describe as describe_calibration
 
 MODEL_CARD = "MODEL_CARD.md"
 
@@ -49,6 +50,59 @@ Confusion matrix (rows: true label, columns: predicted label):
 """
 
 
+def _ci(v: dict[str, Any], key: str) -> str:
+    ci = (v.get("ci95") or {}).get(key)
+    return f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci else ""
+
+
+def _report_section(m: Manifest) -> str:
+    """The report split's figures with their 95 % intervals and the reliability diagram."""
+    v = m.metrics["report"]
+    roles = m.metrics["roles"]
+    labels = m.labels
+    auc_kind = "macro one-vs-rest" if len(labels) > 2 else "binary"
+    table = _metrics_section("Per class and confusion matrix (report split)", v, labels).split("\n| label |", 1)[1]
+    bars = "\n".join(
+        f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['n']} | {b['confidence']:.3f} | {b['accuracy']:.3f} | "
+        + "#" * round(20 * b["accuracy"])
+        + " |"
+        for b in v["reliability"]
+    )
+    tta_line = f"Test-time averaging over the views `{m.tta}` is part of the model and of these figures." * (
+        m.tta != "none"
+    )
+    return f"""## Measured performance: report split (n = {v["n"]})
+
+Every figure in this section comes from the **report split: {roles["report"]}**, which
+took no part in training, epoch choice or calibration. Roles of the data:
+
+- fit (the network learnt from it): {roles["fit"]};
+- select (chose the best epoch and fitted the calibration): {roles["select"]};
+- report (the figures below): {roles["report"]}.
+
+Intervals in brackets: 95 % {v.get("ci95_method", "bootstrap")}.
+{tta_line}
+
+| metric | value (95 % interval) |
+|---|---|
+| accuracy | {_fmt(v["accuracy"])}{_ci(v, "accuracy")} |
+| balanced accuracy | {_fmt(v["balanced_accuracy"])}{_ci(v, "balanced_accuracy")} |
+| ROC AUC ({auc_kind}) | {_fmt(v["roc_auc"])}{_ci(v, "roc_auc")} |
+| ECE (15 bins), calibrated | {_fmt(v["ece_after_temperature"])}{_ci(v, "ece")} |
+| ECE (15 bins), uncalibrated softmax | {_fmt(v["ece_before_temperature"])} |
+| NLL, calibrated / uncalibrated | {_fmt(v["nll_after_temperature"])} / {_fmt(v["nll_before_temperature"])} |
+
+| label |{table}
+Reliability diagram (report split, calibrated top-class probability in 10 bins; a
+calibrated model has accuracy close to confidence in every bin):
+
+| confidence bin | images | mean confidence | accuracy | accuracy bar |
+|---|---|---|---|---|
+{bars}
+
+"""
+
+
 def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f} %"
 
@@ -89,7 +143,7 @@ def render_model_card(m: Manifest) -> str:
     d = m.data_summary
     labels = m.labels
     has_test = "test" in m.metrics
-    splits = ["train", "valid"] + (["test"] if has_test else [])
+    splits = ["train", "valid"] + (["test"] if "test" in d["splits"] else [])
     split_head = "| label | " + " | ".join(splits) + " |"
     split_sep = "|---" * (len(splits) + 1) + "|"
     split_rows = "\n".join(
@@ -98,7 +152,19 @@ def render_model_card(m: Manifest) -> str:
     unreadable = ", ".join(f"{s} {d['unreadable_skipped'].get(s, 0)}" for s in splits)
     libs = ", ".join(f"{k} {val}" for k, val in m.library_versions.items())
     sections = []
-    if has_test:
+    if "report" in m.metrics:
+        sel = m.metrics["select"]
+        sections.append(_report_section(m))
+        sections.append(
+            f"Selection split ({m.metrics['roles']['select']}, chose the epoch and fitted the calibration, "
+            f"so optimistic): accuracy {_fmt(sel['accuracy'])}, ROC AUC {_fmt(sel['roc_auc'])}, "
+            f"ECE {_fmt(sel['ece_after_temperature'])}.\n"
+        )
+        limitation = (
+            "- The report split took no part in training, epoch selection or calibration; the\n"
+            "  intervals show how far its figures could move on another sample of the same source."
+        )
+    elif has_test:
         sections.append(_metrics_section("Measured performance: held-out TEST split", m.metrics["test"], labels))
         sections.append(
             _metrics_section(
@@ -147,8 +213,9 @@ Labels, ordered least to most advanced: {", ".join(f"`{x}`" for x in labels)}.
 
 `{m.preprocessing}`: Pillow decode (JPEG draft mode), convert to RGB, resize to \
 {m.input_size}x{m.input_size} bilinear, uint8 values 0..255.
-The model rescales to 0..1 itself and outputs logits; probabilities are `softmax(logits / T)` with the fitted
-temperature T = {m.temperature:.4f}. Predictions whose top probability is below
+The model rescales to 0..1 itself and outputs logits; probabilities come from
+{describe_calibration(m.calibration, m.temperature)}, fitted on the selection split.
+Test-time views averaged: `{m.tta}`. Predictions whose top probability is below
 {m.uncertain_below} are reported as uncertain.
 
 ## Architecture and training

@@ -214,6 +214,25 @@ def resolve_layout(
     )
 
 
+def seeded_halves(n: int, seed: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint, sorted index sets covering range(n), the same for the same seed: a
+    validation split without a test split is cut into a selection half (A: epoch choice,
+    calibration, thresholds) and a report half (B: the figures a card states). With
+    `labels`, each class is halved on its own, so both halves hold every class that has
+    two or more images."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(n)
+        return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+    a: list[np.ndarray] = []
+    b: list[np.ndarray] = []
+    for k in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == k))
+        a.append(rows[: len(rows) // 2])
+        b.append(rows[len(rows) // 2 :])
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
+
+
 def _limit(files: dict[str, list[Path]], limit: int | None, seed: int) -> dict[str, list[Path]]:
     if limit is None:
         return files

@@ -3,7 +3,12 @@ matrix, one-vs-rest ROC curves, reliability diagram) and a Markdown report.
 
 The folder holds one sub-folder per stage, named exactly as the model's labels. The
 probabilities evaluated are the calibrated ones the application shows (the bundle's
-temperature applied), so the report describes what a reviewer sees.
+calibration and test-time views applied), so the report describes what a reviewer sees.
+
+With `report_split=True` the folder is the bundle's training data folder instead, and
+the images evaluated are the bundle's report split, re-derived from its manifest (the
+split fractions and seed of its training run): the test split, or the validation
+split's seeded half B. Every figure then carries a 95 % bootstrap interval.
 """
 
 from __future__ import annotations
@@ -164,17 +169,24 @@ def render_report(result: dict[str, Any], *, model: str, folder: str, plots: lis
         for label, row in zip(labels, result["confusion_matrix"], strict=True)
     )
     images = "\n".join(f"![{p}]({p})" for p in plots)
+    ci = result.get("ci95") or {}
+
+    def interval(key: str) -> str:
+        return f" ({ci[key][0]:.4f} to {ci[key][1]:.4f})" if key in ci else ""
+
+    ci_note = " Brackets: 95 % stratified bootstrap interval (1000 resamples)." if ci else ""
     return f"""# Evaluation of {model}
 
 Folder: `{folder}` ({result["n"]} images, {result["unreadable"]} unreadable and skipped).
-Probabilities are calibrated with the bundle's temperature, as the application shows them.
+Probabilities are calibrated as the application shows them ({result["calibration"]}; test-time views: \
+`{result["tta"]}`).{ci_note}
 
 | metric | value |
 |---|---|
-| accuracy | {result["accuracy"]:.4f} |
-| balanced accuracy | {result["balanced_accuracy"]:.4f} |
-| ROC AUC ({result["roc_auc_average"]}) | {result["roc_auc"]:.4f} |
-| ECE ({result["ece_bins"]} bins) | {result["ece"]:.4f} |
+| accuracy | {result["accuracy"]:.4f}{interval("accuracy")} |
+| balanced accuracy | {result["balanced_accuracy"]:.4f}{interval("balanced_accuracy")} |
+| ROC AUC ({result["roc_auc_average"]}) | {result["roc_auc"]:.4f}{interval("roc_auc")} |
+| ECE ({result["ece_bins"]} bins) | {result["ece"]:.4f}{interval("ece")} |
 | NLL | {result["nll"]:.4f} |
 
 | label | precision | recall | F1 | support |
@@ -193,22 +205,69 @@ Measured figures on this folder only; not clinical validation.
 """
 
 
+def report_split_images(manifest: Any, data: Path) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """The bundle's report split re-derived from its training data folder: images,
+    labels, unreadable count and a description."""
+    from .datasets import DatasetError, _limit, load_split, resolve_layout, seeded_halves
+
+    training = manifest.metrics.get("training", {})
+    options = training.get("options")
+    if not options or "report" not in manifest.metrics:
+        raise EvaluationError("this bundle records no report split (it predates the three data roles)")
+    try:
+        layout = resolve_layout(
+            data=data,
+            train_dir=None,
+            valid_dir=None,
+            valid_fraction=options["valid_fraction"],
+            seed=training["seed"],
+            test_fraction=options["test_fraction"],
+        )
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    if layout.labels != manifest.labels:
+        raise EvaluationError(f"the folder's classes {layout.labels} are not the bundle's {manifest.labels}")
+    size = manifest.input_size
+    if layout.test_files:
+        test = load_split(layout.test_files, layout.labels, size, where="test")
+        return test.images, test.labels, test.unreadable, "its test split"
+    limit = manifest.data_summary.get("limit_per_class")
+    valid = load_split(_limit(layout.valid_files, limit, training["seed"] + 1), layout.labels, size, where="valid")
+    _, half_b = seeded_halves(len(valid.labels), training["seed"], valid.labels)
+    return valid.images[half_b], valid.labels[half_b], valid.unreadable, "its validation split, seeded half B"
+
+
 def evaluate_bundle(
-    bundle_dir: str | Path, folder: str | Path, out: str | Path, *, batch_size: int = 32
+    bundle_dir: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    report_split: bool = False,
 ) -> dict[str, Any]:
-    """Run the bundle over the folder and write metrics.json, plots and report.md to `out`."""
+    """Run the bundle over the folder (or, with `report_split`, over the bundle's report
+    split of that training-data folder) and write metrics.json, plots and report.md."""
+    from .calibration import describe as describe_calibration
     from .runner import InferenceRunner
 
     runner = InferenceRunner(bundle_dir)  # verifies the bundle's hash
     labels = runner.labels
-    paths, targets = collect_folder(Path(folder), labels)
-    arrays, ys, unreadable = [], [], 0
-    for path, k in zip(paths, targets, strict=True):
-        try:
-            arrays.append(decode_rgb(path.read_bytes(), size=runner.input_size))
-            ys.append(k)
-        except (ImageDecodeError, OSError):
-            unreadable += 1
+    arrays: list[np.ndarray] = []
+    ys: list[int] = []
+    unreadable = 0
+    where = str(folder)
+    if report_split:
+        images, y_split, unreadable, what = report_split_images(runner.manifest, Path(folder))
+        arrays, ys = list(images), [int(k) for k in y_split]
+        where = f"{folder}: {what} (used for neither training, epoch choice nor calibration)"
+    else:
+        paths, targets = collect_folder(Path(folder), labels)
+        for path, k in zip(paths, targets, strict=True):
+            try:
+                arrays.append(decode_rgb(path.read_bytes(), size=runner.input_size))
+                ys.append(k)
+            except (ImageDecodeError, OSError):
+                unreadable += 1
     y = np.asarray(ys, dtype=np.int64)
     for k, label in enumerate(labels):
         if not (y == k).any():
@@ -221,11 +280,16 @@ def evaluate_bundle(
     result["model"] = f"{runner.manifest.name} {runner.manifest.version}"
     result["model_sha256"] = runner.manifest.model_sha256
     result["temperature"] = runner.manifest.temperature
+    result["calibration"] = describe_calibration(runner.manifest.calibration, runner.manifest.temperature)
+    result["tta"] = runner.manifest.tta
+    if report_split:
+        result["split"] = where
+        result["ci95"] = M.bootstrap_intervals(y, probs, seed=0)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(y, probs, labels, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(
-        render_report(result, model=result["model"], folder=str(folder), plots=plots), encoding="utf-8"
+        render_report(result, model=result["model"], folder=where, plots=plots), encoding="utf-8"
     )
     return result

@@ -213,14 +213,21 @@ def fit_temperature(
 
 
 def classification_report(
-    y_true: ArrayLike, logits: ArrayLike, labels: list[str], *, temperature: float = 1.0
+    y_true: ArrayLike,
+    logits: ArrayLike,
+    labels: list[str],
+    *,
+    temperature: float = 1.0,
+    scaled: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    """Every metric the manifest records, as plain JSON-serialisable values."""
+    """Every metric the manifest records, as plain JSON-serialisable values. `scaled`:
+    the calibrated probabilities when the calibration is not a temperature ("after
+    temperature" then means after that calibration)."""
     y = _labels(y_true)
     n = len(labels)
     raw = softmax(logits)
-    scaled = softmax(logits, temperature)
-    pred = scaled.argmax(axis=1)  # temperature never changes the arg-max
+    scaled = softmax(logits, temperature) if scaled is None else np.asarray(scaled, dtype=np.float64)
+    pred = scaled.argmax(axis=1)  # the calibrated answer, as a reviewer sees it
     prf = per_class_prf(y, pred, n)
     return {
         "n": int(y.size),
@@ -234,3 +241,53 @@ def classification_report(
         "per_class": per_class_table(prf, labels),
         "confusion_matrix": confusion_matrix(y, pred, n).tolist(),
     }
+
+
+def reliability_bins(y_true: ArrayLike, probs: ArrayLike, n_bins: int = 10) -> list[dict[str, float | int]]:
+    """The reliability diagram's points: per equal-width bin (lo, hi] of top-class
+    confidence, how many images fell in it, their mean confidence and how often the top
+    class was right. Empty bins are left out."""
+    y = _labels(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    out: list[dict[str, float | int]] = []
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            out.append(
+                {
+                    "lo": b / n_bins,
+                    "hi": (b + 1) / n_bins,
+                    "n": int(mask.sum()),
+                    "confidence": float(conf[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
+    return out
+
+
+def bootstrap_intervals(
+    y_true: ArrayLike, probs: ArrayLike, *, reps: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of accuracy, balanced accuracy, ROC AUC and ECE.
+    Resampling is stratified (each class resampled within itself, keeping its count), so
+    every resample holds every class and AUC is always defined."""
+    y = _labels(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    k = p.shape[1]
+    groups = [np.flatnonzero(y == c) for c in range(k)]
+    rng = np.random.default_rng(seed)
+    names = ("accuracy", "balanced_accuracy", "roc_auc", "ece")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(reps):
+        idx = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups if g.size])
+        yy, pp = y[idx], p[idx]
+        pred = pp.argmax(axis=1)
+        samples["accuracy"].append(accuracy(yy, pred))
+        samples["balanced_accuracy"].append(balanced_accuracy(yy, pred, k))
+        samples["roc_auc"].append(roc_auc(yy, pp))
+        samples["ece"].append(expected_calibration_error(yy, pp))
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))] for name, v in samples.items()}

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from . import ood  # noqa: E402
 from .bundle import sha256_file, verify_bundle, write_manifest  # noqa: E402
 from .card import MODEL_CARD, card_with_ood_section, render_model_card
-from .datasets import _class_folders, _collect, _limit, load_split, resolve_layout  # noqa: E402
+from .datasets import _class_folders, _collect, _limit, load_split, resolve_layout, seeded_halves  # noqa: E402
 
 BATCH = 64
 REFERENCE_SCORES = 500
@@ -48,11 +48,6 @@ REFERENCE_SCORES = 500
 def _features(runner: Any, images: np.ndarray) -> np.ndarray:
     parts = [runner.run(images[i : i + BATCH], heatmaps=True).features for i in range(0, len(images), BATCH)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
 
 
 def _subsample(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +117,7 @@ def fit_bundle(
         select_x, report_x = valid.images, test.images
         roles = {"select": "validation split", "report": "test split"}
     else:
-        a, b = _halves(len(valid.images), seed)
+        a, b = seeded_halves(len(valid.images), seed, valid.labels)
         select_x, report_x = valid.images[a], valid.images[b]
         roles = {"select": "validation split, seeded half A", "report": "validation split, seeded half B"}
 
@@ -156,8 +151,8 @@ def fit_bundle(
     if outliers:
         others = _outlier_images(outliers, size, outlier_limit, seed)
     synthetic = ood.synthetic_outliers(200, size, seed)
-    o_a, o_b = _halves(len(others), seed + 1)
-    s_a, s_b = _halves(len(synthetic), seed + 2)
+    o_a, o_b = seeded_halves(len(others), seed + 1)
+    s_a, s_b = seeded_halves(len(synthetic), seed + 2)
     other_scores, synth_scores = distances(others), distances(synthetic)
 
     def rate(scores: tuple[np.ndarray, np.ndarray], images: np.ndarray, rows: Any = slice(None)) -> float | None:

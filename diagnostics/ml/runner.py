@@ -12,6 +12,12 @@ image's top logit with respect to the last spatial feature map). The network is 
 at that feature map into a backbone and a head (two Keras models sharing the bundle's
 layers), so both backends take the same gradient the same way.
 
+A bundle whose manifest names test-time views (`tta`: "flip-lr", "dihedral8") is
+defined with them: both compiled functions run every view of the batch in one call,
+average the logits, take each view's Grad-CAM for the averaged top class, turn each map
+back to the image's orientation and average them, and average the pooled features.
+Probabilities then come from the bundle's calibration (calibration.py).
+
 JAX traces once per input shape, so batches are padded up to the next power of two
 (1, 2, 4, ... 256, then multiples of 256): a worker traces a handful of shapes, never
 one per batch size. The padded rows are dropped before anything is returned.
@@ -29,8 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from .augment import unviews, view_count, views  # noqa: E402
 from .bundle import BundleError, Manifest, verify_bundle  # noqa: E402
-from .metrics import softmax  # noqa: E402
+from .calibration import probabilities as calibrated  # noqa: E402
 from .ood import OodError, References, image_statistics  # noqa: E402
 from .ood import reasons as ood_reasons  # noqa: E402
 from .preprocess import IMAGE_SUFFIXES, decode_rgb  # noqa: E402
@@ -122,6 +129,7 @@ class InferenceRunner:
         self.input_size = self.manifest.input_size
         self.precision = precision
         self._temperature = self.manifest.temperature
+        self.tta = self.manifest.tta
         model_path = self.bundle_dir / self.manifest.model_file
         try:
             model = keras.saving.load_model(model_path, compile=False)
@@ -162,6 +170,7 @@ class InferenceRunner:
 
     def _compile(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         model, backbone, head = self._model, self._backbone, self._head
+        tta, n_views, k = self.tta, view_count(self.tta), len(self.labels)
         m_vars = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
         b_vars = ([v.value for v in backbone.trainable_variables], [v.value for v in backbone.non_trainable_variables])
         h_vars = ([v.value for v in head.trainable_variables], [v.value for v in head.non_trainable_variables])
@@ -172,21 +181,25 @@ class InferenceRunner:
 
             def bare(mv: Any, x: Any) -> Any:
                 self._traces += 1  # runs once per trace, not per call
-                logits, _ = model.stateless_call(mv[0], mv[1], x, training=False)
-                return logits.astype(jnp.float32)
+                xs = jnp.concatenate(views(jnp, x, tta), axis=0)
+                logits, _ = model.stateless_call(mv[0], mv[1], xs, training=False)
+                return jnp.mean(logits.astype(jnp.float32).reshape(n_views, -1, k), axis=0)
 
             def full(bv: Any, hv: Any, x: Any) -> Any:
                 self._traces += 1
-                feats, _ = backbone.stateless_call(bv[0], bv[1], x, training=False)
+                xs = jnp.concatenate(views(jnp, x, tta), axis=0)
+                feats, _ = backbone.stateless_call(bv[0], bv[1], xs, training=False)
 
                 def head_logits(f: Any) -> Any:
                     out, _ = head.stateless_call(hv[0], hv[1], f, training=False)
                     return out.astype(jnp.float32)
 
                 logits, pullback = jax.vjp(head_logits, feats)
-                top = jnp.argmax(logits, axis=1)
-                (grads,) = pullback(jax.nn.one_hot(top, logits.shape[1], dtype=logits.dtype))
-                return logits, *_cam(jnp, feats.astype(jnp.float32), grads.astype(jnp.float32))
+                mean_logits = jnp.mean(logits.reshape(n_views, -1, k), axis=0)
+                top = jnp.tile(jnp.argmax(mean_logits, axis=1), n_views)
+                (grads,) = pullback(jax.nn.one_hot(top, k, dtype=logits.dtype))
+                cam, pooled = _cam(jnp, feats.astype(jnp.float32), grads.astype(jnp.float32), tta, n_views)
+                return mean_logits, cam, pooled
 
             bare_jit, full_jit = jax.jit(bare), jax.jit(full)
             return (lambda x: bare_jit(m_vars, x)), (lambda x: full_jit(b_vars, h_vars, x))
@@ -198,21 +211,25 @@ class InferenceRunner:
         @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow ships no types
         def bare_tf(x: Any) -> Any:
             self._traces += 1
-            logits, _ = model.stateless_call(m_vars[0], m_vars[1], x, training=False)
-            return tf.cast(logits, tf.float32)
+            xs = tf.concat(views(tf, x, tta), axis=0)
+            logits, _ = model.stateless_call(m_vars[0], m_vars[1], xs, training=False)
+            return tf.reduce_mean(tf.reshape(tf.cast(logits, tf.float32), [n_views, -1, k]), axis=0)
 
         @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
         def full_tf(x: Any) -> Any:
             self._traces += 1
-            feats, _ = backbone.stateless_call(b_vars[0], b_vars[1], x, training=False)
+            xs = tf.concat(views(tf, x, tta), axis=0)
+            feats, _ = backbone.stateless_call(b_vars[0], b_vars[1], xs, training=False)
             with tf.GradientTape() as tape:
                 tape.watch(feats)
                 logits, _ = head.stateless_call(h_vars[0], h_vars[1], feats, training=False)
                 logits = tf.cast(logits, tf.float32)
-                top = tf.argmax(logits, axis=1, output_type=tf.int32)
+                mean_logits = tf.reduce_mean(tf.reshape(logits, [n_views, -1, k]), axis=0)
+                top = tf.tile(tf.argmax(mean_logits, axis=1, output_type=tf.int32), [n_views])
                 score = tf.reduce_sum(tf.gather(logits, top[:, None], batch_dims=1))
             grads = tape.gradient(score, feats)
-            return logits, *_cam(tf, tf.cast(feats, tf.float32), tf.cast(grads, tf.float32))
+            cam, pooled = _cam(tf, tf.cast(feats, tf.float32), tf.cast(grads, tf.float32), tta, n_views)
+            return mean_logits, cam, pooled
 
         return bare_tf, full_tf
 
@@ -252,7 +269,8 @@ class InferenceRunner:
         return tf.convert_to_tensor(x, dtype=tf.float32)
 
     def bare_call(self, batch: np.ndarray) -> np.ndarray:
-        """The compiled model call alone: logits, no temperature scaling, no heat maps."""
+        """The compiled model call alone: logits (averaged over the bundle's test-time
+        views), no calibration, no heat maps."""
         arr = self._check(batch)
         return np.asarray(self._bare(self._input(arr)))[: len(arr)]
 
@@ -265,15 +283,19 @@ class InferenceRunner:
             return RunnerOutput(np.zeros((0, k), np.float32), np.zeros((0, k)), None, np.zeros((0, 1, 1), np.float32))
         if not heatmaps:
             logits = self.bare_call(arr)
-            return RunnerOutput(logits, softmax(logits, self._temperature))
+            return RunnerOutput(logits, self.probabilities(logits))
         logits, cam, pooled = self._full(self._input(arr))
         logits = np.asarray(logits)[:n]
         return RunnerOutput(
             logits=logits,
-            probabilities=softmax(logits, self._temperature),
+            probabilities=self.probabilities(logits),
             features=np.asarray(pooled, dtype=np.float32)[:n],
             heatmaps=np.asarray(cam, dtype=np.float32)[:n],
         )
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from logits, as the bundle defines them."""
+        return calibrated(logits, temperature=self._temperature, calibration=self.manifest.calibration)
 
     def ood_reasons(
         self, output: RunnerOutput, batch: np.ndarray, sizes: list[tuple[int, int]]
@@ -328,17 +350,23 @@ class InferenceRunner:
         return np.stack(images)
 
 
-def _cam(ops: Any, feats: Any, grads: Any) -> tuple[Any, Any]:
-    """Grad-CAM from the feature map (N, h, w, c) and the top logit's gradient: the
-    channels weighted by their mean gradient, ReLU, scaled to a peak of 1. Also the
-    grid-averaged features. `ops` is jax.numpy or tensorflow (both name these alike
-    through their NumPy-style `experimental.numpy` / `jax.numpy` modules)."""
+def _cam(ops: Any, feats: Any, grads: Any, tta: str = "none", n_views: int = 1) -> tuple[Any, Any]:
+    """Grad-CAM from the feature map (V*N, h, w, c) of V stacked views and the top
+    logit's gradient: the channels weighted by their mean gradient, ReLU; each view's map
+    turned back to the image's orientation, the V maps averaged and scaled to a peak of
+    1. Also the grid-averaged features, averaged over the views. `ops` is jax.numpy or
+    tensorflow (both name these alike through their NumPy-style `experimental.numpy` /
+    `jax.numpy` modules)."""
     np_ops = getattr(getattr(ops, "experimental", None), "numpy", ops)
     weights = np_ops.mean(grads, axis=(1, 2), keepdims=True)
-    cam = np_ops.maximum(np_ops.sum(weights * feats, axis=-1), 0.0)
+    cams = np_ops.maximum(np_ops.sum(weights * feats, axis=-1), 0.0)
+    grid = tuple(int(d) for d in cams.shape[1:])
+    per_view = np_ops.reshape(cams, (n_views, -1, *grid))
+    cam = np_ops.mean(np_ops.stack(unviews(ops, [per_view[i] for i in range(n_views)], tta)), axis=0)
+    pooled = np_ops.mean(np_ops.reshape(np_ops.mean(feats, axis=(1, 2)), (n_views, -1, int(feats.shape[-1]))), axis=0)
     peak = np_ops.max(cam, axis=(1, 2), keepdims=True)
     safe = np_ops.where(peak > 0, peak, 1.0)
-    return np_ops.where(peak > 0, cam / safe, 0.0), np_ops.mean(feats, axis=(1, 2))
+    return np_ops.where(peak > 0, cam / safe, 0.0), pooled
 
 
 def precision_drift(bundle_dir: str | Path, reference: InferenceRunner | None = None) -> float:

@@ -28,9 +28,12 @@ import PIL  # noqa: E402
 
 from . import drift  # noqa: E402
 from . import metrics as M  # noqa: E402
+from .augment import AUGMENTATIONS, COLOUR_AUGMENTATIONS, TTA_MODES, augment_batch, describe, views  # noqa: E402
 from .bundle import Manifest, sha256_file, write_manifest  # noqa: E402
+from .calibration import CALIBRATIONS, fit_vector_scaling  # noqa: E402
+from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
-from .datasets import DatasetError, _limit, load_split, resolve_layout  # noqa: E402
+from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, seeded_halves  # noqa: E402
 from .models import BACKBONES, build_model  # noqa: E402
 from .preprocess import PREPROCESSING_ID  # noqa: E402
 
@@ -65,6 +68,15 @@ class TrainConfig:
     # "horizontal": left-right flips only, for images with an up (ultrasound: the
     # transducer is at the top, so a vertical flip makes an image no scanner produces).
     augmentation: str = "dihedral"
+    # "hed" perturbs the haematoxylin/eosin/DAB stain amounts (histology); "hsv" jitters
+    # hue and saturation; "none" leaves colour alone.
+    colour_augmentation: str = "hsv"
+    stain_sigma: float = 0.05
+    # Test-time averaging of the logits over views ("dihedral8": the eight rotations and
+    # reflections; "flip-lr"; "none"): part of the model, recorded in the manifest, and
+    # applied by every inference and evaluation path.
+    tta: str = "none"
+    calibration: str = "temperature"  # or "vector" (calibration.py)
     valid_fraction: float = 0.2
     test_fraction: float = 0.0
     weights: Path | None = None
@@ -85,51 +97,15 @@ def _tf() -> Any:
     return tf
 
 
-AUGMENTATIONS = ("dihedral", "horizontal")
-
-
-def augment_batch(images: Any, seed: Any, mode: str = "dihedral") -> Any:
-    """Random flips (all dihedral transforms, or left-right only for images with an up),
-    zoom-in up to 10 %, brightness/contrast jitter and a small hue/saturation shift on a
-    float batch in 0..255. Stateless ops keyed by `seed` make the augmentation
-    reproducible. Images must be square."""
-    tf = _tf()
-    seeds = tf.random.split(seed, num=7)
-    batch = tf.shape(images)[0]
-    size = images.shape[1]
-
-    def maybe(x: Any, fn: Any, s: Any) -> Any:
-        mask = tf.random.stateless_uniform([batch, 1, 1, 1], s) < 0.5
-        return tf.where(mask, fn(x), x)
-
-    if mode == "dihedral":
-        # Transpose and the two flips generate all eight rotations/reflections.
-        x = maybe(images, lambda t: tf.transpose(t, [0, 2, 1, 3]), seeds[0])
-        x = maybe(x, lambda t: tf.reverse(t, [2]), seeds[1])
-        x = maybe(x, lambda t: tf.reverse(t, [1]), seeds[2])
-    else:
-        x = maybe(images, lambda t: tf.reverse(t, [2]), seeds[1])
-    scale = tf.random.stateless_uniform([batch], seeds[3], 0.9, 1.0)
-    offset = tf.random.stateless_uniform([batch, 2], seeds[4]) * (1.0 - scale)[:, None]
-    boxes = tf.stack([offset[:, 0], offset[:, 1], offset[:, 0] + scale, offset[:, 1] + scale], axis=1)
-    x = tf.image.crop_and_resize(x, boxes, tf.range(batch), [size, size])
-    jitter = tf.random.stateless_uniform([batch, 2], seeds[5], -1.0, 1.0)
-    brightness = (jitter[:, 0] * 0.1 * 255.0)[:, None, None, None]
-    contrast = (1.0 + jitter[:, 1] * 0.15)[:, None, None, None]
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    x = tf.clip_by_value((x - mean) * contrast + mean + brightness, 0.0, 255.0)
-    # Stain and scanner colour differ between sites (the main shift between slides in
-    # histopathology), so shift hue a little and scale saturation.
-    colour = tf.random.stateless_uniform([batch, 2], seeds[6], -1.0, 1.0)
-    hsv = tf.image.rgb_to_hsv(x / 255.0)
-    hue = tf.math.floormod(hsv[..., 0] + (colour[:, 0] * 0.04)[:, None, None], 1.0)
-    sat = tf.clip_by_value(hsv[..., 1] * (1.0 + colour[:, 1] * 0.25)[:, None, None], 0.0, 1.0)
-    x = tf.image.hsv_to_rgb(tf.stack([hue, sat, hsv[..., 2]], axis=-1)) * 255.0
-    return tf.clip_by_value(x, 0.0, 255.0)
-
-
 def make_train_dataset(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, augmentation: str = "dihedral"
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    augmentation: str = "dihedral",
+    colour: str = "hsv",
+    stain_sigma: float = 0.05,
 ) -> Any:
     tf = _tf()
     n = len(x)
@@ -143,7 +119,8 @@ def make_train_dataset(
 
     def load(idx: Any, s: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
-        return augment_batch(batch, s, augmentation), tf.gather(targets, idx)
+        out = augment_batch(batch, s, augmentation, colour=colour, stain_sigma=stain_sigma)
+        return out, tf.gather(targets, idx)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -229,6 +206,49 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def check_config(config: TrainConfig) -> None:
+    """Every option a run depends on, checked before any data is read or model built."""
+    if config.colour_augmentation not in COLOUR_AUGMENTATIONS:
+        raise DatasetError(
+            f"unknown colour augmentation '{config.colour_augmentation}' (known: {', '.join(COLOUR_AUGMENTATIONS)})"
+        )
+    if not 0.0 <= config.stain_sigma <= 0.5:
+        raise DatasetError("--stain-sigma must be between 0 and 0.5")
+    if config.tta not in TTA_MODES:
+        raise DatasetError(f"unknown test-time averaging '{config.tta}' (known: {', '.join(TTA_MODES)})")
+    if config.tta == "dihedral8" and config.augmentation != "dihedral":
+        raise DatasetError("--tta dihedral8 needs --augmentation dihedral (the model never saw rotated images)")
+    if config.calibration not in CALIBRATIONS:
+        raise DatasetError(f"unknown calibration '{config.calibration}' (known: {', '.join(CALIBRATIONS)})")
+    if not 0.0 < config.bn_momentum < 1.0:
+        raise DatasetError("--bn-momentum must be between 0 and 1")
+    if config.schedule not in SCHEDULES:
+        raise DatasetError(f"unknown schedule '{config.schedule}' (known: {', '.join(SCHEDULES)})")
+
+
+def predict_logits(model: Any, images: np.ndarray, tta: str, batch_size: int = 256) -> np.ndarray:
+    """Logits averaged over the test-time views, as the runner computes them."""
+    parts = [model.predict(v, batch_size=batch_size, verbose=0) for v in views(np, images, tta)]
+    mean: np.ndarray = np.mean(np.stack(parts), axis=0).astype(np.float64)
+    return mean
+
+
+def _subset(split: Split, rows: np.ndarray, labels: list[str]) -> Split:
+    y = split.labels[rows]
+    return Split(split.images[rows], y, {label: int((y == k).sum()) for k, label in enumerate(labels)}, 0)
+
+
+def report_with_intervals(y: np.ndarray, logits: np.ndarray, labels: list[str], **kw: Any) -> dict[str, Any]:
+    """The report split's figures: every metric, 95 % bootstrap intervals and the
+    reliability diagram's points, on the calibrated probabilities."""
+    probs = calibrated(logits, temperature=kw["temperature"], calibration=kw.get("calibration"))
+    out = M.classification_report(y, logits, labels, temperature=kw["temperature"], scaled=probs)
+    out["ci95"] = M.bootstrap_intervals(y, probs, seed=kw.get("seed", 0))
+    out["ci95_method"] = "stratified percentile bootstrap, 1000 resamples"
+    out["reliability"] = M.reliability_bins(y, probs)
+    return out
+
+
 def train_bundle(config: TrainConfig) -> Manifest:
     """Train, calibrate, evaluate and write the bundle; returns its manifest."""
     started = time.monotonic()
@@ -240,6 +260,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
         raise DatasetError(f"unknown augmentation '{config.augmentation}' (known: {', '.join(AUGMENTATIONS)})")
     if config.backbone not in BACKBONES:
         raise DatasetError(f"unknown backbone '{config.backbone}' (known: {sorted(BACKBONES)})")
+    check_config(config)
     layout = resolve_layout(
         data=config.data,
         train_dir=config.train_dir,
@@ -257,6 +278,28 @@ def train_bundle(config: TrainConfig) -> Manifest:
     train = load_split(train_files, labels, size, where="training")
     valid = load_split(valid_files, labels, size, where="validation")
     test = load_split(layout.test_files, labels, size, where="test") if layout.test_files else None
+    # Three disjoint roles: fit (training split), select (epoch choice, calibration) and
+    # report (the card's figures). Without a test split the validation split is halved.
+    if test is not None:
+        select, report_split = valid, test
+        roles = {
+            "fit": f"training split ({len(train.labels)} images)",
+            "select": f"validation split ({len(valid.labels)} images)",
+            "report": f"test split ({len(test.labels)} images)",
+        }
+    else:
+        if min(valid.counts.values()) < 2:
+            raise DatasetError(
+                "every class needs at least two validation images: without a test split the "
+                "validation split is halved into a selection half and a report half"
+            )
+        half_a, half_b = seeded_halves(len(valid.labels), config.seed, valid.labels)
+        select, report_split = _subset(valid, half_a, labels), _subset(valid, half_b, labels)
+        roles = {
+            "fit": f"training split ({len(train.labels)} images)",
+            "select": f"validation split, seeded half A ({len(half_a)} images)",
+            "report": f"validation split, seeded half B ({len(half_b)} images)",
+        }
     load_seconds = time.monotonic() - started
     if config.verbose:
         print(
@@ -270,13 +313,9 @@ def train_bundle(config: TrainConfig) -> Manifest:
     _tf()  # quiet TensorFlow's Python logger before the first graph is built
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.backbone, size, len(labels), weights=config.weights)
-    if not 0.0 < config.bn_momentum < 1.0:
-        raise DatasetError("--bn-momentum must be between 0 and 1")
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = config.bn_momentum
-    if config.schedule not in SCHEDULES:
-        raise DatasetError(f"unknown schedule '{config.schedule}' (known: {', '.join(SCHEDULES)})")
     learning_rate: Any = config.learning_rate
     if config.schedule == "cosine":
         steps = config.epochs * math.ceil(len(train.labels) / config.batch_size)
@@ -291,11 +330,17 @@ def train_bundle(config: TrainConfig) -> Manifest:
     )
     weights = class_weights(train.labels, len(labels))
     dataset = make_train_dataset(
-        train.images, train.labels, batch_size=config.batch_size, seed=config.seed, augmentation=config.augmentation
+        train.images,
+        train.labels,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        augmentation=config.augmentation,
+        colour=config.colour_augmentation,
+        stain_sigma=config.stain_sigma,
     )
     monitor = _make_monitor(
-        valid.images,
-        valid.labels,
+        select.images,
+        select.labels,
         patience=config.patience,
         lr_patience=config.lr_patience if config.schedule == "plateau" else None,
         verbose=config.verbose,
@@ -311,15 +356,22 @@ def train_bundle(config: TrainConfig) -> Manifest:
     )
     fit_seconds = time.monotonic() - fit_started
 
-    # Calibrate on the validation logits of the restored best weights.
-    logits = model.predict(valid.images, batch_size=256, verbose=0).astype(np.float64)
-    temperature = M.fit_temperature(valid.labels, logits)
-    report = M.classification_report(valid.labels, logits, labels, temperature=temperature)
-    test_report = None
-    if test is not None:
-        # The test split took no part in training, epoch choice or the temperature.
-        test_logits = model.predict(test.images, batch_size=256, verbose=0).astype(np.float64)
-        test_report = M.classification_report(test.labels, test_logits, labels, temperature=temperature)
+    # Calibrate on the selection split's logits of the restored best weights (averaged
+    # over the test-time views when the bundle uses them); the report split took no part
+    # in training, epoch choice or calibration.
+    logits = predict_logits(model, select.images, config.tta)
+    calibration: dict[str, Any] = {}
+    if config.calibration == "vector":
+        calibration = {**fit_vector_scaling(select.labels, logits), "fitted_on": "select"}
+        temperature = 1.0
+    else:
+        temperature = M.fit_temperature(select.labels, logits)
+    select_probs = calibrated(logits, temperature=temperature, calibration=calibration)
+    select_report = M.classification_report(select.labels, logits, labels, temperature=temperature, scaled=select_probs)
+    report_logits = predict_logits(model, report_split.images, config.tta)
+    report = report_with_intervals(
+        report_split.labels, report_logits, labels, temperature=temperature, calibration=calibration, seed=config.seed
+    )
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,8 +384,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
     tmp_path = out / ("tmp-" + MODEL_FILE)
     export.save(tmp_path)
     reloaded = keras.saving.load_model(tmp_path, compile=False)
-    probe = valid.images[:8].astype(np.float32)
-    diff = float(np.max(np.abs(np.asarray(reloaded(probe, training=False)) - logits[:8])))
+    probe = select.images[:8].astype(np.float32)
+    diff = float(np.max(np.abs(np.asarray(reloaded(probe, training=False)) - np.asarray(model(probe, training=False)))))
     if diff > 1e-3:
         raise RuntimeError(f"saved model disagrees with the trained one (max diff {diff})")
     tmp_path.replace(model_path)
@@ -349,15 +401,11 @@ def train_bundle(config: TrainConfig) -> Manifest:
         temperature=temperature,
         uncertain_below=config.uncertain_below,
         metrics={
-            "split": "test" if test_report is not None else "valid",
-            "valid": report,
-            **({"test": test_report} if test_report is not None else {}),
-            "temperature_fitted_on": "valid"
-            + (
-                " (the test split is held out)"
-                if test_report is not None
-                else " (the same split these metrics are measured on)"
-            ),
+            "split": "report",
+            "roles": roles,
+            "report": report,
+            "select": select_report,
+            "calibration_fitted_on": "select",
             "training": {
                 "backbone": config.backbone,
                 "initial_weights": str(config.weights) if config.weights else "random (trained from scratch)",
@@ -371,13 +419,20 @@ def train_bundle(config: TrainConfig) -> Manifest:
                 "optimizer": f"AdamW lr {config.learning_rate:g} weight decay {config.weight_decay:g}",
                 "schedule": schedule_text,
                 "class_weights": {labels[k]: w for k, w in weights.items()},
-                "augmentation": (
-                    "random flips and 90-degree rotations"
-                    if config.augmentation == "dihedral"
-                    else "random left-right flips"
-                )
-                + ", zoom-in up to 10 %, brightness +-10 %, contrast +-15 %, hue +-0.04, saturation +-25 %"
-                " (training batches only)",
+                "augmentation": describe(config.augmentation, config.colour_augmentation, config.stain_sigma),
+                "options": {
+                    "augmentation": config.augmentation,
+                    "colour_augmentation": config.colour_augmentation,
+                    "stain_sigma": config.stain_sigma,
+                    "tta": config.tta,
+                    "calibration": config.calibration,
+                    "schedule": config.schedule,
+                    "epochs": config.epochs,
+                    "learning_rate": config.learning_rate,
+                    "weight_decay": config.weight_decay,
+                    "valid_fraction": config.valid_fraction,
+                    "test_fraction": config.test_fraction,
+                },
                 "seed": config.seed,
                 "load_seconds": round(load_seconds, 1),
                 "training_seconds": round(fit_seconds, 1),
@@ -406,7 +461,9 @@ def train_bundle(config: TrainConfig) -> Manifest:
         library_versions=library_versions(),
         # What the validation images and the calibrated answers on them looked like:
         # the reference a deployed version's drift check compares its inputs with.
-        drift_reference=drift.reference_stats(valid.images, M.softmax(logits, temperature), labels),
+        drift_reference=drift.reference_stats(select.images, select_probs, labels),
+        tta=config.tta,
+        calibration=calibration,
     )
     write_manifest(out, manifest)
     (out / MODEL_CARD).write_text(render_model_card(manifest), encoding="utf-8")
@@ -435,6 +492,15 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--lr-patience", type=int, default=2, help="epochs without val AUC gain before lr x0.3")
     p.add_argument("--augmentation", choices=AUGMENTATIONS, default="dihedral")
+    p.add_argument(
+        "--colour-augmentation",
+        choices=COLOUR_AUGMENTATIONS,
+        default="hsv",
+        help="hed: stain amounts in haematoxylin-eosin-DAB space (histology); hsv: hue and saturation",
+    )
+    p.add_argument("--stain-sigma", type=float, default=0.05, help="HED jitter: scale 1 +- s, shift +- s")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time view averaging")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="temperature")
     p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument(
@@ -480,6 +546,10 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         lr_patience=a.lr_patience,
         bn_momentum=a.bn_momentum,
         augmentation=a.augmentation,
+        colour_augmentation=a.colour_augmentation,
+        stain_sigma=a.stain_sigma,
+        tta=a.tta,
+        calibration=a.calibration,
         valid_fraction=a.valid_fraction,
         test_fraction=a.test_fraction,
         weights=a.weights,
@@ -517,12 +587,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"out-of-distribution reference: own {_pct(me['own_report_flagged'])} flagged, "
             f"other tasks {_pct(me['other_report_flagged'])}, synthetic {_pct(me['synthetic_report_flagged'])}"
         )
-    split = manifest.metrics["split"]
-    v = manifest.metrics[split]
+    v = manifest.metrics["report"]
+    ci = v["ci95"]
     print(
-        f"wrote {config.out} ({split} split): accuracy {v['accuracy']:.4f}, AUC {v['roc_auc']:.4f}, "
-        f"ECE {v['ece_before_temperature']:.4f} -> {v['ece_after_temperature']:.4f} "
-        f"(T = {manifest.temperature:.3f})"
+        f"wrote {config.out}; report split, {manifest.metrics['roles']['report']}: "
+        f"accuracy {v['accuracy']:.4f} ({ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}), "
+        f"balanced {v['balanced_accuracy']:.4f}, "
+        f"AUC {v['roc_auc']:.4f} ({ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}), "
+        f"ECE {v['ece_before_temperature']:.4f} -> {v['ece_after_temperature']:.4f} ({config.calibration})"
     )
     return 0
 

@@ -25,7 +25,7 @@ FIELDS = [
     "library_versions",
 ]
 # Optional: a bundle without them cannot be run on whole slides (issue 12).
-OPTIONAL_FIELDS = ["mpp", "slide_method", "drift_reference", "ood"]
+OPTIONAL_FIELDS = ["mpp", "slide_method", "drift_reference", "ood", "tta", "calibration"]
 
 
 def make_bundle(root: Path, **overrides: Any) -> Path:

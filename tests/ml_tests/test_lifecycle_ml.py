@@ -74,11 +74,14 @@ def test_training_reports_on_the_held_out_test_split(synthetic_data: Path, tmp_p
         verbose=0,
     )
     manifest = train_bundle(config)
-    assert manifest.metrics["split"] == "test"
-    assert manifest.metrics["test"]["n"] == 6
+    assert manifest.metrics["split"] == "report"
+    assert manifest.metrics["roles"]["report"] == "test split (6 images)"
+    assert manifest.metrics["report"]["n"] == 6
+    assert manifest.metrics["select"]["n"] == sum(manifest.data_summary["splits"]["valid"].values())
     assert manifest.data_summary["splits"]["test"] == {"benign": 3, "adverse": 3}
     card = (out / "MODEL_CARD.md").read_text()
-    assert "held-out TEST split (n = 6)" in card
+    assert "Measured performance: report split (n = 6)" in card
+    assert "**report split: test split (6 images)**" in card
 
 
 def test_bad_weights_file_stops_before_anything_is_written(synthetic_data: Path, tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diagnostics.ml.augment import augment_batch
 from diagnostics.ml.bundle import verify_bundle
 from diagnostics.ml.datasets import DatasetError, resolve_layout
 from diagnostics.ml.runner import InferenceRunner
-from diagnostics.ml.train import TrainConfig, augment_batch, main, train_bundle
+from diagnostics.ml.train import TrainConfig, main, train_bundle
 
 from .conftest import write_class_folder
 
@@ -33,13 +34,16 @@ def test_tiny_training_run_writes_a_loadable_bundle(synthetic_data: Path, tmp_pa
     assert summary["ignored_non_image_files"] == 1
     assert summary["splits"]["valid"]["adverse"] == 2  # 20 % of 12, stratified
     assert summary["splits"]["train"]["adverse"] == 10
-    valid = manifest.metrics["valid"]
-    assert valid["n"] == sum(summary["splits"]["valid"].values())
-    assert 0.0 <= valid["roc_auc"] <= 1.0
+    # No test split: the validation split is halved, per class, into select and report.
+    select, report = manifest.metrics["select"], manifest.metrics["report"]
+    assert manifest.metrics["split"] == "report"
+    assert select["n"] + report["n"] == sum(summary["splits"]["valid"].values())
+    assert "seeded half B" in manifest.metrics["roles"]["report"]
+    assert 0.0 <= report["roc_auc"] <= 1.0
     assert manifest.metrics["training"]["epochs_run"] == 1
     assert set(manifest.library_versions) >= {"tensorflow", "keras", "numpy", "pillow"}
-    reference = manifest.drift_reference  # the drift check's reference, from the validation images
-    assert len(reference["confidences"]) == valid["n"] and len(reference["colour"]) == 3
+    reference = manifest.drift_reference  # the drift check's reference, from the selection images
+    assert len(reference["confidences"]) == select["n"] and len(reference["colour"]) == 3
     assert all(abs(sum(channel) - 1.0) < 1e-9 for channel in reference["colour"])
     assert "not validated for clinical use" in (out / "MODEL_CARD.md").read_text()
 

@@ -54,6 +54,11 @@ class Command(BaseCommand):
         group.add_argument("--bundle", help="a bundle folder instead of a registered version")
         parser.add_argument("--task", help="with neither: the active model of this task")
         parser.add_argument("--out", required=True)
+        parser.add_argument(
+            "--report-split",
+            action="store_true",
+            help="FOLDER is the bundle's training data: evaluate its report split (test split or validation half B)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from diagnostics.ml.bundle import BundleError
@@ -61,11 +66,19 @@ class Command(BaseCommand):
 
         bundle = resolve_bundle(model=options["model"], bundle=options["bundle"], task=options["task"])
         try:
-            result = evaluate_bundle(bundle, options["folder"], options["out"])
+            result = evaluate_bundle(bundle, options["folder"], options["out"], report_split=options["report_split"])
         except (BundleError, EvaluationError) as exc:
             raise CommandError(str(exc)) from exc
+        ci = result.get("ci95", {})
+
+        def interval(key: str) -> str:
+            return f" ({ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else ""
+
         self.stdout.write(
-            f"{result['model']} on {result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
-            f"{result['balanced_accuracy']:.4f}, ROC AUC {result['roc_auc']:.4f}, ECE {result['ece']:.4f}; "
+            f"{result['model']} on {result['n']} images"
+            + (f" ({result['split']})" if "split" in result else "")
+            + f": accuracy {result['accuracy']:.4f}{interval('accuracy')}, balanced accuracy "
+            f"{result['balanced_accuracy']:.4f}{interval('balanced_accuracy')}, ROC AUC {result['roc_auc']:.4f}"
+            f"{interval('roc_auc')}, ECE {result['ece']:.4f}{interval('ece')}; "
             f"wrote {options['out']}/metrics.json, report.md and plots"
         )
