@@ -10,6 +10,10 @@ minimising the negative log-likelihood of the true class:
   in one class and under-confident in another (three BUSI classes), with a small L2
   pull towards the identity so that a few hundred images cannot over-fit it.
 
+- **auto**: whichever of the two has the lower negative log-likelihood on held-out folds
+  of the selection split (5-fold cross-validation, stratified, seeded), then refitted on
+  the whole selection split; both cross-validated figures are recorded.
+
 The bundle manifest's `calibration` field says which was fitted; without it the
 manifest's temperature applies (bundles made before vector scaling existed).
 """
@@ -23,7 +27,8 @@ from numpy.typing import ArrayLike
 
 from .metrics import FloatArray, softmax
 
-CALIBRATIONS = ("temperature", "vector")
+CALIBRATIONS = ("temperature", "vector", "auto")
+CV_FOLDS = 5
 VECTOR_L2 = 1e-2
 
 
@@ -55,6 +60,38 @@ def fit_vector_scaling(y_true: ArrayLike, logits: ArrayLike, *, l2: float = VECT
     result = minimize(loss, np.concatenate([np.ones(k), np.zeros(k)]), jac=True, method="L-BFGS-B")
     w, b = result.x[:k], result.x[k:]
     return {"method": "vector", "scale": [float(v) for v in w], "bias": [float(v) for v in b], "l2": l2}
+
+
+def _fold_ids(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids = np.zeros(len(y), np.int64)
+    for k in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == k))
+        ids[rows] = np.arange(len(rows)) % folds
+    return ids
+
+
+def choose_calibration(y_true: ArrayLike, logits: ArrayLike, *, seed: int = 0) -> tuple[str, dict[str, float]]:
+    """ "temperature" or "vector", by mean held-out NLL over stratified folds of the
+    selection split; returns the choice and both cross-validated NLLs."""
+    from .metrics import fit_temperature, nll
+
+    y = np.asarray(y_true, dtype=np.int64)
+    z = np.asarray(logits, dtype=np.float64)
+    ids = _fold_ids(y, CV_FOLDS, seed)
+    losses: dict[str, list[float]] = {"temperature": [], "vector": []}
+    for fold in range(CV_FOLDS):
+        held, kept = ids == fold, ids != fold
+        if not held.any() or len(np.unique(y[kept])) < z.shape[1]:
+            continue
+        t = fit_temperature(y[kept], z[kept])
+        losses["temperature"].append(nll(y[held], softmax(z[held], t)))
+        vector = fit_vector_scaling(y[kept], z[kept])
+        losses["vector"].append(nll(y[held], probabilities(z[held], temperature=1.0, calibration=vector)))
+    if not losses["temperature"]:
+        return "temperature", {}
+    cv = {name: float(np.mean(v)) for name, v in losses.items()}
+    return ("vector" if cv["vector"] < cv["temperature"] else "temperature"), cv
 
 
 def validate(section: Any, n_classes: int) -> dict[str, Any]:
@@ -95,5 +132,12 @@ def describe(calibration: dict[str, Any] | None, temperature: float) -> str:
     if calibration and calibration.get("method") == "vector":
         w = ", ".join(f"{v:.3f}" for v in calibration["scale"])
         b = ", ".join(f"{v:+.3f}" for v in calibration["bias"])
-        return f"vector scaling: softmax(z * w + b), w = ({w}), b = ({b})"
-    return f"temperature scaling: softmax(z / T), T = {temperature:.4f}"
+        text = f"vector scaling: softmax(z * w + b), w = ({w}), b = ({b})"
+    else:
+        text = f"temperature scaling: softmax(z / T), T = {temperature:.4f}"
+    chosen = (calibration or {}).get("chosen_by")
+    if chosen:
+        text += (
+            f" (chosen by the {chosen['rule']}: temperature {chosen['temperature']:.4f}, vector {chosen['vector']:.4f})"
+        )
+    return text

@@ -30,7 +30,7 @@ from . import drift  # noqa: E402
 from . import metrics as M  # noqa: E402
 from .augment import AUGMENTATIONS, COLOUR_AUGMENTATIONS, TTA_MODES, augment_batch, describe, views  # noqa: E402
 from .bundle import Manifest, sha256_file, write_manifest  # noqa: E402
-from .calibration import CALIBRATIONS, fit_vector_scaling  # noqa: E402
+from .calibration import CALIBRATIONS, choose_calibration, fit_vector_scaling  # noqa: E402
 from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
 from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, seeded_halves  # noqa: E402
@@ -361,11 +361,18 @@ def train_bundle(config: TrainConfig) -> Manifest:
     # in training, epoch choice or calibration.
     logits = predict_logits(model, select.images, config.tta)
     calibration: dict[str, Any] = {}
-    if config.calibration == "vector":
+    method, cv_nll = config.calibration, {}
+    if method == "auto":
+        method, cv_nll = choose_calibration(select.labels, logits, seed=config.seed)
+    if method == "vector":
         calibration = {**fit_vector_scaling(select.labels, logits), "fitted_on": "select"}
         temperature = 1.0
     else:
         temperature = M.fit_temperature(select.labels, logits)
+        if cv_nll:
+            calibration = {"method": "temperature", "fitted_on": "select"}
+    if cv_nll:
+        calibration["chosen_by"] = {"rule": "lower 5-fold cross-validated NLL on the selection split", **cv_nll}
     select_probs = calibrated(logits, temperature=temperature, calibration=calibration)
     select_report = M.classification_report(select.labels, logits, labels, temperature=temperature, scaled=select_probs)
     report_logits = predict_logits(model, report_split.images, config.tta)
@@ -594,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"accuracy {v['accuracy']:.4f} ({ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}), "
         f"balanced {v['balanced_accuracy']:.4f}, "
         f"AUC {v['roc_auc']:.4f} ({ci['roc_auc'][0]:.3f}-{ci['roc_auc'][1]:.3f}), "
-        f"ECE {v['ece_before_temperature']:.4f} -> {v['ece_after_temperature']:.4f} ({config.calibration})"
+        f"ECE {v['ece_before_temperature']:.4f} -> {v['ece_after_temperature']:.4f} "
+        f"({manifest.calibration.get('method', 'temperature')})"
     )
     return 0
 

@@ -78,13 +78,17 @@ def test_check_images_come_from_the_bundle_when_it_has_them(tmp_path: Path) -> N
 
     from diagnostics.ml.runner import CHECK_IMAGES_DIR, InferenceRunner
 
+    assert len(InferenceRunner(DEMO_BUNDLE).check_images()) == 8  # the demo bundle's own real patches
     bundle = tmp_path / "demo"
     shutil.copytree(DEMO_BUNDLE, bundle)
+    shutil.rmtree(bundle / CHECK_IMAGES_DIR, ignore_errors=True)
+    bare = tmp_path / "bare"
+    shutil.copytree(bundle, bare)
     (bundle / CHECK_IMAGES_DIR).mkdir()
     for f in sorted((PCAM / "valid" / "metastasis").iterdir())[:2]:
         shutil.copy(f, bundle / CHECK_IMAGES_DIR / f.name)
     runner = InferenceRunner(bundle)
     images = runner.check_images()
     assert images.shape == (2, 96, 96, 3)
-    synthetic = InferenceRunner(DEMO_BUNDLE).check_images()
+    synthetic = InferenceRunner(bare).check_images()
     assert synthetic.shape == (8, 96, 96, 3) and len({a.tobytes() for a in synthetic}) == 8

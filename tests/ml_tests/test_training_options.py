@@ -14,7 +14,14 @@ import pytest
 from diagnostics.ml import metrics as M
 from diagnostics.ml.augment import augment_batch, hed_jitter, unviews, view_count, views
 from diagnostics.ml.bundle import BundleError, manifest_from_dict, read_manifest
-from diagnostics.ml.calibration import CalibrationError, fit_vector_scaling, probabilities, validate
+from diagnostics.ml.calibration import (
+    CalibrationError,
+    choose_calibration,
+    describe,
+    fit_vector_scaling,
+    probabilities,
+    validate,
+)
 from diagnostics.ml.datasets import DatasetError, seeded_halves
 from diagnostics.ml.evaluate import EvaluationError, evaluate_bundle
 from diagnostics.ml.runner import InferenceRunner
@@ -143,6 +150,20 @@ def test_vector_scaling_beats_one_temperature_on_class_specific_miscalibration()
     ece_vector = M.expected_calibration_error(y_new, probabilities(logits_new, temperature=1.0, calibration=vector))
     assert ece_vector < M.expected_calibration_error(y_new, M.softmax(logits_new))
     assert validate(vector, 3) == vector
+
+
+def test_auto_calibration_chooses_by_cross_validation_on_the_selection_split_only() -> None:
+    y, logits = _miscalibrated(1500, 2)
+    method, cv = choose_calibration(y, logits, seed=0)
+    assert method == "vector" and cv["vector"] < cv["temperature"]
+    # A network that is only too confident overall: one temperature is all it needs.
+    rng = np.random.default_rng(3)
+    y2 = rng.integers(0, 2, 1500)
+    z2 = (rng.normal(0, 1.0, (1500, 2)) + 1.5 * np.eye(2)[y2]) * 4.0
+    method2, cv2 = choose_calibration(y2, z2, seed=0)
+    assert abs(cv2["vector"] - cv2["temperature"]) < 0.01  # the extra parameters buy nothing
+    section = {"method": method, **fit_vector_scaling(y, logits), "chosen_by": {"rule": "r", **cv}}
+    assert "chosen by the r" in describe(section, 1.0)
 
 
 @pytest.mark.parametrize(
