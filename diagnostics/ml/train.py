@@ -361,7 +361,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
     # in training, epoch choice or calibration.
     logits = predict_logits(model, select.images, config.tta)
     calibration: dict[str, Any] = {}
-    method, cv_nll = config.calibration, {}
+    method: str = config.calibration
+    cv_nll: dict[str, float] = {}
     if method == "auto":
         method, cv_nll = choose_calibration(select.labels, logits, seed=config.seed)
     if method == "vector":
