@@ -63,7 +63,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def stage_labels(self, obj: ModelVersion) -> str:
         return " → ".join(str(label) for label in obj.labels)
 
-    @admin.display(description="Validation figures")
+    @admin.display(description="Measured figures")
     def validation_figures(self, obj: ModelVersion) -> str:
         split = (obj.metrics or {}).get("split", "")
         figures = (obj.metrics or {}).get(split, {}) if split else {}
@@ -71,6 +71,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         parts = [f"{n.replace('_', ' ')} {figures[n]:.3f}" for n in names if isinstance(figures.get(n), int | float)]
         if not parts:
             return "—"
+        # Bundles with three data roles name the split their figures come from.
+        role = ((obj.metrics or {}).get("roles") or {}).get(split)
+        if role:
+            return f"{split} split ({role}, used for neither training nor selection): " + ", ".join(parts)
         n = figures.get("n")
         return f"{split} split" + (f", n = {n}" if n else "") + ": " + ", ".join(parts)
 

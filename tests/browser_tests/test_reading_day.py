@@ -192,7 +192,8 @@ def test_a_reading_day_for_physician_clinician_and_admin(  # type: ignore[no-unt
     assert page.locator("input[type=submit]").count() == 0  # no Save buttons
     text = page.locator("#content").inner_text()
     assert "no-metastasis → metastasis" in text and '{"' not in text and "['" not in text
-    assert "valid split, n = 2907: accuracy 0.853" in text
+    assert "report split (validation split, seeded half B (1454 images), used for neither" in text
+    assert "accuracy 0.867" in text
     screen(page, "46-admin-model-version-readonly")
 
     page.goto(f"{base}/accounts/audit/")

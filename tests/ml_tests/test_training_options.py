@@ -6,6 +6,7 @@ intervals and reliability points of the card, and the options' checks."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +88,31 @@ def test_dihedral_views_are_the_eight_distinct_transforms_and_unviews_undoes_the
     assert views(np, x, "none") == [x]
 
 
-@pytest.fixture(scope="module")
-def tta_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundle's weights with dihedral test-time averaging switched on."""
-    folder = tmp_path_factory.mktemp("tta")
-    for f in DEMO_BUNDLE.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
+def _copy_with_views(root: Path, tta: str) -> Path:
+    """The demo bundle's weights with the given test-time views and no OOD reference
+    (the reference belongs to the bundle's own views)."""
+    folder = root / tta
+    shutil.copytree(DEMO_BUNDLE, folder)
     raw = json.loads((folder / "manifest.json").read_text())
-    raw["tta"] = "dihedral8"
-    raw["ood"] = {}  # the reference belongs to the bundle's own views
+    raw["tta"] = tta
+    raw["ood"] = {}
     (folder / "manifest.json").write_text(json.dumps(raw))
     return folder
 
 
-def test_dihedral_averaging_is_invariant_to_rotating_and_reflecting_the_input(tta_bundle: Path) -> None:
+@pytest.fixture(scope="module")
+def tta_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_with_views(tmp_path_factory.mktemp("tta"), "dihedral8")
+
+
+@pytest.fixture(scope="module")
+def single_view_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_with_views(tmp_path_factory.mktemp("tta"), "none")
+
+
+def test_dihedral_averaging_is_invariant_to_rotating_and_reflecting_the_input(
+    tta_bundle: Path, single_view_bundle: Path
+) -> None:
     runner = InferenceRunner(tta_bundle)
     x = np.random.default_rng(3).integers(0, 255, (3, runner.input_size, runner.input_size, 3), dtype=np.uint8)
     base = runner.run(x, heatmaps=True)
@@ -113,7 +125,7 @@ def test_dihedral_averaging_is_invariant_to_rotating_and_reflecting_the_input(tt
     mirrored = runner.run(np.ascontiguousarray(x[:, :, ::-1]), heatmaps=False)
     assert np.max(np.abs(mirrored.probabilities - base.probabilities)) < 1e-5
     # Without averaging the same network does depend on the orientation.
-    plain = InferenceRunner(DEMO_BUNDLE)
+    plain = InferenceRunner(single_view_bundle)
     turned_plain = plain.bare_call(np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))))
     assert np.max(np.abs(turned_plain - plain.bare_call(x))) > 1e-3
     # The averaged logits are the mean of the eight views' logits.
@@ -299,9 +311,7 @@ def test_report_split_evaluation_needs_a_bundle_that_records_one(tmp_path: Path)
     if "report" in raw["metrics"]:
         raw["metrics"].pop("report")
     folder = tmp_path / "old"
-    folder.mkdir()
-    for f in DEMO_BUNDLE.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(DEMO_BUNDLE, folder)
     (folder / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(EvaluationError, match="records no report split"):
         evaluate_bundle(folder, tmp_path, tmp_path / "eval", report_split=True)

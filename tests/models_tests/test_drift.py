@@ -43,6 +43,24 @@ def _stream(clinician, model, colour, n, seed):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def active_model(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """The demo bundle without its drift reference, so that these tests see the "like
+    the start" baseline (the bundle's own reference: the test after them)."""
+    import json
+    import shutil
+
+    from diagnostics.services.model_registry import model_register
+
+    settings.MODEL_DIR = tmp_path / "models"
+    bundle = settings.MODEL_DIR / "no-reference"
+    shutil.copytree(django_settings.BASE_DIR / "models" / "demo-pcam", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["drift_reference"] = {}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return model_register(acting_user=None, bundle_dir="no-reference", activate=True)
+
+
+@pytest.fixture
 def small_windows(settings):  # type: ignore[no-untyped-def]
     settings.DRIFT_BASELINE_N = 12
     settings.DRIFT_WINDOW = 12
@@ -182,7 +200,7 @@ def test_the_penultimate_features_drift_when_the_colour_balance_changes(  # type
     calm = DriftCheck.objects.get().measures["feature_distance_ks_p"]
     assert calm["value"] is not None and not calm["alarm"], calm
 
-    _patch_stream(clinician, files[24:36], seed=3, shift=(0.6, 0.95, 1.4))  # a bluer stain or scanner
+    _patch_stream(clinician, files[24:36], seed=3, shift=(0.45, 0.9, 1.7))  # a much bluer stain or scanner
     check_drift_task()
     drifted = DriftCheck.objects.first().measures["feature_distance_ks_p"]  # type: ignore[union-attr]
     assert drifted["alarm"], drifted
