@@ -81,6 +81,11 @@ class TrainConfig:
     test_fraction: float = 0.0
     weights: Path | None = None
     uncertain_below: float = 0.6
+    # Micrometres per pixel of the training patches: given, the bundle can run on whole
+    # slides, with the slide method's default parameters (slides.SlideMethod).
+    mpp: float | None = None
+    # Selection-split images per class saved as the bundle's check_images/ (the bfloat16 check).
+    check_images: int = 0
     limit_per_class: int | None = None
     verbose: int = 2
     # Other tasks' data folders for the out-of-distribution reference (ood_fit.py).
@@ -218,6 +223,10 @@ def check_config(config: TrainConfig) -> None:
         raise DatasetError(f"unknown test-time averaging '{config.tta}' (known: {', '.join(TTA_MODES)})")
     if config.tta == "dihedral8" and config.augmentation != "dihedral":
         raise DatasetError("--tta dihedral8 needs --augmentation dihedral (the model never saw rotated images)")
+    if config.mpp is not None and not 0.01 <= config.mpp <= 100:
+        raise DatasetError("--mpp (micrometres per pixel) must be between 0.01 and 100")
+    if config.check_images < 0:
+        raise DatasetError("--check-images must be 0 or more")
     if config.calibration not in CALIBRATIONS:
         raise DatasetError(f"unknown calibration '{config.calibration}' (known: {', '.join(CALIBRATIONS)})")
     if not 0.0 < config.bn_momentum < 1.0:
@@ -236,6 +245,27 @@ def predict_logits(model: Any, images: np.ndarray, tta: str, batch_size: int = 2
 def _subset(split: Split, rows: np.ndarray, labels: list[str]) -> Split:
     y = split.labels[rows]
     return Split(split.images[rows], y, {label: int((y == k).sum()) for k, label in enumerate(labels)}, 0)
+
+
+def _slide_method() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .slides import SlideMethod
+
+    return asdict(SlideMethod())
+
+
+def _write_check_images(out: Path, split: Split, labels: list[str], per_class: int) -> None:
+    """The first `per_class` images of each class of the split, as PNGs at the input size."""
+    from PIL import Image
+
+    from .runner import CHECK_IMAGES_DIR
+
+    folder = out / CHECK_IMAGES_DIR
+    folder.mkdir(exist_ok=True)
+    for k, label in enumerate(labels):
+        for i, row in enumerate(np.flatnonzero(split.labels == k)[:per_class]):
+            Image.fromarray(split.images[row]).save(folder / f"{label}-{i}.png")
 
 
 def report_with_intervals(y: np.ndarray, logits: np.ndarray, labels: list[str], **kw: Any) -> dict[str, Any]:
@@ -472,8 +502,12 @@ def train_bundle(config: TrainConfig) -> Manifest:
         drift_reference=drift.reference_stats(select.images, select_probs, labels),
         tta=config.tta,
         calibration=calibration,
+        mpp=config.mpp,
+        slide_method=_slide_method() if config.mpp is not None else {},
     )
     write_manifest(out, manifest)
+    if config.check_images:
+        _write_check_images(out, select, labels, config.check_images)
     (out / MODEL_CARD).write_text(render_model_card(manifest), encoding="utf-8")
     return manifest
 
@@ -519,6 +553,8 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     )
     p.add_argument("--weights", type=Path, help="local weights file (.weights.h5) to start from; nothing is downloaded")
     p.add_argument("--uncertain-below", type=float, default=0.6)
+    p.add_argument("--mpp", type=float, help="micrometres per pixel of the images: the bundle can then read slides")
+    p.add_argument("--check-images", type=int, default=0, help="selection images per class kept for the bfloat16 check")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class per split (smoke)")
     p.add_argument(
         "--ood-outliers",
@@ -562,6 +598,8 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         test_fraction=a.test_fraction,
         weights=a.weights,
         uncertain_below=a.uncertain_below,
+        mpp=a.mpp,
+        check_images=a.check_images,
         limit_per_class=a.limit_per_class,
         verbose=a.verbose,
         ood_outliers=tuple(a.ood_outliers),

@@ -250,10 +250,19 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
         colour_augmentation="hed",
         tta="dihedral8",
         calibration="vector",
+        mpp=0.972,
+        check_images=2,
         verbose=0,
     )
     manifest = train_bundle(config)
     assert read_manifest(out) == manifest
+    assert manifest.mpp == 0.972 and manifest.slide_method["top_k"] == 5  # the slide method's defaults
+    assert sorted(p.name for p in (out / "check_images").iterdir()) == [
+        "adverse-0.png",
+        "adverse-1.png",
+        "benign-0.png",
+        "benign-1.png",
+    ]
     assert manifest.tta == "dihedral8" and manifest.calibration["method"] == "vector"
     assert manifest.calibration["fitted_on"] == "select" and manifest.temperature == 1.0
     options = manifest.metrics["training"]["options"]
@@ -292,6 +301,7 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
         ({"tta": "rot45"}, "unknown test-time averaging 'rot45'"),
         ({"tta": "dihedral8", "augmentation": "horizontal"}, "needs --augmentation dihedral"),
         ({"calibration": "isotonic"}, "unknown calibration 'isotonic'"),
+        ({"mpp": 500.0}, "--mpp .* must be between 0.01 and 100"),
     ],
 )
 def test_bad_options_stop_before_anything_is_read_or_written(
