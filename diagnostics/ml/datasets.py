@@ -233,6 +233,42 @@ def seeded_halves(n: int, seed: int, labels: np.ndarray | None = None) -> tuple[
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
+def subset(split: Split, rows: np.ndarray, labels: list[str]) -> Split:
+    """The rows of a split, with their per-class counts."""
+    y = split.labels[rows]
+    return Split(split.images[rows], y, {label: int((y == k).sum()) for k, label in enumerate(labels)}, 0)
+
+
+def select_and_report(
+    valid: Split, test: Split | None, *, seed: int, labels: list[str]
+) -> tuple[Split, Split, dict[str, str]]:
+    """The selection split (epoch choice, calibration, thresholds) and the report split
+    (the figures a card states), disjoint, with a description of each: the validation
+    and test splits, or, without a test split, the validation split's seeded halves A
+    and B. Training, the out-of-distribution fit and `evaluate_model --report-split` all
+    take their roles from here, so they agree on which image plays which."""
+    if test is not None:
+        roles = {
+            "select": f"validation split ({len(valid.labels)} images)",
+            "report": f"test split ({len(test.labels)} images)",
+        }
+        return valid, test, roles
+    if min(valid.counts.values()) < 2:
+        raise DatasetError(
+            "every class needs at least two validation images: without a test split the "
+            "validation split is halved into a selection half and a report half"
+        )
+    half_a, half_b = seeded_halves(len(valid.labels), seed, valid.labels)
+    return (
+        subset(valid, half_a, labels),
+        subset(valid, half_b, labels),
+        {
+            "select": f"validation split, seeded half A ({len(half_a)} images)",
+            "report": f"validation split, seeded half B ({len(half_b)} images)",
+        },
+    )
+
+
 def _limit(files: dict[str, list[Path]], limit: int | None, seed: int) -> dict[str, list[Path]]:
     if limit is None:
         return files

@@ -174,7 +174,7 @@ def render_report(result: dict[str, Any], *, model: str, folder: str, plots: lis
     def interval(key: str) -> str:
         return f" ({ci[key][0]:.4f} to {ci[key][1]:.4f})" if key in ci else ""
 
-    ci_note = " Brackets: 95 % stratified bootstrap interval (1000 resamples)." if ci else ""
+    ci_note = f" Brackets: 95 % interval, {M.BOOTSTRAP_METHOD}." if ci else ""
     return f"""# Evaluation of {model}
 
 Folder: `{folder}` ({result["n"]} images, {result["unreadable"]} unreadable and skipped).
@@ -208,7 +208,7 @@ Measured figures on this folder only; not clinical validation.
 def report_split_images(manifest: Any, data: Path) -> tuple[np.ndarray, np.ndarray, int, str]:
     """The bundle's report split re-derived from its training data folder: images,
     labels, unreadable count and a description."""
-    from .datasets import DatasetError, _limit, load_split, resolve_layout, seeded_halves
+    from .datasets import DatasetError, _limit, load_split, resolve_layout, select_and_report
 
     training = manifest.metrics.get("training", {})
     options = training.get("options")
@@ -227,14 +227,13 @@ def report_split_images(manifest: Any, data: Path) -> tuple[np.ndarray, np.ndarr
         raise EvaluationError(str(exc)) from exc
     if layout.labels != manifest.labels:
         raise EvaluationError(f"the folder's classes {layout.labels} are not the bundle's {manifest.labels}")
-    size = manifest.input_size
-    if layout.test_files:
-        test = load_split(layout.test_files, layout.labels, size, where="test")
-        return test.images, test.labels, test.unreadable, "its test split"
+    size, seed = manifest.input_size, training["seed"]
+    test = load_split(layout.test_files, layout.labels, size, where="test") if layout.test_files else None
     limit = manifest.data_summary.get("limit_per_class")
-    valid = load_split(_limit(layout.valid_files, limit, training["seed"] + 1), layout.labels, size, where="valid")
-    _, half_b = seeded_halves(len(valid.labels), training["seed"], valid.labels)
-    return valid.images[half_b], valid.labels[half_b], valid.unreadable, "its validation split, seeded half B"
+    valid = load_split(_limit(layout.valid_files, limit, seed + 1), layout.labels, size, where="valid")
+    _, report, roles = select_and_report(valid, test, seed=seed, labels=layout.labels)
+    unreadable = test.unreadable if test is not None else valid.unreadable
+    return report.images, report.labels, unreadable, f"its {roles['report']}"
 
 
 def evaluate_bundle(

@@ -268,8 +268,12 @@ def reliability_bins(y_true: ArrayLike, probs: ArrayLike, n_bins: int = 10) -> l
     return out
 
 
+BOOTSTRAP_REPS = 1000
+BOOTSTRAP_METHOD = f"stratified percentile bootstrap, {BOOTSTRAP_REPS} resamples"
+
+
 def bootstrap_intervals(
-    y_true: ArrayLike, probs: ArrayLike, *, reps: int = 1000, seed: int = 0, level: float = 0.95
+    y_true: ArrayLike, probs: ArrayLike, *, reps: int = BOOTSTRAP_REPS, seed: int = 0, level: float = 0.95
 ) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of accuracy, balanced accuracy, ROC AUC and ECE.
     Resampling is stratified (each class resampled within itself, keeping its count), so

@@ -39,7 +39,15 @@ import numpy as np  # noqa: E402
 from . import ood  # noqa: E402
 from .bundle import sha256_file, verify_bundle, write_manifest  # noqa: E402
 from .card import MODEL_CARD, card_with_ood_section, render_model_card
-from .datasets import _class_folders, _collect, _limit, load_split, resolve_layout, seeded_halves  # noqa: E402
+from .datasets import (  # noqa: E402
+    _class_folders,
+    _collect,
+    _limit,
+    load_split,
+    resolve_layout,
+    seeded_halves,
+    select_and_report,
+)
 
 BATCH = 64
 REFERENCE_SCORES = 500
@@ -112,14 +120,9 @@ def fit_bundle(
     train = load_split(_limit(layout.train_files, limit_per_class, seed), layout.labels, size, where="train")
     valid = load_split(_limit(layout.valid_files, limit_per_class, seed + 1), layout.labels, size, where="valid")
     fit_x, fit_y = _subsample(train.images, train.labels, fit_limit, seed)
-    if layout.test_files:
-        test = load_split(layout.test_files, layout.labels, size, where="test")
-        select_x, report_x = valid.images, test.images
-        roles = {"select": "validation split", "report": "test split"}
-    else:
-        a, b = seeded_halves(len(valid.images), seed, valid.labels)
-        select_x, report_x = valid.images[a], valid.images[b]
-        roles = {"select": "validation split, seeded half A", "report": "validation split, seeded half B"}
+    test = load_split(layout.test_files, layout.labels, size, where="test") if layout.test_files else None
+    select, report, roles = select_and_report(valid, test, seed=seed, labels=layout.labels)
+    select_x, report_x = select.images, report.images
 
     references = ood.References(
         features=ood.fit_reference(_features(runner, fit_x), fit_y, len(layout.labels)),

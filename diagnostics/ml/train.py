@@ -33,7 +33,7 @@ from .bundle import Manifest, sha256_file, write_manifest  # noqa: E402
 from .calibration import CALIBRATIONS, choose_calibration, fit_vector_scaling  # noqa: E402
 from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
-from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, seeded_halves  # noqa: E402
+from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, select_and_report  # noqa: E402
 from .models import BACKBONES, build_model  # noqa: E402
 from .preprocess import PREPROCESSING_ID  # noqa: E402
 
@@ -242,11 +242,6 @@ def predict_logits(model: Any, images: np.ndarray, tta: str, batch_size: int = 2
     return mean
 
 
-def _subset(split: Split, rows: np.ndarray, labels: list[str]) -> Split:
-    y = split.labels[rows]
-    return Split(split.images[rows], y, {label: int((y == k).sum()) for k, label in enumerate(labels)}, 0)
-
-
 def _slide_method() -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -268,13 +263,21 @@ def _write_check_images(out: Path, split: Split, labels: list[str], per_class: i
             Image.fromarray(split.images[row]).save(folder / f"{label}-{i}.png")
 
 
-def report_with_intervals(y: np.ndarray, logits: np.ndarray, labels: list[str], **kw: Any) -> dict[str, Any]:
+def report_with_intervals(
+    y: np.ndarray,
+    logits: np.ndarray,
+    labels: list[str],
+    *,
+    temperature: float,
+    calibration: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
     """The report split's figures: every metric, 95 % bootstrap intervals and the
     reliability diagram's points, on the calibrated probabilities."""
-    probs = calibrated(logits, temperature=kw["temperature"], calibration=kw.get("calibration"))
-    out = M.classification_report(y, logits, labels, temperature=kw["temperature"], scaled=probs)
-    out["ci95"] = M.bootstrap_intervals(y, probs, seed=kw.get("seed", 0))
-    out["ci95_method"] = "stratified percentile bootstrap, 1000 resamples"
+    probs = calibrated(logits, temperature=temperature, calibration=calibration)
+    out = M.classification_report(y, logits, labels, temperature=temperature, scaled=probs)
+    out["ci95"] = M.bootstrap_intervals(y, probs, seed=seed)
+    out["ci95_method"] = M.BOOTSTRAP_METHOD
     out["reliability"] = M.reliability_bins(y, probs)
     return out
 
@@ -310,26 +313,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
     test = load_split(layout.test_files, labels, size, where="test") if layout.test_files else None
     # Three disjoint roles: fit (training split), select (epoch choice, calibration) and
     # report (the card's figures). Without a test split the validation split is halved.
-    if test is not None:
-        select, report_split = valid, test
-        roles = {
-            "fit": f"training split ({len(train.labels)} images)",
-            "select": f"validation split ({len(valid.labels)} images)",
-            "report": f"test split ({len(test.labels)} images)",
-        }
-    else:
-        if min(valid.counts.values()) < 2:
-            raise DatasetError(
-                "every class needs at least two validation images: without a test split the "
-                "validation split is halved into a selection half and a report half"
-            )
-        half_a, half_b = seeded_halves(len(valid.labels), config.seed, valid.labels)
-        select, report_split = _subset(valid, half_a, labels), _subset(valid, half_b, labels)
-        roles = {
-            "fit": f"training split ({len(train.labels)} images)",
-            "select": f"validation split, seeded half A ({len(half_a)} images)",
-            "report": f"validation split, seeded half B ({len(half_b)} images)",
-        }
+    select, report_split, roles = select_and_report(valid, test, seed=config.seed, labels=labels)
+    roles = {"fit": f"training split ({len(train.labels)} images)", **roles}
     load_seconds = time.monotonic() - started
     if config.verbose:
         print(

@@ -171,7 +171,7 @@ def test_fit_bundle_writes_a_reference_the_runner_uses_and_keeps_the_card(tmp_pa
         fit_limit=None,
         outlier_limit=100,
     )
-    assert section["measured"]["roles"]["report"] == "test split"
+    assert section["measured"]["roles"]["report"] == "test split (12 images)"  # the roles training uses
     assert section["measured"]["own_report_n"] == 12  # 20 % of 60, stratified
     assert read_manifest(bundle).ood == section
     card = (bundle / "MODEL_CARD.md").read_text()

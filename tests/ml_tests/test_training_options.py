@@ -290,7 +290,8 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
     assert result["split"].endswith("(used for neither training, epoch choice nor calibration)")
     assert result["accuracy"] == pytest.approx(report["accuracy"])
     assert result["roc_auc"] == pytest.approx(report["roc_auc"], abs=1e-6)
-    assert "95 % stratified bootstrap" in (tmp_path / "eval" / "report.md").read_text()
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "95 % interval, stratified percentile bootstrap, 1000 resamples" in text
 
 
 @pytest.mark.parametrize(
