@@ -235,6 +235,35 @@ class InferenceJob(models.Model):
         return f"Job {self.uuid} ({self.status})"
 
 
+def queue_keys(prefix: str = "") -> tuple[models.Case, models.Case, models.Case]:
+    """The review queue's three keys on a prediction's fields (``prefix`` reaches them
+    from another model, e.g. "prediction__"). An input outside what its model was
+    trained on comes first: the AI gives it nothing, someone must read it from scratch,
+    and an upload to the wrong task should be found early. Then uncertain predictions,
+    then confident ones, each by stage (most advanced first) and confidence (least
+    first). An outside input's withheld stage and confidence take no part in its place:
+    a constant stands in for them, so the order cannot tell a reader what the page
+    withholds."""
+    ood = Q(**{f"{prefix}out_of_distribution": True})
+    attention = models.Case(
+        models.When(ood, then=models.Value(2)),
+        models.When(Q(**{f"{prefix}uncertain": True}), then=models.Value(1)),
+        default=models.Value(0),
+        output_field=models.IntegerField(),
+    )
+    stage = models.Case(
+        models.When(ood, then=models.Value(0.0)),
+        default=models.F(f"{prefix}stage_rank"),
+        output_field=models.FloatField(),
+    )
+    confidence = models.Case(
+        models.When(ood, then=models.Value(0.0)),
+        default=models.F(f"{prefix}confidence"),
+        output_field=models.FloatField(),
+    )
+    return attention, stage, confidence
+
+
 class Prediction(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     job = models.OneToOneField(InferenceJob, on_delete=models.PROTECT, related_name="prediction")
@@ -292,13 +321,14 @@ class Prediction(models.Model):
     class Meta:
         permissions = [("review_prediction", "Can review predictions and sign decisions")]
         indexes = [
-            # The review queue's order (selectors.reviews.review_queue): walked in index
-            # order with the page's LIMIT, instead of sorting every pending item.
+            # The review queue's order (selectors.reviews.review_queue, the same three
+            # expressions): walked in index order with the page's LIMIT, instead of
+            # sorting every pending item.
             models.Index(
-                models.F("uncertain").desc(),
-                models.F("stage_rank").desc(),
-                "confidence",
-                name="prediction_queue_order",
+                queue_keys()[0].desc(),
+                queue_keys()[1].desc(),
+                queue_keys()[2],
+                name="prediction_queue_keys",
             ),
         ]
 
@@ -327,6 +357,10 @@ class ShadowPrediction(models.Model):
     probabilities = models.JSONField(help_text="One probability per label, same order.")
     predicted_label = models.CharField(max_length=100)
     confidence = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    out_of_distribution = models.BooleanField(
+        default=False, help_text="The candidate would have withheld its answer: the input is outside what it knows."
+    )
+    ood_reasons = models.JSONField(default=list, blank=True, help_text="Codes of diagnostics/ml/ood.py.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -17,6 +17,7 @@ from diagnostics.models import (
     ReviewDecision,
     ReviewerPreference,
     ReviewItem,
+    queue_keys,
 )
 from diagnostics.selectors.cases import WorklistFilter, case_visible, worklist_filtered
 from diagnostics.selectors.signatures import signature_check
@@ -29,20 +30,23 @@ def _require_reviewer(user: User) -> None:
 
 
 def review_queue(*, user: User) -> QuerySet[ReviewItem]:
-    """Pending items: uncertain predictions first, then most advanced predicted stage,
-    then least confident, then oldest.
+    """Pending items: inputs outside what the model was trained on first, then uncertain
+    predictions, then the rest; within each group most advanced predicted stage, then
+    least confident, then oldest (`diagnostics.models.queue_keys`).
 
     Uncertain items go first overall, not only within their stage: sorting by stage
     trusts the predicted stage, and an uncertain prediction's stage is exactly what the
     model could not tell, so ranking it there could bury a malignant case under
-    confident benign ones. Within the uncertain group the same stage-then-confidence
-    order applies. Confident predictions keep the existing order."""
+    confident benign ones. Outside inputs have no stage or confidence to sort by (both
+    are withheld), so among themselves they go oldest first."""
     _require_reviewer(user)
+    attention, stage, confidence = queue_keys("prediction__")
     return (
         review_items_for_user(user=user)
         .filter(status=ReviewItem.Status.PENDING)
         .select_related("prediction", "prediction__scan", "prediction__scan__case", "prediction__model_version")
-        .order_by("-prediction__uncertain", "-prediction__stage_rank", "prediction__confidence", "created_at", "id")
+        .annotate(q_attention=attention, q_stage=stage, q_confidence=confidence)
+        .order_by("-q_attention", "-q_stage", "q_confidence", "created_at", "id")
     )
 
 
@@ -129,17 +133,18 @@ def review_queue_filtered(*, user: User, filters: WorklistFilter) -> QuerySet[Re
     return worklist_filtered(items, filters, case="prediction__scan__case")
 
 
-def _after_in_queue(item: ReviewItem) -> Q:
-    """Items that come after ``item`` in review_queue's order (the same five keys)."""
-    p = item.prediction
-    same_u = Q(prediction__uncertain=p.uncertain)
-    same_s = same_u & Q(prediction__stage_rank=p.stage_rank)
-    same_c = same_s & Q(prediction__confidence=p.confidence)
+def _after_in_queue(item: ReviewItem, keys: tuple[int, float, float]) -> Q:
+    """Items that come after ``item`` in review_queue's order (the same five keys, on
+    the queue's annotations; ``keys`` are the item's own three)."""
+    attention, stage, confidence = keys
+    same_a = Q(q_attention=attention)
+    same_s = same_a & Q(q_stage=stage)
+    same_c = same_s & Q(q_confidence=confidence)
     same_t = same_c & Q(created_at=item.created_at)
     return (
-        Q(prediction__uncertain__lt=p.uncertain)
-        | (same_u & Q(prediction__stage_rank__lt=p.stage_rank))
-        | (same_s & Q(prediction__confidence__gt=p.confidence))
+        Q(q_attention__lt=attention)
+        | (same_a & Q(q_stage__lt=stage))
+        | (same_s & Q(q_confidence__gt=confidence))
         | (same_c & Q(created_at__gt=item.created_at))
         | (same_t & Q(id__gt=item.id))
     )
@@ -158,7 +163,10 @@ def review_queue_neighbours(*, user: User, item: ReviewItem) -> tuple[ReviewItem
     queue = review_queue(user=user)
     if item.status != ReviewItem.Status.PENDING:
         return None, queue.first()
-    after = _after_in_queue(item)
+    keys = queue.filter(pk=item.pk).values_list("q_attention", "q_stage", "q_confidence").first()  # type: ignore[misc]  # annotated by review_queue
+    if keys is None:  # not in this physician's queue
+        return None, queue.first()
+    after = _after_in_queue(item, keys)
     upto = list(queue.exclude(after).values_list("uuid", flat=True)[: NEIGHBOUR_WINDOW + 1])
     if not upto or upto[-1] != item.uuid:
         return None, queue.first()

@@ -38,6 +38,9 @@ def shadow_comparison_data(*, model_version: ModelVersion) -> dict[str, Any] | N
     }
     y, active, candidate = [], [], []
     shown_versions: Counter[str] = Counter()
+    # How often each would have withheld its answer (the input outside what it knows).
+    # The figures above still count every case: what each model said, withheld or not.
+    withheld = {"active": 0, "candidate": 0}
     for scan_id, shadow in shadows.items():
         prediction, decision = predictions.get(scan_id), decisions.get(scan_id)
         if prediction is None or decision is None or list(prediction.labels) != labels:
@@ -48,10 +51,13 @@ def shadow_comparison_data(*, model_version: ModelVersion) -> dict[str, Any] | N
         active.append(prediction.probabilities)
         candidate.append(shadow.probabilities)
         shown_versions[str(prediction.model_version)] += 1
+        withheld["active"] += int(prediction.out_of_distribution)
+        withheld["candidate"] += int(shadow.out_of_distribution)
     if not y:
         return None
     result = compare_paired(y, active, candidate, labels)
     result["shown_versions"] = dict(shown_versions)
+    result["withheld"] = withheld
     result["shadow_predictions"] = len(shadows)
     result["candidate"]["version"] = str(model_version)
     return result
@@ -81,4 +87,5 @@ def comparison_summary(comparison: dict[str, Any] | None) -> dict[str, Any] | No
         "ece_active": comparison["active"]["ece"],
         "ece_candidate": comparison["candidate"]["ece"],
         "shown_versions": comparison["shown_versions"],
+        "withheld": comparison.get("withheld"),
     }

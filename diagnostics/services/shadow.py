@@ -44,7 +44,7 @@ def shadow_predict(*, model_version: ModelVersion, scans: list[Scan], source: st
     import numpy as np
 
     runner = runner_for(model_version)
-    arrays, kept = [], []
+    arrays, kept, sizes = [], [], []
     for scan in todo:
         data = storage.read_bytes(scan.storage_name)
         if storage.sha256_bytes(data) != scan.sha256:
@@ -52,12 +52,17 @@ def shadow_predict(*, model_version: ModelVersion, scans: list[Scan], source: st
             continue
         arrays.append(imaging.decode_for_model(data, size=runner.input_size))
         kept.append(scan)
+        sizes.append((scan.width, scan.height))
     if not kept:
         return []
-    probabilities = runner.predict_arrays(np.stack(arrays))
+    # The same call and the same out-of-distribution rule as the clinical worker, so the
+    # comparison can say how often the candidate would have withheld its answer.
+    batch = np.stack(arrays)
+    out = runner.run(batch, heatmaps=True)
+    ood = runner.ood_reasons(out, batch, sizes)
     labels = list(model_version.labels)
     rows = []
-    for scan, row in zip(kept, probabilities, strict=True):
+    for scan, row, o in zip(kept, out.probabilities, ood, strict=True):
         probs = [float(p) for p in row]
         index = max(range(len(labels)), key=lambda i: probs[i])
         shadow = ShadowPrediction(
@@ -68,6 +73,8 @@ def shadow_predict(*, model_version: ModelVersion, scans: list[Scan], source: st
             probabilities=probs,
             predicted_label=labels[index],
             confidence=probs[index],
+            out_of_distribution=bool(o["reasons"]),
+            ood_reasons=list(o["reasons"]),
         )
         shadow.full_clean(exclude=["model_version", "scan"], validate_unique=False, validate_constraints=False)
         rows.append(shadow)

@@ -44,6 +44,38 @@ def test_queue_orders_most_advanced_then_least_confident_then_oldest(clinician, 
     assert positions == sorted(positions)
 
 
+def test_inputs_outside_the_model_come_first_oldest_first_whatever_their_withheld_stage(
+    clinician, physician, three_stage_model
+):
+    """The queue's order must not tell what the page withholds: outside inputs go first,
+    among themselves by age alone, not by the stage and confidence nobody may see."""
+    from diagnostics.selectors.reviews import review_queue, review_queue_neighbours
+
+    m = three_stage_model
+    confident_high = make_prediction(clinician, m, [0.0, 0.1, 0.9], ref="A", color=(1, 1, 1))
+    outside_low = make_prediction(
+        clinician, m, [0.9, 0.05, 0.05], ref="B", color=(2, 2, 2), ood_reasons=("nearly_blank",)
+    )
+    uncertain_high = make_prediction(clinician, m, [0.2, 0.3, 0.5], ref="C", color=(3, 3, 3))
+    outside_high = make_prediction(
+        clinician, m, [0.0, 0.02, 0.98], ref="D", color=(4, 4, 4), ood_reasons=("unlike_training_data",)
+    )
+    outside_unsure = make_prediction(
+        clinician, m, [0.3, 0.4, 0.3], ref="E", color=(5, 5, 5), ood_reasons=("unlike_training_data",)
+    )
+    expected = [outside_low, outside_high, outside_unsure, uncertain_high, confident_high]
+    queue = list(review_queue(user=physician))
+    assert [i.prediction for i in queue] == expected
+    # The viewer's previous / next keys walk the same order.
+    for k, item in enumerate(queue):
+        previous, following = review_queue_neighbours(user=physician, item=item)
+        assert previous == (queue[k - 1] if k else None)
+        assert following == (queue[k + 1] if k + 1 < len(queue) else None)
+    body = login(physician).get(reverse("review_queue")).content.decode()
+    positions = [body.index(f">{p.scan.case.patient_ref}</a>") for p in expected]
+    assert positions == sorted(positions)
+
+
 def _sign(client, item, **data):  # type: ignore[no-untyped-def]
     # The physician's authenticator code goes with the session's first signature.
     user = User.objects.filter(pk=client.session.get("_auth_user_id")).first()

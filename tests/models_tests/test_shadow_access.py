@@ -79,3 +79,23 @@ def test_shadow_evaluate_command(candidate, capsys):  # type: ignore[no-untyped-
     out = capsys.readouterr().out
     assert "0 new shadow prediction(s)" in out and "no signed case to compare on yet" in out
     assert AuditEvent.objects.filter(action="shadow.backfill", object_id=str(candidate.uuid)).exists()
+
+
+def test_a_shadow_prediction_carries_the_candidates_out_of_distribution_flag(candidate, clinician):  # type: ignore[no-untyped-def]
+    """The candidate's answer on an input outside what it knows would have been withheld;
+    its shadow row says so, by the clinical worker's rule, so the comparison can count it."""
+    from diagnostics.services.shadow import shadow_predict
+    from tests.factories import make_scan
+
+    blank = make_scan(clinician, ref="S-BLANK")  # one flat colour: nearly blank for the model
+    patch = make_scan(
+        clinician,
+        ref="S-PATCH",
+        data=(REPO_DEMO.parents[1] / "samples" / "pcam-metastasis-2.jpg").read_bytes(),
+        name="p.jpg",
+    )
+    rows = {
+        row.scan_id: row for row in shadow_predict(model_version=candidate, scans=[blank, patch], source="backfill")
+    }
+    assert rows[blank.id].out_of_distribution and "nearly_blank" in rows[blank.id].ood_reasons
+    assert not rows[patch.id].out_of_distribution and rows[patch.id].ood_reasons == []
