@@ -137,6 +137,25 @@ training images) is above the threshold chosen on held-out images of this task
 """
 
 
+def _epochs_text(t: dict[str, Any]) -> str:
+    """The epochs line; for an ensemble, one line per member."""
+    members = t.get("members")
+    if not members:
+        return f"- Epochs: {t['epochs_run']} run of {t['epochs_requested']} requested; best epoch {t['best_epoch']}."
+    lines = [
+        f"- Ensemble of {len(members)} networks of this backbone, trained one after another on the fit split "
+        "with their own seeds and each stopped at its own best selection-split AUC; the bundle is one network "
+        "whose logits are the mean of theirs (the parameter count above is the sum)."
+    ]
+    for k, mem in enumerate(members, 1):
+        lines.append(
+            f"  - Member {k} (seed {mem['seed']}): {mem['epochs_run']} epochs run of {t['epochs_requested']} "
+            f"requested; best epoch {mem['best_epoch']} (selection AUC {_fmt(mem['best_val_auc_during_training'])}); "
+            f"{mem['training_seconds']} s."
+        )
+    return "\n".join(lines)
+
+
 def render_model_card(m: Manifest) -> str:
     """A model card written only from the manifest, so every number is a measured one."""
     t = m.metrics["training"]
@@ -225,8 +244,7 @@ Test-time views averaged: `{m.tta}`. Predictions whose top probability is below
 - Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}, BatchNorm \
 momentum {t.get("batchnorm_momentum", 0.99)}.
 - Schedule: {t["schedule"]}.
-- Epochs: {t["epochs_run"]} run of {t["epochs_requested"]} requested; best epoch \
-{t["best_epoch"]}.
+{_epochs_text(t)}
 - Class weights: {", ".join(f"{k} {w:.3f}" for k, w in t["class_weights"].items())}.
 - Augmentation: {t["augmentation"]}.
 - Time on the training machine ({t["cpu_count"]} CPU cores, no GPU): loading \

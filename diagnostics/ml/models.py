@@ -8,12 +8,13 @@ inference time is exact.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 SMALL_CNN_FILTERS = (16, 32, 64, 128, 256)
@@ -109,4 +110,42 @@ def build_model(backbone: str, input_size: int, n_labels: int, *, weights: str |
                 raise ValueError(
                     f"cannot load weights from {path} into the {backbone} model or its backbone: {exc}"
                 ) from exc
+    return model
+
+
+def build_ensemble(members: Sequence[keras.Model], *, name: str = "ensemble") -> keras.Model:
+    """One network whose logits are exactly the mean of the members' logits.
+
+    Every member ends in feature map -> `gap` -> dropout -> Dense `logits` (all the
+    builders above do). The ensemble runs each member's layers up to its feature map,
+    concatenates the maps along the channels (`member_features`), pools them and applies
+    one Dense whose kernel stacks the members' kernels divided by N and whose bias is
+    their mean: the average of N linear heads over pooled features is one linear head
+    over the concatenated pooled features. So the bundle keeps a single spatial feature
+    map before a linear head, and Grad-CAM and the out-of-distribution features (the
+    pooled map) work on it as on one network. Dropout is left out: it is the identity at
+    inference, and the ensemble is never trained as a whole."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    shape = tuple(members[0].input_shape[1:])
+    n_labels = members[0].output_shape[-1]
+    for m in members[1:]:
+        if tuple(m.input_shape[1:]) != shape or m.output_shape[-1] != n_labels:
+            raise ValueError("ensemble members must share the input shape and the labels")
+    inputs = keras.Input(shape=shape, name="image")
+    maps = []
+    kernels, biases = [], []
+    for i, member in enumerate(members):
+        trunk = keras.Model(member.inputs, member.get_layer("gap").input, name=f"member{i + 1}")
+        maps.append(trunk(inputs))
+        kernel, bias = member.get_layer("logits").get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    x = layers.Concatenate(axis=-1, name="member_features")(maps)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(n_labels, name="logits")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    model.get_layer("logits").set_weights(
+        [np.concatenate(kernels, axis=0) / len(members), np.mean(np.stack(biases), axis=0)]
+    )
     return model

@@ -34,11 +34,12 @@ from .calibration import CALIBRATIONS, choose_calibration, fit_vector_scaling  #
 from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
 from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, select_and_report  # noqa: E402
-from .models import BACKBONES, build_model  # noqa: E402
+from .models import BACKBONES, build_ensemble, build_model  # noqa: E402
 from .preprocess import PREPROCESSING_ID  # noqa: E402
 
 MODEL_FILE = "model.keras"
 SCHEDULES = ("cosine", "plateau")
+MAX_MEMBERS = 5
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainConfig:
     # applied by every inference and evaluation path.
     tta: str = "none"
     calibration: str = "temperature"  # or "vector" (calibration.py)
+    # Networks trained with seeds seed, seed+1, ... and joined into one whose logits are
+    # their mean (models.build_ensemble); 1 trains a single network.
+    members: int = 1
     valid_fraction: float = 0.2
     test_fraction: float = 0.0
     weights: Path | None = None
@@ -231,6 +235,8 @@ def check_config(config: TrainConfig) -> None:
         raise DatasetError(f"unknown calibration '{config.calibration}' (known: {', '.join(CALIBRATIONS)})")
     if not 0.0 < config.bn_momentum < 1.0:
         raise DatasetError("--bn-momentum must be between 0 and 1")
+    if not 1 <= config.members <= MAX_MEMBERS:
+        raise DatasetError(f"--members must be between 1 and {MAX_MEMBERS}")
     if config.schedule not in SCHEDULES:
         raise DatasetError(f"unknown schedule '{config.schedule}' (known: {', '.join(SCHEDULES)})")
 
@@ -282,6 +288,78 @@ def report_with_intervals(
     return out
 
 
+def _fit_member(
+    config: TrainConfig, seed: int, train: Split, select: Split, weights: dict[int, float], n_labels: int
+) -> tuple[Any, Any, float]:
+    """Train one network with `seed`; returns it with the best selection-AUC weights
+    restored, its monitor (history, best epoch) and its training seconds."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(config.backbone, config.image_size, n_labels, weights=config.weights)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = config.bn_momentum
+    learning_rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        steps = config.epochs * math.ceil(len(train.labels) / config.batch_size)
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = make_train_dataset(
+        train.images,
+        train.labels,
+        batch_size=config.batch_size,
+        seed=seed,
+        augmentation=config.augmentation,
+        colour=config.colour_augmentation,
+        stain_sigma=config.stain_sigma,
+    )
+    monitor = _make_monitor(
+        select.images,
+        select.labels,
+        patience=config.patience,
+        lr_patience=config.lr_patience if config.schedule == "plateau" else None,
+        verbose=config.verbose,
+    )
+    started = time.monotonic()
+    model.fit(
+        dataset,
+        epochs=config.epochs,
+        class_weight=weights,
+        callbacks=[monitor],
+        shuffle=False,  # the dataset shuffles itself, reproducibly
+        verbose=config.verbose,
+    )
+    return model, monitor, time.monotonic() - started
+
+
+def _fresh_copy(config: TrainConfig, members: list[Any], n_labels: int) -> Any:
+    """The network to save: freshly built and never compiled, with the trained weights
+    (Keras 3 saves a compiled model's optimizer state in the .keras file whatever
+    include_optimizer says; this copy is about a third of the size)."""
+    copies = []
+    for member in members:
+        copy = build_model(config.backbone, config.image_size, n_labels, weights=None)
+        copy.set_weights(member.get_weights())
+        copies.append(copy)
+    return copies[0] if len(copies) == 1 else build_ensemble(copies)
+
+
+def _member_summary(trained: tuple[Any, Any, float, int]) -> dict[str, Any]:
+    _, monitor, seconds, seed = trained
+    return {
+        "seed": seed,
+        "epochs_run": len(monitor.history),
+        "best_epoch": monitor.best_epoch + 1,
+        "best_val_auc_during_training": monitor.best_auc,
+        "training_seconds": round(seconds, 1),
+        "history": monitor.history,
+    }
+
+
 def train_bundle(config: TrainConfig) -> Manifest:
     """Train, calibrate, evaluate and write the bundle; returns its manifest."""
     started = time.monotonic()
@@ -326,50 +404,25 @@ def train_bundle(config: TrainConfig) -> Manifest:
     import keras
 
     _tf()  # quiet TensorFlow's Python logger before the first graph is built
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.backbone, size, len(labels), weights=config.weights)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = config.bn_momentum
-    learning_rate: Any = config.learning_rate
-    if config.schedule == "cosine":
-        steps = config.epochs * math.ceil(len(train.labels) / config.batch_size)
-        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-        schedule_text = f"cosine decay over {config.epochs} epochs to 2 % of the initial rate"
-    else:
-        schedule_text = f"lr x0.3 after {config.lr_patience} epochs without val AUC gain"
-    schedule_text += f"; early stop after {config.patience} epochs without gain; best-val-AUC weights restored"
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
     weights = class_weights(train.labels, len(labels))
-    dataset = make_train_dataset(
-        train.images,
-        train.labels,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        augmentation=config.augmentation,
-        colour=config.colour_augmentation,
-        stain_sigma=config.stain_sigma,
+    schedule_text = (
+        f"cosine decay over {config.epochs} epochs to 2 % of the initial rate"
+        if config.schedule == "cosine"
+        else f"lr x0.3 after {config.lr_patience} epochs without val AUC gain"
     )
-    monitor = _make_monitor(
-        select.images,
-        select.labels,
-        patience=config.patience,
-        lr_patience=config.lr_patience if config.schedule == "plateau" else None,
-        verbose=config.verbose,
-    )
-    fit_started = time.monotonic()
-    model.fit(
-        dataset,
-        epochs=config.epochs,
-        class_weight=weights,
-        callbacks=[monitor],
-        shuffle=False,  # the dataset shuffles itself, reproducibly
-        verbose=config.verbose,
-    )
-    fit_seconds = time.monotonic() - fit_started
+    schedule_text += f"; early stop after {config.patience} epochs without gain; best-val-AUC weights restored"
+    # Members train one after another on the same fit split, each with its own seed
+    # (initial weights, batch order, augmentation) and its own epoch choice on the
+    # selection split; the split itself follows config.seed alone.
+    trained: list[tuple[Any, Any, float, int]] = []
+    for i in range(config.members):
+        member_seed = config.seed + i
+        if config.verbose and config.members > 1:
+            print(f"member {i + 1} of {config.members}, seed {member_seed}", flush=True)
+        member, member_monitor, seconds = _fit_member(config, member_seed, train, select, weights, len(labels))
+        trained.append((member, member_monitor, seconds, member_seed))
+    fit_seconds = sum(t[2] for t in trained)
+    model = trained[0][0] if config.members == 1 else build_ensemble([t[0] for t in trained])
 
     # Calibrate on the selection split's logits of the restored best weights (averaged
     # over the test-time views when the bundle uses them); the report split took no part
@@ -402,8 +455,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
     # Keras 3 ignores include_optimizer for the .keras format (and clone_model compiles the
     # clone), so save a freshly built, never-compiled copy: weights and architecture only,
     # about a third of the size with the optimizer state.
-    export = build_model(config.backbone, size, len(labels), weights=None)
-    export.set_weights(model.get_weights())
+    export = _fresh_copy(config, [t[0] for t in trained], len(labels))
     tmp_path = out / ("tmp-" + MODEL_FILE)
     export.save(tmp_path)
     reloaded = keras.saving.load_model(tmp_path, compile=False)
@@ -413,6 +465,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
         raise RuntimeError(f"saved model disagrees with the trained one (max diff {diff})")
     tmp_path.replace(model_path)
 
+    monitor = trained[0][1]
     history = monitor.history
     manifest = Manifest(
         name=config.name,
@@ -437,6 +490,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
                 "epochs_run": len(history),
                 "best_epoch": monitor.best_epoch + 1,
                 "best_val_auc_during_training": monitor.best_auc,
+                **({"members": [_member_summary(t) for t in trained]} if config.members > 1 else {}),
                 "batch_size": config.batch_size,
                 "batchnorm_momentum": config.bn_momentum,
                 "optimizer": f"AdamW lr {config.learning_rate:g} weight decay {config.weight_decay:g}",
@@ -449,6 +503,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
                     "stain_sigma": config.stain_sigma,
                     "tta": config.tta,
                     "calibration": config.calibration,
+                    "members": config.members,
                     "schedule": config.schedule,
                     "epochs": config.epochs,
                     "learning_rate": config.learning_rate,
@@ -528,6 +583,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--stain-sigma", type=float, default=0.05, help="HED jitter: scale 1 +- s, shift +- s")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time view averaging")
     p.add_argument("--calibration", choices=CALIBRATIONS, default="temperature")
+    p.add_argument("--members", type=int, default=1, help="ensemble: networks trained with seeds seed, seed+1, ...")
     p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument(
@@ -579,6 +635,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         stain_sigma=a.stain_sigma,
         tta=a.tta,
         calibration=a.calibration,
+        members=a.members,
         valid_fraction=a.valid_fraction,
         test_fraction=a.test_fraction,
         weights=a.weights,

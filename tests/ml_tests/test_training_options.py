@@ -303,6 +303,7 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
         ({"tta": "dihedral8", "augmentation": "horizontal"}, "needs --augmentation dihedral"),
         ({"calibration": "isotonic"}, "unknown calibration 'isotonic'"),
         ({"mpp": 500.0}, "--mpp .* must be between 0.01 and 100"),
+        ({"members": 0}, "--members must be between 1 and 5"),
     ],
 )
 def test_bad_options_stop_before_anything_is_read_or_written(
@@ -315,6 +316,67 @@ def test_bad_options_stop_before_anything_is_read_or_written(
     with pytest.raises(DatasetError, match=message):
         train_bundle(config)
     assert not out.exists()
+
+
+# --- ensembles ---------------------------------------------------------------------------
+
+
+def test_an_ensemble_network_gives_exactly_the_mean_of_its_members_logits() -> None:
+    import keras
+
+    from diagnostics.ml.models import build_ensemble, build_model
+
+    members = []
+    for seed in (1, 2, 3):
+        keras.utils.set_random_seed(seed)
+        members.append(build_model("small_cnn", 32, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    ensemble = build_ensemble(members)
+    mean = np.mean([np.asarray(m(x, training=False)) for m in members], axis=0)
+    got = np.asarray(ensemble(x, training=False))
+    assert np.allclose(got, mean, atol=1e-5)
+    assert np.max(np.abs(mean - np.asarray(members[0](x, training=False)))) > 1e-3  # the members differ
+    # One spatial feature map (the members' maps side by side) before the linear head.
+    assert ensemble.get_layer("member_features").output.shape[1:] == (2, 2, 3 * 256)
+    with pytest.raises(ValueError, match="at least two members"):
+        build_ensemble(members[:1])
+
+
+def test_a_two_member_run_trains_both_and_the_bundle_runs_as_one_network(synthetic_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ensemble"
+    config = TrainConfig(
+        data=synthetic_data,
+        out=out,
+        name="toy",
+        version="0.4",
+        epochs=2,
+        image_size=32,
+        batch_size=8,
+        test_fraction=0.25,
+        tta="flip-lr",
+        members=2,
+        check_images=1,
+        verbose=0,
+    )
+    manifest = train_bundle(config)
+    training = manifest.metrics["training"]
+    assert [m["seed"] for m in training["members"]] == [42, 43]
+    assert all(len(m["history"]) == 2 for m in training["members"])
+    assert training["options"]["members"] == 2
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Ensemble of 2 networks" in card and "Member 2 (seed 43)" in card
+    runner = InferenceRunner(out)
+    x = np.random.default_rng(7).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    output = runner.run(x, heatmaps=True)
+    assert output.heatmaps is not None and output.heatmaps.shape[0] == 3
+    assert output.features is not None and output.features.shape == (3, 2 * 256)
+    # The card's report figures are the runner's: evaluate_model measures the same.
+    result = evaluate_bundle(out, synthetic_data, tmp_path / "eval", report_split=True)
+    assert result["accuracy"] == pytest.approx(manifest.metrics["report"]["accuracy"])
+    assert result["roc_auc"] == pytest.approx(manifest.metrics["report"]["roc_auc"], abs=1e-6)
+    # The bfloat16 variant of the joined network builds and stays close.
+    half = InferenceRunner(out, precision="bfloat16")
+    assert np.max(np.abs(half.predict_arrays(x) - runner.predict_arrays(x))) < 0.05
 
 
 def test_report_split_evaluation_needs_a_bundle_that_records_one(tmp_path: Path) -> None:
