@@ -46,7 +46,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     # words (labels listed, figures on the model card), not as raw JSON with Save buttons.
     fields = (
         "name", "version", "task", "status", "stage_labels", "validation_figures", "model_card",
-        "temperature", "uncertain_below", "bundle_path", "sha256", "registered_by", "registered_at", "uuid",
+        "calibration", "uncertain_below", "bundle_path", "sha256", "registered_by", "registered_at", "uuid",
     )  # fmt: skip
     readonly_fields = fields
     actions = ["activate_selected", "retire_selected", "candidate_selected", "shadow_backfill_selected"]
@@ -62,6 +62,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="Stage labels (least to most advanced)")
     def stage_labels(self, obj: ModelVersion) -> str:
         return " → ".join(str(label) for label in obj.labels)
+
+    @admin.display(description="Calibration (applied to the logits at inference)")
+    def calibration(self, obj: ModelVersion) -> str:
+        from diagnostics.ml.calibration import describe
+
+        return describe((obj.training_summary or {}).get("calibration"), obj.temperature)
 
     @admin.display(description="Measured figures")
     def validation_figures(self, obj: ModelVersion) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,9 +38,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from . import ood  # noqa: E402
-from .bundle import sha256_file, verify_bundle, write_manifest  # noqa: E402
+from .bundle import BundleError, sha256_file, verify_bundle, write_manifest  # noqa: E402
 from .card import MODEL_CARD, card_with_ood_section, render_model_card
 from .datasets import (  # noqa: E402
+    DatasetError,
     _class_folders,
     _collect,
     _limit,
@@ -205,16 +207,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fit-limit", type=int, default=6000, help="training images the reference is fitted on")
     parser.add_argument("--outlier-limit", type=int, default=2000)
     args = parser.parse_args(argv)
-    section = fit_bundle(
-        bundle=args.bundle,
-        data=args.data,
-        outliers=args.outliers,
-        valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        fit_limit=args.fit_limit,
-        outlier_limit=args.outlier_limit,
-    )
+    try:
+        section = fit_bundle(
+            bundle=args.bundle,
+            data=args.data,
+            outliers=args.outliers,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            fit_limit=args.fit_limit,
+            outlier_limit=args.outlier_limit,
+        )
+    except (DatasetError, BundleError, ood.OodError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in section.items() if k != "reference_scores"}, indent=2))
     return 0
 

@@ -79,6 +79,9 @@ def model_register(
                     "data_summary": manifest.data_summary,
                     "library_versions": manifest.library_versions,
                     "training": manifest.metrics.get("training", {}),
+                    # Vector scaling (diagnostics/ml/calibration.py) when the bundle uses it;
+                    # `temperature` is then 1.0 and this is what the runner applies.
+                    "calibration": dict(manifest.calibration),
                 },
                 temperature=manifest.temperature,
                 uncertain_below=manifest.uncertain_below,

@@ -315,3 +315,19 @@ def test_train_model_command_stops_on_one_class_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert "only one class folder ('only'): training needs at least two" in done.stderr
     assert not out.exists()
+
+
+def test_a_versions_admin_page_names_the_calibration_the_runner_applies(admin_user, settings):
+    """The BUSI bundle is vector-scaled (its temperature field is 1.0): its page says
+    vector scaling with the bundle's scales, the PCam page its temperature."""
+    busi = REPO_DEMO.parent / "busi-small-cnn"
+    shutil.copytree(busi, settings.MODEL_DIR / "busi")
+    shutil.copytree(REPO_DEMO, settings.MODEL_DIR / "pcam")
+    vector = model_register(acting_user=None, bundle_dir="busi")
+    temperature = model_register(acting_user=None, bundle_dir="pcam")
+    client = login(admin_user)
+    page = client.get(reverse("admin:diagnostics_modelversion_change", args=[vector.pk])).content.decode()
+    scales = json.loads((busi / "manifest.json").read_text())["calibration"]["scale"]
+    assert "vector scaling" in page and f"{scales[0]:.3f}" in page
+    page = client.get(reverse("admin:diagnostics_modelversion_change", args=[temperature.pk])).content.decode()
+    assert f"T = {temperature.temperature:.4f}" in page
