@@ -81,6 +81,9 @@ class TrainConfig:
     # Networks trained with seeds seed, seed+1, ... and joined into one whose logits are
     # their mean (models.build_ensemble); 1 trains a single network.
     members: int = 1
+    # Exponential moving average of the weights (decay per step; 0: off), scored and
+    # kept instead of the last step's weights (_make_monitor).
+    ema: float = 0.0
     valid_fraction: float = 0.2
     test_fraction: float = 0.0
     weights: Path | None = None
@@ -141,13 +144,22 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {k: float(len(y) / (n_classes * counts[k])) for k in range(n_classes)}
 
 
-def _make_monitor(x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_patience: int | None, verbose: int) -> Any:
+def _make_monitor(
+    x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_patience: int | None, verbose: int, ema: float = 0.0
+) -> Any:
     import keras
 
     class ValidationMonitor(keras.callbacks.Callback):  # type: ignore[misc]  # Keras ships no types
         """Scores the validation split once per epoch (AUC, NLL, accuracy), lowers the
         learning rate on a plateau, stops early and restores the best-AUC weights.
-        One pass serves all three, instead of Keras' separate validation loop."""
+        One pass serves all three, instead of Keras' separate validation loop.
+
+        With `ema` > 0 it also keeps an exponential moving average of every weight
+        (BatchNorm statistics included) after each step, with the usual warm-up
+        (decay min(ema, (1 + t) / (10 + t)) at step t), and scores and keeps the
+        averaged weights instead of the last step's: Adam's steps stay about the
+        learning rate in size for every weight, so the last step's weights wander from
+        epoch to epoch even late in a schedule, and their average does not."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -157,9 +169,28 @@ def _make_monitor(x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_pat
             self.wait = 0
             self.lr_wait = 0
             self.history: list[dict[str, float]] = []
+            self.average: list[np.ndarray] | None = None
+            self.steps = 0
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if not ema:
+                return
+            weights = self.model.get_weights()
+            if self.average is None:
+                self.average = [np.array(w, dtype=np.float64) for w in weights]
+                return
+            self.steps += 1
+            d = min(ema, (1 + self.steps) / (10 + self.steps))
+            for a, w in zip(self.average, weights, strict=True):
+                a *= d
+                a += (1.0 - d) * w
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs if logs is not None else {}
+            live = None
+            if self.average is not None:
+                live = self.model.get_weights()
+                self.model.set_weights([a.astype(w.dtype) for a, w in zip(self.average, live, strict=True)])
             logits = self.model.predict(x_val, batch_size=256, verbose=0)
             auc = M.roc_auc(y_val, M.softmax(logits))
             loss = M.nll_from_logits(y_val, logits)
@@ -178,7 +209,7 @@ def _make_monitor(x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_pat
             )
             if auc > self.best_auc + 1e-4:
                 self.best_auc, self.best_epoch = auc, epoch
-                self.best_weights = self.model.get_weights()
+                self.best_weights = self.model.get_weights()  # the averaged ones, with ema
                 self.wait = self.lr_wait = 0
             else:
                 self.wait += 1
@@ -188,6 +219,8 @@ def _make_monitor(x_val: np.ndarray, y_val: np.ndarray, *, patience: int, lr_pat
                     self.lr_wait = 0
                 if self.wait >= patience:
                     self.model.stop_training = True
+            if live is not None:
+                self.model.set_weights(live)  # training goes on from the last step's weights
             if verbose:
                 print(
                     f"epoch {epoch + 1}: val_auc={auc:.4f} val_loss={loss:.4f} "
@@ -235,6 +268,8 @@ def check_config(config: TrainConfig) -> None:
         raise DatasetError(f"unknown calibration '{config.calibration}' (known: {', '.join(CALIBRATIONS)})")
     if not 0.0 < config.bn_momentum < 1.0:
         raise DatasetError("--bn-momentum must be between 0 and 1")
+    if not 0.0 <= config.ema < 1.0:
+        raise DatasetError("--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.999")
     if not 1 <= config.members <= MAX_MEMBERS:
         raise DatasetError(f"--members must be between 1 and {MAX_MEMBERS}")
     if config.schedule not in SCHEDULES:
@@ -323,6 +358,7 @@ def _fit_member(
         patience=config.patience,
         lr_patience=config.lr_patience if config.schedule == "plateau" else None,
         verbose=config.verbose,
+        ema=config.ema,
     )
     started = time.monotonic()
     model.fit(
@@ -410,6 +446,8 @@ def train_bundle(config: TrainConfig) -> Manifest:
         if config.schedule == "cosine"
         else f"lr x0.3 after {config.lr_patience} epochs without val AUC gain"
     )
+    if config.ema:
+        schedule_text += f"; exponential moving average of the weights (decay {config.ema:g} per step) scored and kept"
     schedule_text += f"; early stop after {config.patience} epochs without gain; best-val-AUC weights restored"
     # Members train one after another on the same fit split, each with its own seed
     # (initial weights, batch order, augmentation) and its own epoch choice on the
@@ -504,6 +542,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
                     "tta": config.tta,
                     "calibration": config.calibration,
                     "members": config.members,
+                    "ema": config.ema,
                     "schedule": config.schedule,
                     "epochs": config.epochs,
                     "learning_rate": config.learning_rate,
@@ -584,6 +623,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time view averaging")
     p.add_argument("--calibration", choices=CALIBRATIONS, default="temperature")
     p.add_argument("--members", type=int, default=1, help="ensemble: networks trained with seeds seed, seed+1, ...")
+    p.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights (decay)")
     p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument(
@@ -636,6 +676,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         tta=a.tta,
         calibration=a.calibration,
         members=a.members,
+        ema=a.ema,
         valid_fraction=a.valid_fraction,
         test_fraction=a.test_fraction,
         weights=a.weights,

@@ -304,6 +304,7 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
         ({"calibration": "isotonic"}, "unknown calibration 'isotonic'"),
         ({"mpp": 500.0}, "--mpp .* must be between 0.01 and 100"),
         ({"members": 0}, "--members must be between 1 and 5"),
+        ({"ema": 1.0}, "--ema must be 0"),
     ],
 )
 def test_bad_options_stop_before_anything_is_read_or_written(
@@ -355,6 +356,7 @@ def test_a_two_member_run_trains_both_and_the_bundle_runs_as_one_network(synthet
         test_fraction=0.25,
         tta="flip-lr",
         members=2,
+        ema=0.9,
         check_images=1,
         verbose=0,
     )
@@ -362,7 +364,8 @@ def test_a_two_member_run_trains_both_and_the_bundle_runs_as_one_network(synthet
     training = manifest.metrics["training"]
     assert [m["seed"] for m in training["members"]] == [42, 43]
     assert all(len(m["history"]) == 2 for m in training["members"])
-    assert training["options"]["members"] == 2
+    assert training["options"]["members"] == 2 and training["options"]["ema"] == 0.9
+    assert "moving average of the weights (decay 0.9 per step)" in training["schedule"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "Ensemble of 2 networks" in card and "Member 2 (seed 43)" in card
     runner = InferenceRunner(out)
@@ -388,3 +391,51 @@ def test_report_split_evaluation_needs_a_bundle_that_records_one(tmp_path: Path)
     (folder / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(EvaluationError, match="records no report split"):
         evaluate_bundle(folder, tmp_path, tmp_path / "eval", report_split=True)
+
+
+# --- weight averaging ------------------------------------------------------------------------
+
+
+def test_weight_averaging_scores_and_keeps_the_average_and_training_goes_on_from_the_last_step() -> None:
+    import keras
+
+    from diagnostics.ml.train import _make_monitor
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    monitor = _make_monitor(x, y, patience=5, lr_patience=None, verbose=0, ema=0.9)
+    monitor.set_model(model)
+    shapes = [w.shape for w in model.get_weights()]
+    for step in range(6):  # the weights after each step: 0, 1, ..., 5 everywhere
+        model.set_weights([np.full(s, float(step), np.float32) for s in shapes])
+        monitor.on_train_batch_end(step)
+    monitor.on_epoch_end(0)
+    kept = monitor.best_weights
+    assert kept is not None
+    # Warm-up decays (1 + t) / (10 + t) for t = 1..5, below 0.9: computed by hand.
+    expected = 0.0
+    for t in range(1, 6):
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * t
+    assert all(np.allclose(w, expected) for w in kept) and 0.0 < expected < 5.0
+    assert all(np.allclose(w, 5.0) for w in model.get_weights())  # the live weights are back
+    monitor.on_train_end()
+    assert all(np.allclose(w, expected) for w in model.get_weights())  # the average is what is kept
+
+
+def test_a_run_without_averaging_keeps_the_last_steps_weights() -> None:
+    import keras
+
+    from diagnostics.ml.train import _make_monitor
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    monitor = _make_monitor(x, np.array([0, 1] * 4), patience=5, lr_patience=None, verbose=0)
+    monitor.set_model(model)
+    model.set_weights([np.full(w.shape, 3.0, np.float32) for w in model.get_weights()])
+    monitor.on_train_batch_end(0)
+    monitor.on_epoch_end(0)
+    assert monitor.best_weights is not None and all(np.allclose(w, 3.0) for w in monitor.best_weights)
