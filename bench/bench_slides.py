@@ -55,7 +55,7 @@ def throughput(bundle: str, slide_path: str, batch: int, threads: int, repeats: 
         best_bare = min(best_bare, time.perf_counter() - t)
         t = time.perf_counter()
         analyse(slide, slide_mpp=mpp, model_mpp=model_mpp(runner.manifest.mpp), input_size=runner.input_size,
-                labels=runner.labels, predict=runner.predict_arrays, batch_size=batch, threads=threads)  # fmt: skip
+                labels=runner.labels, predict=runner.predict_tiles, batch_size=batch, threads=threads)  # fmt: skip
         best_path = min(best_path, time.perf_counter() - t)
     n = len(coords)
     return {"tiles": n, "bare_tiles_per_s": n / best_bare, "path_tiles_per_s": n / best_path,
@@ -73,7 +73,7 @@ def one_large(bundle: str, slide_path: str, batch: int, threads: int) -> dict[st
     slide, mpp = _open(slide_path)
     t1 = time.perf_counter()
     a = analyse(slide, slide_mpp=mpp, model_mpp=model_mpp(runner.manifest.mpp), input_size=runner.input_size,
-                labels=runner.labels, predict=runner.predict_arrays, batch_size=batch, threads=threads)  # fmt: skip
+                labels=runner.labels, predict=runner.predict_tiles, batch_size=batch, threads=threads)  # fmt: skip
     t2 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size_px": list(slide.dimensions), "tissue_tiles": a.tissue_tiles, "load_s": t1 - t0,

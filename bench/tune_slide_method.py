@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     runner = InferenceRunner(args.bundle)
     cases = run_folder(
-        args.folder, predict=runner.predict_arrays, model_mpp=model_mpp(runner.manifest.mpp),
+        args.folder, predict=runner.predict_tiles, model_mpp=model_mpp(runner.manifest.mpp),
         input_size=runner.input_size, labels=runner.labels, method=SlideMethod(),
     )  # fmt: skip
     rows = []

@@ -246,7 +246,8 @@ class ReviewItemOut(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_ood_reasons(self, obj: ReviewItem) -> list[str]:
-        """Each reason in words (codes: too_small, nearly_blank, unlike_training_data)."""
+        """Each reason in words (codes: too_small, nearly_blank, unlike_training_data; slides:
+        slide_no_tissue, slide_tiles_unlike_training_data)."""
         return ood_reason_texts(obj.prediction)
 
     @extend_schema_field(PredictionOut(allow_null=True))
@@ -279,6 +280,13 @@ class SlideResultOut(serializers.Serializer):
     tissue_tiles = serializers.IntegerField(source="slide_summary.tissue_tiles")
     tumour_tiles = serializers.IntegerField(source="slide_summary.tumour_tiles")
     tile_px = serializers.FloatField(source="slide_summary.tile_px", help_text="Level-0 pixels per tile side.")
+    outside_tiles = serializers.IntegerField(
+        source="slide_summary.outside_tiles",
+        default=None,
+        allow_null=True,
+        help_text="Tissue tiles unlike the model's training patches (null: the model carries no reference). "
+        "From half of the tissue tiles on, the slide is out of distribution and this answer is withheld.",
+    )
 
 
 class ReviewItemDetailOut(ReviewItemOut):
@@ -294,6 +302,8 @@ class ReviewItemDetailOut(ReviewItemOut):
         prediction = obj.prediction
         if prediction.scan.kind != Scan.Kind.SLIDE:
             return None
+        if obj.ai_hidden or obj.ai_withheld:  # type: ignore[attr-defined]  # annotated by the review selectors
+            return None  # the map's regions are the AI's answer: hidden or withheld like the rest of it
         return dict(SlideResultOut(prediction).data)
 
     @extend_schema_field(DecisionOut(many=True))

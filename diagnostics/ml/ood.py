@@ -38,11 +38,21 @@ DEFAULT_MIN_STD = 4.0
 REASON_TOO_SMALL = "too_small"
 REASON_BLANK = "nearly_blank"
 REASON_FEATURES = "unlike_training_data"
+REASON_SLIDE_NO_TISSUE = "slide_no_tissue"
+REASON_SLIDE_TILES = "slide_tiles_unlike_training_data"
 REASON_TEXT = {
     REASON_TOO_SMALL: "the image is too small for this model",
     REASON_BLANK: "the image is nearly blank",
     REASON_FEATURES: "the image is unlike the images this model was trained on",
+    REASON_SLIDE_NO_TISSUE: "no tissue was found on the slide",
+    REASON_SLIDE_TILES: "most of the slide's tissue is unlike the patches this model was trained on",
 }
+# A slide is outside what a patch model was trained on when at least this fraction of
+# its tissue tiles is, each by the bundle's own per-image rule. The rule flags about
+# 3 % of the model's own held-out patches, so a slide of the kind it was trained on sits
+# far below one half, and a slide of another kind (every tile unlike) far above it; a
+# mixed slide, half unlike, is not one the model's answer should be trusted on.
+SLIDE_OUTSIDE_FRACTION = 0.5
 
 
 class OodError(ValueError):
@@ -182,6 +192,17 @@ def reasons(
     if far_features or far_image:
         out.append(REASON_FEATURES)
     return out
+
+
+def slide_reasons(*, tissue_tiles: int, outside_tiles: int | None) -> list[str]:
+    """Why a slide is outside what its patch model was trained on (empty: it is not),
+    from its count of tissue tiles and of those the per-image rule flags (None: the
+    bundle carries no reference, so only the absence of tissue can be told)."""
+    if tissue_tiles == 0:
+        return [REASON_SLIDE_NO_TISSUE]
+    if outside_tiles is not None and outside_tiles >= SLIDE_OUTSIDE_FRACTION * tissue_tiles:
+        return [REASON_SLIDE_TILES]
+    return []
 
 
 def flag_rate(scores: np.ndarray, threshold: float) -> float:

@@ -321,6 +321,19 @@ class InferenceRunner:
         """Temperature-scaled probabilities, shape (N, len(labels)), rows summing to 1."""
         return self.run(batch, heatmaps=False).probabilities
 
+    def predict_tiles(self, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """What the slide path asks of the network (`slides.Predict`): calibrated
+        probabilities of a batch of full-size tiles and, when the bundle carries an
+        out-of-distribution reference, each tile's flag by the rule a single image gets.
+        The pooled features come from the heat-map call; its maps are dropped (their
+        extra cost is the gradient through the linear head, not through the backbone)."""
+        if self._ood_refs is None:
+            return self.predict_arrays(batch)
+        out = self.run(batch, heatmaps=True)
+        side = self.input_size
+        reasons = self.ood_reasons(out, np.asarray(batch), [(side, side)] * len(out.probabilities))
+        return out.probabilities, np.array([bool(r["reasons"]) for r in reasons], dtype=bool)
+
     def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Temperature-scaled probabilities (N, K) and Grad-CAM maps (N, h, w) in 0..1 for
         each image's top class, h x w being the last feature map's grid."""

@@ -84,7 +84,7 @@ def reaggregate(cases: list[SlideCase], method: SlideMethod) -> list[SlideCase]:
         agg = aggregate(a.probabilities, a.tissue, a.grid, method)
         analysis = SlideAnalysis(
             a.grid, a.labels, a.tissue, a.probabilities, agg.slide_probabilities, agg.regions, agg.tumour, agg.score,
-            agg.evidence, method, a.seconds,
+            agg.evidence, method, a.seconds, a.outside,
         )  # fmt: skip
         out.append(SlideCase(c.name, c.truth, analysis, c.truth_tissue, c.truth_tumour))
     return out
@@ -112,6 +112,7 @@ def metrics(cases: list[SlideCase]) -> dict[str, Any]:
                 "p_positive": round(1.0 - a.slide_probabilities[0], 4),
                 "evidence": round(a.evidence[0], 3) if a.evidence else 0.0,
                 "tissue_tiles": a.tissue_tiles,
+                "outside_tiles": a.outside_tiles,
                 "truth_tissue_cells": int(c.truth_tissue.sum()),
                 "tissue_agreement": round(float((a.tissue == c.truth_tissue).mean()), 4),
                 "truth_tumour_cells": int(c.truth_tumour.sum()),
@@ -146,9 +147,9 @@ def report_markdown(result: dict[str, Any], title: str) -> str:
         value = result[key]
         lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
     lines += ["", f"Method: `{json.dumps(result['method'])}`", ""]
-    cols = ["slide", "truth", "predicted", "p_positive", "evidence", "tissue_tiles", "truth_tumour_cells",
-            "tiles_above_0.5", "predicted_tumour_tiles", "true_positive_tiles", "false_positive_tiles", "dice",
-            "tiles_per_second"]  # fmt: skip
+    cols = ["slide", "truth", "predicted", "p_positive", "evidence", "tissue_tiles", "outside_tiles",
+            "truth_tumour_cells", "tiles_above_0.5", "predicted_tumour_tiles", "true_positive_tiles",
+            "false_positive_tiles", "dice", "tiles_per_second"]  # fmt: skip
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for row in result["per_slide"]:

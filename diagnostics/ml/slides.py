@@ -5,7 +5,8 @@ and the regions a pathologist should look at first.
 
 The slide is anything with OpenSlide's reading calls (`dimensions`, `level_count`,
 `level_downsamples`, `get_best_level_for_downsample`, `read_region`); the network is a
-callable from a uint8 batch (N, s, s, 3) to probabilities (N, K). Memory stays bounded:
+callable from a uint8 batch (N, s, s, 3) to probabilities (N, K), or to probabilities and
+a bool (N,) per tile: outside what the model was trained on. Memory stays bounded:
 the slide is never held as one array, only the tissue thumbnail (a few pixels per tile)
 and the batches in flight.
 """
@@ -51,7 +52,9 @@ def model_mpp(mpp: float | None) -> float:
     return mpp
 
 
-Predict = Callable[[np.ndarray], np.ndarray]
+# Probabilities (N, K), or (probabilities, outside) with outside a bool (N,): each tile
+# outside what the model was trained on (the runner's out-of-distribution rule).
+Predict = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,17 @@ class SlideAnalysis:
     evidence: list[float]  # largest component mass per stage >= 1
     method: SlideMethod
     seconds: dict[str, float] = field(default_factory=dict)
+    # (rows, cols) bool: tissue tiles outside what the model was trained on; None when
+    # the network gave no such flag (a bundle without an out-of-distribution reference).
+    outside: np.ndarray | None = None
 
     @property
     def tissue_tiles(self) -> int:
         return int(self.tissue.sum())
+
+    @property
+    def outside_tiles(self) -> int | None:
+        return None if self.outside is None else int((self.outside & self.tissue).sum())
 
     def tile_map(self) -> dict[str, Any]:
         """The per-tile probabilities as JSON-ready data: one row per tissue tile."""
@@ -154,6 +164,7 @@ class SlideAnalysis:
             "tissue_tiles": self.tissue_tiles,
             "tumour_tiles": int(self.tumour.sum()),
             "evidence": [round(e, 4) for e in self.evidence],
+            "outside_tiles": self.outside_tiles,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -429,6 +440,7 @@ def analyse(
     if max_tiles is not None and len(coords) > max_tiles:
         raise SlideAnalysisError(f"the slide has {len(coords):,} tissue tiles; the limit is {max_tiles:,}")
     probs = np.full((grid.rows, grid.cols, len(labels)), np.nan, np.float32)
+    outside: np.ndarray | None = None
     done = 0
     if progress:
         progress(0, len(coords))
@@ -436,12 +448,22 @@ def analyse(
     network = 0.0
     for chunk, batch in iter_tile_batches(slide, grid, coords, batch_size=batch_size, threads=threads):
         tn = time.perf_counter()
-        out = np.asarray(predict(batch), np.float32)
+        answer = predict(batch)
         network += time.perf_counter() - tn
+        flags = None
+        if isinstance(answer, tuple):
+            answer, flags = answer[0], np.asarray(answer[1], bool)
+            if flags.shape != (len(chunk),):
+                raise SlideAnalysisError(f"the model flagged {flags.shape} for {len(chunk)} tiles")
+            if outside is None:
+                outside = np.zeros((grid.rows, grid.cols), bool)
+        out = np.asarray(answer, np.float32)
         if out.shape != (len(chunk), len(labels)):
             raise SlideAnalysisError(f"the model returned {out.shape} for {len(chunk)} tiles of {len(labels)} labels")
-        for (c, r), row in zip(chunk, out, strict=True):
+        for i, ((c, r), row) in enumerate(zip(chunk, out, strict=True)):
             probs[r, c] = row
+            if flags is not None and outside is not None:
+                outside[r, c] = flags[i]
         done += len(chunk)
         if progress:
             progress(done, len(coords))
@@ -462,6 +484,7 @@ def analyse(
         evidence=agg.evidence,
         method=method,
         seconds=seconds,
+        outside=outside,
     )
 
 

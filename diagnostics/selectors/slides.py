@@ -36,12 +36,15 @@ def slide_upload_get(*, user: User, upload_uuid: UUID) -> SlideUpload:
 
 def slide_prediction_get(*, user: User, item_uuid: UUID) -> tuple[ReviewItem, Prediction]:
     """A slide review item and its prediction (the AI's answer: the map and the regions),
-    for the physicians who may review it, once blinded-first allows them to see it."""
+    for the physicians who may review it, once blinded-first allows them to see it, and
+    never for a slide outside what the model was trained on (its answer is withheld)."""
     item = review_item_get(user=user, item_uuid=item_uuid)
     if item.prediction.scan.kind != Scan.Kind.SLIDE:
         raise NotFound("this review item is not a slide")
     if item.ai_hidden:  # type: ignore[attr-defined]  # annotated by review_item_get
         raise PermissionDenied("record your own stage first; the AI's map and regions are shown after that")
+    if item.ai_withheld:  # type: ignore[attr-defined]  # annotated by review_item_get
+        raise NotFound("this slide is outside what the model was trained on: it has no map or regions to show")
     return item, item.prediction
 
 

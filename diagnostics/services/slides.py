@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -41,6 +40,7 @@ from diagnostics.intake.slides import (
     probe,
     resolution,
 )
+from diagnostics.ml.ood import slide_reasons
 from diagnostics.models import Case, InferenceJob, ModelVersion, Prediction, ReviewItem, Scan, SlideUpload
 from diagnostics.services.job_queue import JobError, active_model_for_task, job_enqueue, job_fail, prediction_new
 
@@ -442,13 +442,6 @@ def _accept(
 # --- slide inference --------------------------------------------------------------------
 
 
-def tile_probabilities(runner: Any, batch: np.ndarray) -> np.ndarray:
-    """The slide path's one call into the runner: calibrated probabilities of a batch of
-    tiles, (N, K). Heat maps are not needed per tile (the tile map is the slide's heat
-    map), so the plain compiled call is used."""
-    return np.asarray(runner.predict_arrays(batch))
-
-
 def _method_for(manifest: Any) -> Any:
     from diagnostics.ml.slides import SlideMethod
 
@@ -501,7 +494,7 @@ def slide_job_process(*, job_id: int) -> None:
                     model_mpp=model_mpp,
                     input_size=runner.input_size,
                     labels=list(model_version.labels),
-                    predict=lambda batch: tile_probabilities(runner, batch),
+                    predict=runner.predict_tiles,
                     method=_method_for(runner.manifest),
                     batch_size=settings.SLIDE_BATCH_SIZE,
                     threads=settings.SLIDE_READ_THREADS,
@@ -567,11 +560,16 @@ def slide_prediction_store(
             # Content-addressed: a second delivery that got this far stores the same objects.
             overlay_name, _ = storage.store_bytes(data=overlay, sha256=storage.sha256_bytes(overlay))
             map_name, _ = storage.store_bytes(data=tile_map, sha256=storage.sha256_bytes(tile_map))
+            # No tissue, or mostly tissue unlike the model's training patches: the
+            # slide's answer is withheld like an image's (diagnostics/ml/ood.py).
+            reasons = slide_reasons(tissue_tiles=analysis.tissue_tiles, outside_tiles=analysis.outside_tiles)
             prediction = prediction_new(
                 job=job,
                 model_version=model_version,
                 probabilities=probabilities,
                 inference_ms=inference_ms,
+                out_of_distribution=bool(reasons),
+                ood_reasons=reasons,
                 heatmap_storage_name=overlay_name,
                 slide_map_storage_name=map_name,
                 regions=[r.to_dict() for r in analysis.regions],
@@ -598,6 +596,7 @@ def slide_prediction_store(
                     "model": str(model_version),
                     "predicted": prediction.predicted_label,
                     "uncertain": prediction.uncertain,
+                    "out_of_distribution": prediction.out_of_distribution,
                     "scan": str(job.scan.uuid),
                     "kind": "slide",
                     "tissue_tiles": total,

@@ -211,12 +211,13 @@ def _review_viewer_context(
         "case_image_count": prediction.scan.case.scans.count(),
         "stage_numbers": [(i + 1, label) for i, label in enumerate(labels)],
         "predicted_number": prediction.predicted_index + 1,
-        "slide": _slide_context(item, prediction, blinded),
+        "slide": _slide_context(item, prediction, blinded or withheld),
     }
 
 
-def _slide_context(item: Any, prediction: Any, blinded: bool) -> dict[str, Any] | None:
-    """The slide viewer's data: Deep Zoom tiles, the overlay's extent, the gallery."""
+def _slide_context(item: Any, prediction: Any, hide_answer: bool) -> dict[str, Any] | None:
+    """The slide viewer's data: Deep Zoom tiles, the overlay's extent, the gallery of
+    regions (none while the AI's answer is hidden or withheld)."""
     scan = prediction.scan
     if scan.kind != "slide":
         return None
@@ -225,7 +226,7 @@ def _slide_context(item: Any, prediction: Any, blinded: bool) -> dict[str, Any] 
     tile_px = float(summary.get("tile_px") or 0)
     regions = (
         []
-        if blinded
+        if hide_answer
         else [
             {**r, "image_url": reverse("slide_region", kwargs={"item_uuid": item.uuid, "rank": r["rank"]})}
             for r in prediction.regions

@@ -169,6 +169,11 @@ def test_candidate_in_shadow_is_compared_and_never_shown(  # type: ignore[no-unt
     assert "McNemar exact p =" in summary and "paired bootstrap p =" in summary
     recall = page.inner_text("#shadow-recall")
     assert "no-metastasis" in recall and "metastasis" in recall
+    # How often each would have withheld its answer, counted from the rows (both 0 or more).
+    flagged_active = sum(p.out_of_distribution for p in Prediction.objects.filter(model_version=active))
+    flagged_candidate = sum(s.out_of_distribution for s in ShadowPrediction.objects.filter(model_version=candidate))
+    withheld = page.locator("#shadow-withheld td")
+    assert [withheld.nth(0).inner_text(), withheld.nth(1).inner_text()] == [str(flagged_active), str(flagged_candidate)]
     # A screenshot without the axe-core check: the Django admin's own breadcrumbs fail
     # its link-in-text-block rule, on every admin page, not this page's content.
     shot(page, "shadow-comparison")

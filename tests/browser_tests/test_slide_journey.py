@@ -98,3 +98,39 @@ def test_a_slide_upload_survives_an_interruption_and_the_physician_signs_at_slid
     decision = ReviewDecision.objects.get(review_item__prediction__scan=scan)
     assert decision.outcome == "confirmed" and decision.stage == "metastasis"
     context.close()
+
+
+def test_a_slide_unlike_the_training_patches_shows_the_warning_and_no_map_in_chromium(
+    live_server, browser, celery_worker_process, active_model, clinician, physician, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Breast ultrasound composed into a slide, sent to the lymph-node model: the
+    physician's viewer shows the slide itself, the warning and no stage, overlay or
+    regions, and the sign form offers only the physician's own stage."""
+    from diagnostics.models import Prediction
+    from tests.helpers import api
+    from tests.slides_tests import slide_factory as f
+    from tests.slides_tests.test_slide_worker import _send, _wait_for_review
+
+    image = f.compose(f.cells_from(SHARED_SLIDES.parent / "busi" / "benign", 48), cols=8)
+    data = f.composed_tiff(tmp_path / "ultrasound.tiff", image).read_bytes()
+    case = make_case(clinician, n_files=0, ref="PSN-WSI-OOD")
+    job = _wait_for_review(_send(api(clinician), case, data, "ultrasound.tiff"))
+    prediction = Prediction.objects.get(job=job)
+    assert prediction.out_of_distribution
+
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    login(page, live_server.url, "physician", PASSWORD)
+    page.goto(f"{live_server.url}/review/")
+    row = page.locator("#review-rows tbody tr.row-ood")
+    assert row.count() == 1 and "outside training data" in row.inner_text()
+    page.click("main a[href*='/review/']:has-text('PSN-WSI-OOD')")
+    page.wait_for_selector("#viewer[data-ready='1']")
+    warning = page.locator("#ood-warning")
+    assert warning.is_visible() and "no suggested stage for this slide" in warning.inner_text()
+    assert "unlike the patches this model was trained on" in warning.inner_text()
+    assert page.get_attribute("#viewer", "data-heatmap-url") is None
+    assert page.locator(".region-gallery .region").count() == 0 and page.locator(".predicted").count() == 0
+    assert page.locator("input[name=outcome][value=confirmed]").count() == 0
+    screen(page, "47-physician-slide-out-of-distribution")
+    context.close()

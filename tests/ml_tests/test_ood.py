@@ -183,3 +183,60 @@ def test_fit_bundle_writes_a_reference_the_runner_uses_and_keeps_the_card(tmp_pa
     grey = np.full((1, 96, 96, 3), 128, np.uint8)
     (result,) = runner.ood_reasons(runner.run(grey, heatmaps=True), grey, [(96, 96)])
     assert result["score"] is not None and ood.REASON_BLANK in result["reasons"]
+
+
+# --- whole slides ------------------------------------------------------------------------
+
+
+def _analyse(image: np.ndarray, runner: InferenceRunner) -> object:
+    from diagnostics.ml.slides import analyse
+    from tests.slides_tests.slide_factory import ArraySlide
+
+    return analyse(
+        ArraySlide(image),
+        slide_mpp=0.972,
+        model_mpp=0.972,
+        input_size=runner.input_size,
+        labels=runner.labels,
+        predict=runner.predict_tiles,
+        batch_size=32,
+        threads=1,
+    )
+
+
+def test_a_slide_of_ultrasound_is_outside_the_pcam_model_and_one_of_its_own_tissue_is_not() -> None:
+    from tests.slides_tests.slide_factory import cells_from, compose
+
+    runner = InferenceRunner(DEMO_BUNDLE)
+    own = compose(cells_from(PCAM / "valid" / "no-metastasis", 24), cols=6)
+    a = _analyse(own, runner)
+    assert a.tissue_tiles >= 18 and a.outside_tiles is not None  # a few patches are mostly fat or glass
+    assert a.outside_tiles <= 3  # the per-image rule flags ~3 % of the model's own held-out patches
+    assert ood.slide_reasons(tissue_tiles=a.tissue_tiles, outside_tiles=a.outside_tiles) == []
+    assert a.summary()["outside_tiles"] == a.outside_tiles
+
+    other = compose(cells_from(BUSI / "benign", 24), cols=6)
+    b = _analyse(other, runner)
+    assert b.tissue_tiles >= 20  # grey speckle counts as tissue for the mask
+    assert b.outside_tiles is not None and b.outside_tiles >= 0.9 * b.tissue_tiles
+    assert ood.slide_reasons(tissue_tiles=b.tissue_tiles, outside_tiles=b.outside_tiles) == [ood.REASON_SLIDE_TILES]
+
+
+def test_slide_reasons_follow_the_half_of_tissue_rule_and_an_empty_slide_has_no_tissue() -> None:
+    assert ood.slide_reasons(tissue_tiles=0, outside_tiles=0) == [ood.REASON_SLIDE_NO_TISSUE]
+    assert ood.slide_reasons(tissue_tiles=0, outside_tiles=None) == [ood.REASON_SLIDE_NO_TISSUE]
+    assert ood.slide_reasons(tissue_tiles=100, outside_tiles=49) == []
+    assert ood.slide_reasons(tissue_tiles=100, outside_tiles=50) == [ood.REASON_SLIDE_TILES]
+    assert ood.slide_reasons(tissue_tiles=100, outside_tiles=None) == []  # no reference: nothing to tell
+    assert set(ood.REASON_TEXT) >= {ood.REASON_SLIDE_NO_TISSUE, ood.REASON_SLIDE_TILES}
+
+
+def test_the_ood_fit_command_names_a_missing_data_folder_and_writes_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from diagnostics.ml.ood_fit import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    assert main(["--bundle", str(bundle), "--data", str(tmp_path / "no-such-data")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before

@@ -43,10 +43,15 @@ def generic_tiff(path: Path, *, size: tuple[int, int] = (1024, 768), mpp: float 
     return path
 
 
-def aperio_svs(path: Path, *, size: tuple[int, int] = (1024, 768), mpp: float = 0.5) -> Path:
-    """An Aperio SVS with a thumbnail, a label and a macro image (magenta, so any leak shows)."""
-    w, h = size
-    image = _texture(w, h, seed=1)
+def aperio_svs(
+    path: Path, *, size: tuple[int, int] = (1024, 768), mpp: float = 0.5, image: np.ndarray | None = None
+) -> Path:
+    """An Aperio SVS with a thumbnail, a label and a macro image (magenta, so any leak
+    shows). Its tissue is a synthetic texture, or ``image`` (e.g. composed PCam patches)."""
+    if image is None:
+        w, h = size
+        image = _texture(w, h, seed=1)
+    h, w = image.shape[:2]
     head = "Aperio Image Library v12.0.15"
     label = np.zeros((120, 160, 3), np.uint8)
     label[:] = LABEL_RGB
@@ -111,3 +116,73 @@ def png_bytes() -> bytes:
     out = io.BytesIO()
     Image.fromarray(_texture(64, 64)).save(out, format="PNG")
     return out.getvalue()
+
+
+def cells_from(folder: Path, count: int, *, cell: int = 96, offset: int = 0) -> list[np.ndarray]:
+    """``count`` images of a class folder (sorted, from ``offset``), each centre-cropped
+    square and resized to one ``cell`` of a composed slide."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[offset:]
+    cells = []
+    for path in paths[:count]:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            side = min(rgb.size)
+            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+            square = rgb.crop((left, top, left + side, top + side)).resize((cell, cell), Image.Resampling.BILINEAR)
+            cells.append(np.asarray(square))
+    if len(cells) < count:
+        raise ValueError(f"{folder} has {len(cells)} images, {count} wanted")
+    return cells
+
+
+def compose(cells: list[np.ndarray], cols: int) -> np.ndarray:
+    """The cells side by side, ``cols`` per row: a slide's level-0 pixels."""
+    rows = -(-len(cells) // cols)
+    cell = cells[0].shape[0]
+    image = np.full((rows * cell, cols * cell, 3), 255, np.uint8)
+    for i, c in enumerate(cells):
+        r, k = divmod(i, cols)
+        image[r * cell : (r + 1) * cell, k * cell : (k + 1) * cell] = c
+    return image
+
+
+def composed_tiff(path: Path, image: np.ndarray, *, mpp: float = 0.972) -> Path:
+    """A pyramidal tiled TIFF of ``image`` (level 0 and a half-size level) at ``mpp``."""
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    h, w = image.shape[:2]
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, tile=(256, 256), photometric="rgb", metadata=None, subfiletype=0, **res)
+        half = np.asarray(Image.fromarray(image).resize((max(1, w // 2), max(1, h // 2))))
+        tw.write(half, tile=(256, 256), photometric="rgb", metadata=None, subfiletype=1, **res)
+    return path
+
+
+class ArraySlide:
+    """An in-memory slide of one level with OpenSlide's reading calls (the slide path's
+    `SlideReader`), for tests that need no file."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self._image = Image.fromarray(image).convert("RGBA")
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self._image.size
+
+    @property
+    def level_count(self) -> int:
+        return 1
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return [1.0]
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [self._image.size]
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        return 0
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        x, y = location
+        return self._image.crop((x, y, x + size[0], y + size[1]))

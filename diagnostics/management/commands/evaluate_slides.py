@@ -41,7 +41,7 @@ class Command(BaseCommand):
         params = {k: v for k, v in runner.manifest.slide_method.items() if k in SlideMethod.__dataclass_fields__}
         cases = run_folder(
             folder,
-            predict=runner.predict_arrays,
+            predict=runner.predict_tiles,
             model_mpp=runner.manifest.mpp,
             input_size=runner.input_size,
             labels=runner.labels,
