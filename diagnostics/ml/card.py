@@ -137,6 +137,10 @@ training images) is above the threshold chosen on held-out images of this task
 """
 
 
+def _architecture_text(t: dict[str, Any]) -> str:
+    return f" Architecture: {t['architecture']}." if t.get("architecture") else ""
+
+
 def _epochs_text(t: dict[str, Any]) -> str:
     """The epochs line; for an ensemble, one line per member."""
     members = t.get("members")
@@ -240,7 +244,7 @@ Test-time views averaged: `{m.tta}`. Predictions whose top probability is below
 ## Architecture and training
 
 - Backbone: `{t["backbone"]}`, {t["parameters"]:,} parameters, initial weights: \
-{t.get("initial_weights", "random (trained from scratch)")}.
+{t.get("initial_weights", "random (trained from scratch)")}.{_architecture_text(t)}
 - Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}, BatchNorm \
 momentum {t.get("batchnorm_momentum", 0.99)}.
 - Schedule: {t["schedule"]}.

@@ -17,7 +17,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
+from diagnostics.ml.equivariant import D4Conv2D, D4Pool, group_batch_norm  # noqa: E402
+
 SMALL_CNN_FILTERS = (16, 32, 64, 128, 256)
+# Features per group element; each layer has 8 oriented copies of each.
+SMALL_P4M_FILTERS = (2, 6, 12, 24, 48)
 
 
 def build_small_cnn(input_size: int, n_labels: int, *, dropout: float = 0.3, name: str = "small_cnn") -> keras.Model:
@@ -34,6 +38,33 @@ def build_small_cnn(input_size: int, n_labels: int, *, dropout: float = 0.3, nam
         # Halve the resolution after every block but the last (96 px -> 6 px).
         if i < len(SMALL_CNN_FILTERS) - 1 and x.shape[1] is not None and x.shape[1] >= 2:
             x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(n_labels, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_small_p4m_cnn(
+    input_size: int, n_labels: int, *, dropout: float = 0.3, name: str = "small_p4m_cnn"
+) -> keras.Model:
+    """The small CNN's five blocks as group convolutions over the 90-degree rotations and
+    mirror images (diagnostics/ml/equivariant.py): 2 -> 48 features per orientation, so 16
+    -> 384 channels and about 0.11 M parameters (a quarter of the small CNN's; about 1.8
+    times its training time per step, docs/performance.md). Pooling over the 8
+    orientations before global average pooling makes the logits the same, to rounding,
+    for a patch and its 7 transforms, without test-time views. Needs an input size
+    divisible by 16 (every pooling must halve an even size)."""
+    if input_size % 16:
+        raise ValueError(f"small_p4m_cnn needs an input size divisible by 16, not {input_size}")
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for i, filters in enumerate(SMALL_P4M_FILTERS):
+        x = D4Conv2D(filters, 3, lifting=i == 0, name=f"conv{i + 1}")(x)
+        x = group_batch_norm(x, name=f"bn{i + 1}")
+        x = layers.ReLU(name=f"relu{i + 1}")(x)
+        if i < len(SMALL_P4M_FILTERS) - 1:
+            x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = D4Pool(name="group_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(n_labels, name="logits")(x)
@@ -76,8 +107,20 @@ def build_mobilenetv3small(input_size: int, n_labels: int) -> keras.Model:
     )
 
 
+# Backbones whose logits do not change when the input is turned by 90 degrees or mirrored,
+# with the sentence the model card says about them. Test-time views are pointless on them.
+INVARIANT_BACKBONES: dict[str, str] = {
+    "small_p4m_cnn": (
+        "group convolutions over the 8 rotations by 90 degrees and mirror images (p4m), "
+        "pooled over the orientations: the same logits for a patch and its 7 transforms"
+    ),
+}
+# The input size each backbone's pooling needs a multiple of.
+SIZE_MULTIPLE: dict[str, int] = {"small_p4m_cnn": 16}
+
 BACKBONES: dict[str, Callable[[int, int], keras.Model]] = {
     "small_cnn": build_small_cnn,
+    "small_p4m_cnn": build_small_p4m_cnn,
     "efficientnetb0": build_efficientnetb0,
     "resnet50": build_resnet50,
     "mobilenetv3small": build_mobilenetv3small,

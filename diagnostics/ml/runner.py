@@ -131,6 +131,8 @@ class InferenceRunner:
         self._temperature = self.manifest.temperature
         self.tta = self.manifest.tta
         model_path = self.bundle_dir / self.manifest.model_file
+        from . import equivariant  # noqa: F401  (registers the group layers a bundle may hold)
+
         try:
             model = keras.saving.load_model(model_path, compile=False)
         except Exception as exc:  # Keras raises many types for a corrupt file.

@@ -34,7 +34,7 @@ from .calibration import CALIBRATIONS, choose_calibration, fit_vector_scaling  #
 from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
 from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, select_and_report  # noqa: E402
-from .models import BACKBONES, build_ensemble, build_model  # noqa: E402
+from .models import BACKBONES, INVARIANT_BACKBONES, SIZE_MULTIPLE, build_ensemble, build_model  # noqa: E402
 from .preprocess import PREPROCESSING_ID  # noqa: E402
 
 MODEL_FILE = "model.keras"
@@ -274,6 +274,14 @@ def check_config(config: TrainConfig) -> None:
         raise DatasetError(f"--members must be between 1 and {MAX_MEMBERS}")
     if config.schedule not in SCHEDULES:
         raise DatasetError(f"unknown schedule '{config.schedule}' (known: {', '.join(SCHEDULES)})")
+    if config.backbone in INVARIANT_BACKBONES and config.tta != "none":
+        raise DatasetError(
+            f"--tta {config.tta} is pointless with --backbone {config.backbone}: the network already gives "
+            "the same answer for every rotation and mirror image"
+        )
+    multiple = SIZE_MULTIPLE.get(config.backbone, 1)
+    if config.image_size % multiple:
+        raise DatasetError(f"--backbone {config.backbone} needs an --image-size divisible by {multiple}")
 
 
 def predict_logits(model: Any, images: np.ndarray, tta: str, batch_size: int = 256) -> np.ndarray:
@@ -522,6 +530,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
             "calibration_fitted_on": "select",
             "training": {
                 "backbone": config.backbone,
+                **({"architecture": INVARIANT_BACKBONES[b]} if (b := config.backbone) in INVARIANT_BACKBONES else {}),
                 "initial_weights": str(config.weights) if config.weights else "random (trained from scratch)",
                 "parameters": int(model.count_params()),
                 "epochs_requested": config.epochs,
