@@ -177,16 +177,28 @@ def local_copy(slide: StoredSlide, *, keep: bool) -> Iterator[Path]:
                     shutil.rmtree(folder, ignore_errors=True)
 
 
-def adopt(*, sha256: str, name: str, source: Path) -> None:
+def adopt(*, sha256: str, name: str, source: Path) -> bool:
     """Move an already decrypted copy (the intake's) into the cache, so the first job
-    on the slide does not decrypt it again. Idle eviction removes it if nobody comes."""
+    on the slide does not decrypt it again. Idle eviction removes it if nobody comes.
+
+    Only a saving, so it never waits: when anyone holds the slide's lock (a viewer has
+    the same slide open, or a worker is writing its copy), a copy exists or is on its
+    way and ``source`` is left where it is. Returns whether it was adopted."""
     folder = root() / sha256
-    with _locked(sha256, fcntl.LOCK_EX):
+    fd = os.open(root() / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
         if _slide_file(folder) is not None:
-            return
+            return False
         evict(need=source.stat().st_size, keep=sha256)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(source, folder / f"slide{_extension(name)}")
+        return True
+    finally:
+        os.close(fd)
 
 
 def hold(slide: StoredSlide) -> tuple[Path, int]:
