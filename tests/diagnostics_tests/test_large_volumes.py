@@ -5,6 +5,8 @@ previous / next items follow the queue order. (Speed itself: bench/bench_pages.p
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from django.urls import reverse
 
@@ -17,12 +19,31 @@ from tests.helpers import api, login
 pytestmark = pytest.mark.django_db
 
 
+class _Clock:
+    """The worklist version's clock: it also changes every WORKLIST_MAX_STALE_S (10 s)
+    without any change, so a poll test on a busy machine could cross that boundary
+    between two polls and see a 200 it did not cause."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr("diagnostics.selectors.worklists.time", types.SimpleNamespace(time=clock.time))
+    return clock
+
+
 def _poll(client, url: str, etag: str | None = None):  # type: ignore[no-untyped-def]
     return client.get(url, headers={"If-None-Match": etag} if etag else {})
 
 
 def test_a_queue_poll_with_nothing_new_is_304_and_a_new_prediction_in_the_unit_shows(
-    physician, clinician, other_unit_clinician, active_model, django_capture_on_commit_callbacks
+    physician, clinician, other_unit_clinician, active_model, django_capture_on_commit_callbacks, clock
 ):
     client = login(physician)
     url = reverse("review_queue") + "?fragment=1"
@@ -41,7 +62,7 @@ def test_a_queue_poll_with_nothing_new_is_304_and_a_new_prediction_in_the_unit_s
 
 
 def test_a_signature_changes_the_queue_and_a_case_list_poll_sees_uploads(
-    physician, clinician, active_model, django_capture_on_commit_callbacks
+    physician, clinician, active_model, django_capture_on_commit_callbacks, clock
 ):
     prediction = make_prediction(clinician, active_model, [0.2, 0.8], ref="PSN-S1")
     doctor = login(physician)
@@ -58,6 +79,20 @@ def test_a_signature_changes_the_queue_and_a_case_list_poll_sees_uploads(
     with django_capture_on_commit_callbacks(execute=True):
         make_scan(clinician, ref="PSN-NEW", color=(1, 1, 1))
     assert b"PSN-NEW" in _poll(clerk, cases_url, etag).content
+
+
+def test_a_poll_with_nothing_new_still_gets_the_list_again_after_the_staleness_bound(
+    physician, clinician, active_model, clock, settings
+):
+    client = login(physician)
+    url = reverse("review_queue") + "?fragment=1"
+    make_prediction(clinician, active_model, [0.2, 0.8], ref="PSN-T1")
+    etag = _poll(client, url)["ETag"]
+    clock.now += settings.WORKLIST_MAX_STALE_S - 1
+    assert _poll(client, url, etag).status_code == 304
+    clock.now += 1  # the bound passed: a change the counters missed cannot hide longer
+    again = _poll(client, url, etag)
+    assert again.status_code == 200 and b"PSN-T1" in again.content and again["ETag"] != etag
 
 
 def test_the_poll_refuses_the_wrong_role_before_any_304(clinician):
