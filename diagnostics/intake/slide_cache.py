@@ -64,6 +64,22 @@ def _locked(sha256: str, mode: int) -> Iterator[int]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _exclusive_or_nothing(sha256: str) -> Iterator[bool]:
+    """The slide's lock exclusively if nobody holds it; never waits. Yields whether it
+    was taken (a reader or a writer holds it otherwise)."""
+    fd = os.open(root() / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
 def _entries() -> list[tuple[str, Path, int, float]]:
     out = []
     for folder in root().iterdir():
@@ -91,17 +107,12 @@ def evict(*, need: int = 0, keep: str = "") -> list[str]:
         over = total + need > settings.SLIDE_CACHE_MAX_BYTES and now - mtime > RECENT_S
         if not (idle or over):
             continue
-        fd = os.open(root() / f"{sha}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with _exclusive_or_nothing(sha) as taken:
+            if not taken:
                 continue  # someone reads it now
             shutil.rmtree(folder, ignore_errors=True)
             total -= size
             removed.append(sha)
-        finally:
-            os.close(fd)
     return removed
 
 
@@ -185,20 +196,13 @@ def adopt(*, sha256: str, name: str, source: Path) -> bool:
     the same slide open, or a worker is writing its copy), a copy exists or is on its
     way and ``source`` is left where it is. Returns whether it was adopted."""
     folder = root() / sha256
-    fd = os.open(root() / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        if _slide_file(folder) is not None:
+    with _exclusive_or_nothing(sha256) as taken:
+        if not taken or _slide_file(folder) is not None:
             return False
         evict(need=source.stat().st_size, keep=sha256)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(source, folder / f"slide{_extension(name)}")
         return True
-    finally:
-        os.close(fd)
 
 
 def hold(slide: StoredSlide) -> tuple[Path, int]:

@@ -54,8 +54,9 @@ def build_small_p4m_cnn(
     orientations before global average pooling makes the logits the same, to rounding,
     for a patch and its 7 transforms, without test-time views. Needs an input size
     divisible by 16 (every pooling must halve an even size)."""
-    if input_size % 16:
-        raise ValueError(f"small_p4m_cnn needs an input size divisible by 16, not {input_size}")
+    multiple = SIZE_MULTIPLE["small_p4m_cnn"]
+    if input_size % multiple:
+        raise ValueError(f"small_p4m_cnn needs an input size divisible by {multiple}, not {input_size}")
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for i, filters in enumerate(SMALL_P4M_FILTERS):
@@ -115,8 +116,8 @@ INVARIANT_BACKBONES: dict[str, str] = {
         "pooled over the orientations: the same logits for a patch and its 7 transforms"
     ),
 }
-# The input size each backbone's pooling needs a multiple of.
-SIZE_MULTIPLE: dict[str, int] = {"small_p4m_cnn": 16}
+# The input size each backbone's pooling needs a multiple of (every pooling halves an even size).
+SIZE_MULTIPLE: dict[str, int] = {"small_p4m_cnn": 2 ** (len(SMALL_P4M_FILTERS) - 1)}
 
 BACKBONES: dict[str, Callable[[int, int], keras.Model]] = {
     "small_cnn": build_small_cnn,
