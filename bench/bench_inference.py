@@ -10,6 +10,9 @@ For each batch size B the same N images go through
   * the bare compiled call (`InferenceRunner.bare_call`: logits only, no heat maps) on
     the same images already decoded, B at a time;
   * `model.predict` on the same batches, for comparison.
+Beside the ratio, the compiled call's median time per batch inside the worker path and
+the bare call's: how much of the gap is the network slowed by the stages running beside
+it (on few cores) and how much is time outside the network.
 Then (unless --drain 0) 1,000 queued jobs drained by one in-process worker, as the
 messages would arrive: images per second and p50 / p95 job latency (queue wait plus
 service, from the moment all were queued; and claim -> stored), beside the bare call's
@@ -181,11 +184,27 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
         f"{len(images)} images, {args.rounds} rounds, median shown"
     )
     print()
-    print(f"{'batch':>5}  {'worker img/s':>12}  {'bare img/s':>10}  {'predict img/s':>13}  {'worker/bare':>11}")
+    print(
+        f"{'batch':>5}  {'worker img/s':>12}  {'bare img/s':>10}  {'predict img/s':>13}  {'worker/bare':>11}"
+        f"  {'net in worker ms':>16}  {'bare ms':>7}"
+    )
+    # The worker's compiled call (with heat maps), timed where it runs: `runner_for` hands
+    # the worker this same runner. Split of the ratio: the network slowed by what runs
+    # beside it (this column against the bare call's time per batch), and the rest.
+    in_worker: list[float] = []
+    full_call = runner._full
+
+    def timed_full(x: object) -> object:
+        t0 = time.perf_counter()
+        out = full_call(x)
+        in_worker.append(time.perf_counter() - t0)
+        return out
+
+    runner._full = timed_full
     bare_at: dict[int, float] = {}
     for batch in batches:
         settings.INFERENCE_BATCH_SIZE = batch
-        worker_rates, bare_rates, predict_rates = [], [], []
+        worker_rates, bare_rates, predict_rates, net_ms, bare_ms = [], [], [], [], []
         extra = 1 if args.profile and batch == batches[-1] else 0
         for round_no in range(args.rounds + 1 + extra):  # round 0 warms up (tracing this batch shape)
             job_ids = _queue_jobs(user, images, f"BENCH-{batch}-{round_no}")
@@ -195,6 +214,7 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
 
                 profiler = cProfile.Profile()
                 profiler.enable()
+            in_worker.clear()
             t0 = time.perf_counter()
             # Profiled, the round runs inside one transaction: the worker path then keeps
             # every stage in this thread, where cProfile sees it (not timed as a row).
@@ -226,9 +246,11 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
                 worker_rates.append(len(job_ids) / worker_s)
                 bare_rates.append(len(arrays) / bare_s)
                 predict_rates.append(len(arrays) / predict_s)
-        w, b, p = (statistics.median(r) for r in (worker_rates, bare_rates, predict_rates))
+                net_ms.append(statistics.median(in_worker) * 1000)
+                bare_ms.append(bare_s * 1000 / -(-len(arrays) // batch))
+        w, b, p, n, m = (statistics.median(r) for r in (worker_rates, bare_rates, predict_rates, net_ms, bare_ms))
         bare_at[batch] = b
-        print(f"{batch:>5}  {w:>12.1f}  {b:>10.1f}  {p:>13.1f}  {w / b:>11.2f}")
+        print(f"{batch:>5}  {w:>12.1f}  {b:>10.1f}  {p:>13.1f}  {w / b:>11.2f}  {n:>16.1f}  {m:>7.1f}")
     print(f"{_load()} (after the batch rows)")
 
     if args.drain:
