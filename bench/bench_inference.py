@@ -251,6 +251,7 @@ def run(args: argparse.Namespace, batches: list[int], tmp: Path) -> None:
         w, b, p, n, m = (statistics.median(r) for r in (worker_rates, bare_rates, predict_rates, net_ms, bare_ms))
         bare_at[batch] = b
         print(f"{batch:>5}  {w:>12.1f}  {b:>10.1f}  {p:>13.1f}  {w / b:>11.2f}  {n:>16.1f}  {m:>7.1f}")
+    runner._full = full_call  # the drain row measures the worker path as it is
     print(f"{_load()} (after the batch rows)")
 
     if args.drain:
