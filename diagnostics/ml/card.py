@@ -160,6 +160,21 @@ def _epochs_text(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _distillation_text(t: dict[str, Any]) -> str:
+    """The distillation line, or nothing for a network trained on the labels alone."""
+    d = t.get("distillation")
+    if not d:
+        return ""
+    members = d.get("teacher_members", 1)
+    teacher = f"{d['teacher']} ({members} networks, " if members > 1 else f"{d['teacher']} ("
+    return (
+        f"\n- Distilled from {teacher}test-time views `{d['teacher_tta']}`, model SHA-256 "
+        f"{str(d['teacher_sha256'])[:12]}…), trained on the same fit split and selected on the same selection "
+        f"split: loss (1 - {d['weight']:g}) x cross-entropy with the labels + {d['weight']:g} x T² x cross-entropy "
+        f"with the teacher's softened answers, T = {d['temperature']:g}; targets: {d['targets']}."
+    )
+
+
 def render_model_card(m: Manifest) -> str:
     """A model card written only from the manifest, so every number is a measured one."""
     t = m.metrics["training"]
@@ -248,7 +263,7 @@ Test-time views averaged: `{m.tta}`. Predictions whose top probability is below
 - Optimizer: {t["optimizer"]}, batch size {t["batch_size"]}, seed {t["seed"]}, BatchNorm \
 momentum {t.get("batchnorm_momentum", 0.99)}.
 - Schedule: {t["schedule"]}.
-{_epochs_text(t)}
+{_epochs_text(t)}{_distillation_text(t)}
 - Class weights: {", ".join(f"{k} {w:.3f}" for k, w in t["class_weights"].items())}.
 - Augmentation: {t["augmentation"]}.
 - Time on the training machine ({t["cpu_count"]} CPU cores, no GPU): loading \

@@ -34,6 +34,15 @@ from .calibration import CALIBRATIONS, choose_calibration, fit_vector_scaling  #
 from .calibration import probabilities as calibrated  # noqa: E402
 from .card import MODEL_CARD, _pct, render_model_card  # noqa: E402
 from .datasets import DatasetError, Split, _limit, load_split, resolve_layout, select_and_report  # noqa: E402
+from .distill import (  # noqa: E402
+    check_teacher,
+    check_teacher_counts,
+    distillation_loss,
+    pack_targets,
+    read_teacher,
+    soft_targets,
+    teacher_logits,
+)
 from .models import BACKBONES, INVARIANT_BACKBONES, SIZE_MULTIPLE, build_ensemble, build_model  # noqa: E402
 from .preprocess import PREPROCESSING_ID  # noqa: E402
 
@@ -84,6 +93,11 @@ class TrainConfig:
     # Exponential moving average of the weights (decay per step; 0: off), scored and
     # kept instead of the last step's weights (_make_monitor).
     ema: float = 0.0
+    # A trained bundle whose softened answers on the fit images the network also learns
+    # from (distill.py), with the soft term's weight and temperature.
+    distill_from: Path | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     valid_fraction: float = 0.2
     test_fraction: float = 0.0
     weights: Path | None = None
@@ -118,11 +132,21 @@ def make_train_dataset(
     augmentation: str = "dihedral",
     colour: str = "hsv",
     stain_sigma: float = 0.05,
+    soft: np.ndarray | None = None,
+    weights: dict[int, float] | None = None,
 ) -> Any:
+    """Batches of augmented images and their labels; with `soft` (a teacher's soft
+    targets, distill.py) the targets are packed rows (label, soft targets) and each
+    batch carries its class weights as sample weights, since Keras' class_weight reads
+    a class from a one-column target only."""
     tf = _tf()
     n = len(x)
     images = tf.constant(x)
-    targets = tf.constant(y)
+    targets = tf.constant(y if soft is None else pack_targets(y, soft))
+    per_image = None
+    if soft is not None:
+        table = np.array([(weights or {}).get(k, 1.0) for k in range(int(y.max()) + 1)], np.float32)
+        per_image = tf.constant(table[y])
     # Shuffle indices, not images: a shuffle buffer of images would copy the whole set.
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -132,6 +156,8 @@ def make_train_dataset(
     def load(idx: Any, s: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
         out = augment_batch(batch, s, augmentation, colour=colour, stain_sigma=stain_sigma)
+        if per_image is not None:
+            return out, tf.gather(targets, idx), tf.gather(per_image, idx)
         return out, tf.gather(targets, idx)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -279,6 +305,12 @@ def check_config(config: TrainConfig) -> None:
             f"--tta {config.tta} is pointless with --backbone {config.backbone}: the network already gives "
             "the same answer for every rotation and mirror image"
         )
+    if not 0.0 < config.distill_weight <= 1.0:
+        raise DatasetError("--distill-weight must be above 0 and at most 1 (1: the teacher's answers only)")
+    if not 1.0 <= config.distill_temperature <= 20.0:
+        raise DatasetError("--distill-temperature must be between 1 and 20")
+    if config.distill_from is not None:
+        read_teacher(config.distill_from)
     multiple = SIZE_MULTIPLE.get(config.backbone, 1)
     if config.image_size % multiple:
         raise DatasetError(f"--backbone {config.backbone} needs an --image-size divisible by {multiple}")
@@ -332,10 +364,17 @@ def report_with_intervals(
 
 
 def _fit_member(
-    config: TrainConfig, seed: int, train: Split, select: Split, weights: dict[int, float], n_labels: int
+    config: TrainConfig,
+    seed: int,
+    train: Split,
+    select: Split,
+    weights: dict[int, float],
+    n_labels: int,
+    soft: np.ndarray | None = None,
 ) -> tuple[Any, Any, float]:
-    """Train one network with `seed`; returns it with the best selection-AUC weights
-    restored, its monitor (history, best epoch) and its training seconds."""
+    """Train one network with `seed` (on the labels and, given `soft`, a teacher's soft
+    targets); returns it with the best selection-AUC weights restored, its monitor
+    (history, best epoch) and its training seconds."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -349,7 +388,11 @@ def _fit_member(
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=(
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            if soft is None
+            else distillation_loss(n_labels, config.distill_weight, config.distill_temperature)
+        ),
     )
     dataset = make_train_dataset(
         train.images,
@@ -359,6 +402,8 @@ def _fit_member(
         augmentation=config.augmentation,
         colour=config.colour_augmentation,
         stain_sigma=config.stain_sigma,
+        soft=soft,
+        weights=weights,
     )
     monitor = _make_monitor(
         select.images,
@@ -372,7 +417,7 @@ def _fit_member(
     model.fit(
         dataset,
         epochs=config.epochs,
-        class_weight=weights,
+        class_weight=weights if soft is None else None,  # else in the dataset, as sample weights
         callbacks=[monitor],
         shuffle=False,  # the dataset shuffles itself, reproducibly
         verbose=config.verbose,
@@ -427,6 +472,17 @@ def train_bundle(config: TrainConfig) -> Manifest:
     if config.weights is not None and not Path(config.weights).is_file():
         raise DatasetError(f"weights file {config.weights} does not exist")
     labels = layout.labels
+    teacher = None
+    if config.distill_from is not None:
+        teacher = read_teacher(config.distill_from)
+        check_teacher(
+            teacher,
+            labels=labels,
+            image_size=config.image_size,
+            seed=config.seed,
+            valid_fraction=config.valid_fraction,
+            test_fraction=config.test_fraction,
+        )
     train_files = _limit(layout.train_files, config.limit_per_class, config.seed)
     valid_files = _limit(layout.valid_files, config.limit_per_class, config.seed + 1)
     size = config.image_size
@@ -449,6 +505,33 @@ def train_bundle(config: TrainConfig) -> Manifest:
 
     _tf()  # quiet TensorFlow's Python logger before the first graph is built
     weights = class_weights(train.labels, len(labels))
+    soft = None
+    distillation: dict[str, Any] = {}
+    if teacher is not None and config.distill_from is not None:
+        check_teacher_counts(
+            teacher, {"train": train.counts, "valid": valid.counts, **({"test": test.counts} if test else {})}
+        )
+        teacher_started = time.monotonic()
+        t_logits = teacher_logits(config.distill_from, train.images)
+        soft = soft_targets(t_logits, config.distill_temperature)
+        distillation = {
+            "teacher": f"{teacher.name} {teacher.version}",
+            "teacher_sha256": teacher.model_sha256,
+            "teacher_tta": teacher.tta,
+            "teacher_parameters": teacher.metrics.get("training", {}).get("parameters"),
+            "teacher_members": len(teacher.metrics.get("training", {}).get("members", [])) or 1,
+            "teacher_fit_auc": M.roc_auc(train.labels, M.softmax(t_logits)),
+            "weight": config.distill_weight,
+            "temperature": config.distill_temperature,
+            "targets": "the teacher's logits averaged over its test-time views, on the unaugmented fit images",
+            "teacher_seconds": round(time.monotonic() - teacher_started, 1),
+        }
+        if config.verbose:
+            print(
+                f"teacher {distillation['teacher']}: soft targets for {len(soft)} fit images in "
+                f"{distillation['teacher_seconds']} s (its AUC on them {distillation['teacher_fit_auc']:.4f})",
+                flush=True,
+            )
     schedule_text = (
         f"cosine decay over {config.epochs} epochs to 2 % of the initial rate"
         if config.schedule == "cosine"
@@ -465,7 +548,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
         member_seed = config.seed + i
         if config.verbose and config.members > 1:
             print(f"member {i + 1} of {config.members}, seed {member_seed}", flush=True)
-        member, member_monitor, seconds = _fit_member(config, member_seed, train, select, weights, len(labels))
+        member, member_monitor, seconds = _fit_member(config, member_seed, train, select, weights, len(labels), soft)
         trained.append((member, member_monitor, seconds, member_seed))
     fit_seconds = sum(t[2] for t in trained)
     model = trained[0][0] if config.members == 1 else build_ensemble([t[0] for t in trained])
@@ -538,6 +621,7 @@ def train_bundle(config: TrainConfig) -> Manifest:
                 "best_epoch": monitor.best_epoch + 1,
                 "best_val_auc_during_training": monitor.best_auc,
                 **({"members": [_member_summary(t) for t in trained]} if config.members > 1 else {}),
+                **({"distillation": distillation} if distillation else {}),
                 "batch_size": config.batch_size,
                 "batchnorm_momentum": config.bn_momentum,
                 "optimizer": f"AdamW lr {config.learning_rate:g} weight decay {config.weight_decay:g}",
@@ -552,6 +636,15 @@ def train_bundle(config: TrainConfig) -> Manifest:
                     "calibration": config.calibration,
                     "members": config.members,
                     "ema": config.ema,
+                    **(
+                        {
+                            "distill_from": str(config.distill_from),
+                            "distill_weight": config.distill_weight,
+                            "distill_temperature": config.distill_temperature,
+                        }
+                        if config.distill_from is not None
+                        else {}
+                    ),
                     "schedule": config.schedule,
                     "epochs": config.epochs,
                     "learning_rate": config.learning_rate,
@@ -633,6 +726,13 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--calibration", choices=CALIBRATIONS, default="temperature")
     p.add_argument("--members", type=int, default=1, help="ensemble: networks trained with seeds seed, seed+1, ...")
     p.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights (decay)")
+    p.add_argument(
+        "--distill-from",
+        type=Path,
+        help="a trained bundle (e.g. an ensemble) whose softened answers on the fit images the network learns from too",
+    )
+    p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the teacher's soft targets (0..1]")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="softening temperature T of both sides")
     p.add_argument("--bn-momentum", type=float, default=0.99, help="BatchNorm momentum; ~0.9 for small data sets")
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument(
@@ -686,6 +786,9 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         calibration=a.calibration,
         members=a.members,
         ema=a.ema,
+        distill_from=a.distill_from,
+        distill_weight=a.distill_weight,
+        distill_temperature=a.distill_temperature,
         valid_fraction=a.valid_fraction,
         test_fraction=a.test_fraction,
         weights=a.weights,
