@@ -343,7 +343,7 @@ def _store(batch: _Batch, out: Any, network_s: float) -> None:
             job_fail(job, exc)
     else:
         # Candidates of the task predict in shadow on the same scans (stored apart, shown to nobody).
-        shadow_after_batch(job_ids=[job.id for job, _ in ready])
+        shadow_after_batch(scans=[job.scan for job, _ in ready])
 
 
 def _infer_and_store(batch: _Batch) -> None:

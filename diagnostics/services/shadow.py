@@ -90,13 +90,15 @@ def shadow_predict(*, model_version: ModelVersion, scans: list[Scan], source: st
     return created
 
 
-def shadow_after_batch(*, job_ids: list[int]) -> int:
-    """Called by the worker after a batch's clinical predictions are stored: each
-    candidate of the batch's task predicts on the same scans. A candidate's failure is
-    logged and never touches the clinical jobs, which are already done."""
+def shadow_after_batch(*, scans: list[Scan]) -> int:
+    """Called by the worker after a batch's clinical predictions are stored, with the
+    batch's scans (their cases loaded: the worker read them with its jobs, so this costs
+    one statement per batch, the candidates'): each candidate of the batch's task
+    predicts on the same scans. A candidate's failure is logged and never touches the
+    clinical jobs, which are already done."""
     stored = 0
+    scans = [s for s in scans if s.kind == Scan.Kind.IMAGE]
     try:
-        scans = list(Scan.objects.filter(job__id__in=job_ids, kind=Scan.Kind.IMAGE).select_related("case"))
         candidates = candidates_for_task(scans[0].case.task) if scans else []
     except Exception:
         logger.exception("shadow: could not look up the batch's candidates")

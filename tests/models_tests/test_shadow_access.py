@@ -99,3 +99,20 @@ def test_a_shadow_prediction_carries_the_candidates_out_of_distribution_flag(can
     }
     assert rows[blank.id].out_of_distribution and "nearly_blank" in rows[blank.id].ood_reasons
     assert not rows[patch.id].out_of_distribution and rows[patch.id].ood_reasons == []
+
+
+def test_the_workers_batch_feeds_the_candidate_in_shadow(candidate, clinician):  # type: ignore[no-untyped-def]
+    """A clinical batch's scans reach the task's candidate once their predictions are
+    stored: one live shadow row per scan, the clinical prediction untouched."""
+    from diagnostics.models import InferenceJob, Prediction, ShadowPrediction
+    from diagnostics.services.jobs import job_run
+    from tests.factories import make_scan
+
+    scans = [make_scan(clinician, ref=f"S-{i}", color=(200, 80 + 40 * i, 120)) for i in range(2)]
+    for scan in scans:
+        job_run(job_id=scan.job.id)
+    assert all(InferenceJob.objects.get(pk=s.job.pk).status == InferenceJob.Status.SUCCEEDED for s in scans)
+    live = ShadowPrediction.objects.filter(model_version=candidate, source=ShadowPrediction.Source.LIVE)
+    assert sorted(live.values_list("scan_id", flat=True)) == sorted(s.id for s in scans)
+    active = ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
+    assert set(Prediction.objects.filter(job__scan__in=scans).values_list("model_version_id", flat=True)) == {active.id}
