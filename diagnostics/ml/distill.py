@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics as M
 from .bundle import BundleError, Manifest, read_manifest
 from .datasets import DatasetError
 from .preprocess import PREPROCESSING_ID
@@ -109,10 +110,7 @@ def teacher_logits(folder: Path, images: np.ndarray) -> np.ndarray:
 
 def soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / T), as float32 rows that sum to one."""
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = M.softmax(logits, temperature).astype(np.float32)
     return out
 
 
@@ -137,19 +135,3 @@ def distillation_loss(n_classes: int, weight: float, temperature: float) -> Any:
         return (1.0 - weight) * ce_hard + weight * (t * t) * ce_soft
 
     return loss
-
-
-def reference_loss(
-    labels: np.ndarray, soft: np.ndarray, logits: np.ndarray, weight: float, temperature: float
-) -> np.ndarray:
-    """The same loss in NumPy, per image (the tests compare the two)."""
-
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        out: np.ndarray = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return out
-
-    hard = -log_softmax(logits)[np.arange(len(labels)), labels]
-    ce_soft = -(soft * log_softmax(logits / temperature)).sum(axis=1)
-    out: np.ndarray = (1.0 - weight) * hard + weight * temperature**2 * ce_soft
-    return out

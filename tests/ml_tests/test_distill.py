@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diagnostics.ml import metrics as M
 from diagnostics.ml.datasets import DatasetError
-from diagnostics.ml.distill import distillation_loss, pack_targets, reference_loss, soft_targets
+from diagnostics.ml.distill import distillation_loss, pack_targets, soft_targets
 from diagnostics.ml.runner import InferenceRunner
 from diagnostics.ml.train import TrainConfig, class_weights, make_train_dataset, train_bundle
 
@@ -58,6 +59,14 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     teacher = root / "teacher"
     train_bundle(_config(swapped, teacher))
     return {"data": data, "teacher": teacher, "root": root}
+
+
+def reference_loss(labels: np.ndarray, soft: np.ndarray, logits: np.ndarray, weight: float, t: float) -> np.ndarray:
+    """The distillation loss per image, written out in NumPy."""
+    hard = -M.log_softmax(logits)[np.arange(len(labels)), labels]
+    ce_soft = -(soft * M.log_softmax(logits, t)).sum(axis=1)
+    out: np.ndarray = (1.0 - weight) * hard + weight * t**2 * ce_soft
+    return out
 
 
 def test_the_loss_is_the_weighted_hard_and_softened_cross_entropies() -> None:
