@@ -294,6 +294,8 @@ def check_config(config: TrainConfig) -> None:
         raise DatasetError(f"unknown calibration '{config.calibration}' (known: {', '.join(CALIBRATIONS)})")
     if not 0.0 < config.bn_momentum < 1.0:
         raise DatasetError("--bn-momentum must be between 0 and 1")
+    if not 0.0 <= config.weight_decay < 1.0:
+        raise DatasetError("--weight-decay must be 0 or more and below 1")
     if not 0.0 <= config.ema < 1.0:
         raise DatasetError("--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.999")
     if not 1 <= config.members <= MAX_MEMBERS:
@@ -711,6 +713,12 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
     p.add_argument("--backbone", default="small_cnn", choices=sorted(BACKBONES))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=1e-4,
+        help="AdamW's decoupled weight decay (each step shrinks every weight by learning rate x this)",
+    )
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--lr-patience", type=int, default=2, help="epochs without val AUC gain before lr x0.3")
@@ -775,6 +783,7 @@ def _parse(argv: Sequence[str] | None) -> TrainConfig:
         backbone=a.backbone,
         batch_size=a.batch_size,
         learning_rate=a.learning_rate,
+        weight_decay=a.weight_decay,
         patience=a.patience,
         schedule=a.schedule,
         lr_patience=a.lr_patience,

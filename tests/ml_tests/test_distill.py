@@ -176,3 +176,16 @@ def test_bad_distillation_options_stop_before_anything_is_read(
     with pytest.raises(DatasetError, match=message):
         train_bundle(_config(tmp_path / "no-data-needed", out, **change))
     assert not out.exists()
+
+
+def test_the_command_line_carries_the_distillation_and_weight_decay_options() -> None:
+    from diagnostics.ml.train import _parse
+
+    config = _parse(
+        ["--data", "d", "--out", "o", "--name", "n", "--version", "1", "--distill-from", "models/busi-small-cnn"]
+        + ["--distill-weight", "0.7", "--distill-temperature", "4", "--weight-decay", "0.05"]
+    )
+    assert config.distill_from == Path("models/busi-small-cnn")
+    assert (config.distill_weight, config.distill_temperature, config.weight_decay) == (0.7, 4.0, 0.05)
+    plain = _parse(["--data", "d", "--out", "o", "--name", "n", "--version", "1"])
+    assert plain.distill_from is None and plain.weight_decay == 1e-4  # the bundled models' value

@@ -305,6 +305,7 @@ def test_a_training_run_with_every_option_records_them_and_reports_apart(synthet
         ({"mpp": 500.0}, "--mpp .* must be between 0.01 and 100"),
         ({"members": 0}, "--members must be between 1 and 5"),
         ({"ema": 1.0}, "--ema must be 0"),
+        ({"weight_decay": -0.1}, "--weight-decay must be 0 or more"),
     ],
 )
 def test_bad_options_stop_before_anything_is_read_or_written(
