@@ -116,3 +116,21 @@ def test_the_workers_batch_feeds_the_candidate_in_shadow(candidate, clinician): 
     assert sorted(live.values_list("scan_id", flat=True)) == sorted(s.id for s in scans)
     active = ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
     assert set(Prediction.objects.filter(job__scan__in=scans).values_list("model_version_id", flat=True)) == {active.id}
+
+
+def test_the_shipped_pcam_candidate_registers_beside_the_demo_model(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """models/pcam-small-cnn-2.1.0 (better than demo-pcam on the selection split, not yet
+    judged on local cases) registers as a candidate of the same task: its file matches
+    its manifest, its stages are the active version's, and it records its training."""
+    settings.MODEL_DIR = tmp_path / "models"
+    for name in ("demo-pcam", "pcam-small-cnn-2.1.0"):
+        shutil.copytree(REPO_DEMO.parent / name, settings.MODEL_DIR / name)
+    active = model_register(acting_user=None, bundle_dir="demo-pcam", activate=True)
+    candidate = model_register(acting_user=None, bundle_dir="pcam-small-cnn-2.1.0", candidate=True)
+    assert candidate.status == ModelVersion.Status.CANDIDATE and candidate.version == "2.1.0"
+    assert candidate.task == active.task and list(candidate.labels) == list(active.labels)
+    manifest = json.loads((settings.MODEL_DIR / "pcam-small-cnn-2.1.0" / "manifest.json").read_text())
+    assert manifest["metrics"]["training"]["options"]["weight_decay"] == 0.05
+    assert manifest["metrics"]["select"]["roc_auc"] > json.loads((REPO_DEMO / "manifest.json").read_text())[
+        "metrics"
+    ]["select"]["roc_auc"]
