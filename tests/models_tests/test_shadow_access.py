@@ -131,6 +131,7 @@ def test_the_shipped_pcam_candidate_registers_beside_the_demo_model(settings, tm
     assert candidate.task == active.task and list(candidate.labels) == list(active.labels)
     manifest = json.loads((settings.MODEL_DIR / "pcam-small-cnn-2.1.0" / "manifest.json").read_text())
     assert manifest["metrics"]["training"]["options"]["weight_decay"] == 0.05
-    assert manifest["metrics"]["select"]["roc_auc"] > json.loads((REPO_DEMO / "manifest.json").read_text())[
-        "metrics"
-    ]["select"]["roc_auc"]
+    assert (
+        manifest["metrics"]["select"]["roc_auc"]
+        > json.loads((REPO_DEMO / "manifest.json").read_text())["metrics"]["select"]["roc_auc"]
+    )
