@@ -145,8 +145,9 @@ def make_train_dataset(
     targets = tf.constant(y if soft is None else pack_targets(y, soft))
     per_image = None
     if soft is not None:
-        table = np.array([(weights or {}).get(k, 1.0) for k in range(int(y.max()) + 1)], np.float32)
-        per_image = tf.constant(table[y])
+        if weights is None:
+            raise ValueError("soft targets need the class weights, which then go in as sample weights")
+        per_image = tf.constant(np.array([weights[int(k)] for k in y], np.float32))
     # Shuffle indices, not images: a shuffle buffer of images would copy the whole set.
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
